@@ -1,0 +1,23 @@
+# -*- python -*-
+"""
+rmux built in code: run it with C{twistd -ny rmux.tac}.
+
+This is also the pattern for embedding rmux in an existing Twisted
+application: build a config, then attach L{rmux.service.makeService}'s
+service to your own service tree.  Edit the addresses below to suit.
+"""
+
+from twisted.application.service import Application
+
+from rmux.config import ListenerConfig, RmuxConfig, BackendAddress
+from rmux.service import makeService
+
+listener = ListenerConfig(
+    socket="/tmp/rmux.sock",
+    backends=(BackendAddress.fromString("localhost:6379"),),
+    poolSize=8,
+    remoteReadTimeout=1000,
+)
+
+application = Application("rmux")
+makeService(RmuxConfig(listeners=(listener,))).setServiceParent(application)

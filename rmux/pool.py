@@ -1,0 +1,473 @@
+# -*- test-case-name: tests.test_pool -*-
+"""
+Pipelined connections to one Redis server, and the pool that owns them.
+
+Requests from many clients share a few persistent connections: each request
+is written as soon as it arrives, and each connection keeps a FIFO of the
+waiters whose replies are due, so the n-th reply cut out of the stream belongs
+to the n-th waiter.  Nothing here knows about clients; a waiter is any object
+with a C{fill(replyBytes)} method.
+
+A connection carries state that must match the request: the selected db and
+the RESP protocol version.  When they differ, the connection sends C{SELECT}
+or C{HELLO} first and holds every later request until that reply has come
+back, so a request never runs in the wrong db even if the switch fails.
+"""
+
+from collections import deque
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientCreator, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from rmux.resp import ProtocolError, ReplyFramer, encodeCommand
+
+
+def errorReply(message):
+    """
+    Encode an rmux-generated error reply.
+
+    @param message: the text after C{ERR}, as C{str}.
+    @return: C{-ERR ...\\r\\n} as bytes, with any CR/LF in C{message}
+        flattened so that the reply stays one line.
+    """
+    text = message.replace("\r", " ").replace("\n", " ")
+    return b"-ERR " + text.encode("utf-8", "replace") + b"\r\n"
+
+
+class _StateSwitch:
+    """
+    The waiter for an internal C{SELECT}/C{HELLO} sent before a request.
+
+    Its reply is not a client's: on success the connection releases the
+    requests it held; on failure they all get the error instead of running
+    in the wrong state.
+    """
+
+    __slots__ = ("connection", "what")
+
+    def __init__(self, connection, what):
+        self.connection = connection
+        self.what = what
+
+    def fill(self, reply):
+        self.connection._switchDone(self.what, reply)
+
+
+@implementer(IPushProducer)
+class BackendProtocol(Protocol):
+    """
+    One pipelined connection to a Redis server.
+
+    @ivar waiting: waiters whose replies are due, in the order their
+        requests were written.
+    @ivar db: the db this connection will be in once everything already
+        written has run.
+    @ivar protocolVersion: likewise, the RESP version (2 or 3).
+    """
+
+    pool = None
+    clock = None
+    readTimeout = 0.5
+    writeTimeout = 0.5
+
+    def __init__(self):
+        self.framer = ReplyFramer()
+        self.waiting = deque()
+        self.held = None
+        self.db = 0
+        self.protocolVersion = 2
+        self.broken = False
+        self.lastProgress = 0.0
+        self._readTimer = None
+        self._writeTimer = None
+        self.closed = Deferred()
+
+    # Twisted Protocol
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+        if self.pool is not None:
+            self.pool.connectionReady(self)
+
+    def dataReceived(self, data):
+        try:
+            replies = self.framer.feed(data)
+        except ProtocolError as e:
+            self.fail("sent a malformed reply (%s)" % (e,))
+            return
+        self.lastProgress = self.clock.seconds()
+        waiting = self.waiting
+        for reply in replies:
+            if reply[:1] == b">":
+                # An out-of-band push (RESP3): nobody asked for it here.
+                continue
+            if not waiting:
+                self.fail("sent a reply nobody asked for")
+                return
+            waiting.popleft().fill(reply)
+
+    def connectionLost(self, reason):
+        self.broken = True
+        self._cancelTimers()
+        self._failAll(
+            errorReply(
+                "rmux: lost connection to backend %s" % (self.pool.address,)
+            )
+        )
+        if self.pool is not None:
+            self.pool.connectionGone(self)
+        self.closed.callback(None)
+
+    # IPushProducer: the transport tells us when the backend stops reading.
+
+    def pauseProducing(self):
+        if self._writeTimer is None and self.writeTimeout:
+            self._writeTimer = self.clock.callLater(
+                self.writeTimeout, self._writeTimedOut
+            )
+
+    def resumeProducing(self):
+        if self._writeTimer is not None:
+            self._writeTimer.cancel()
+            self._writeTimer = None
+
+    def stopProducing(self):
+        pass
+
+    # Sending
+
+    @property
+    def load(self):
+        """
+        How many replies this connection still owes, including held requests.
+        """
+        return len(self.waiting) + (len(self.held) if self.held else 0)
+
+    def send(self, payload, waiter, db=0, protocolVersion=2):
+        """
+        Write one encoded request; C{waiter.fill} gets its reply.
+
+        @param payload: the request, RESP-encoded.
+        @param db: the db the request must run in.
+        @param protocolVersion: the RESP version its reply must be in.
+        """
+        if self.broken:
+            waiter.fill(
+                errorReply("rmux: lost connection to backend %s" % (self.pool.address,))
+            )
+            return
+        if self.held is not None:
+            self.held.append((payload, waiter, db, protocolVersion))
+            return
+        if db != self.db or protocolVersion != self.protocolVersion:
+            self.held = deque([(payload, waiter, db, protocolVersion)])
+            self._switch(db, protocolVersion)
+            return
+        self._write(payload, waiter)
+
+    def _write(self, payload, waiter):
+        if not self.waiting:
+            self.lastProgress = self.clock.seconds()
+            if self._readTimer is None and self.readTimeout:
+                self._readTimer = self.clock.callLater(
+                    self.readTimeout, self._checkRead
+                )
+        self.waiting.append(waiter)
+        if type(payload) is list:
+            self.transport.writeSequence(payload)
+        else:
+            self.transport.write(payload)
+
+    def _switch(self, db, protocolVersion):
+        if protocolVersion != self.protocolVersion:
+            self.protocolVersion = protocolVersion
+            command = [b"HELLO", b"%d" % (protocolVersion,)]
+            self._write(encodeCommand(command), _StateSwitch(self, "HELLO"))
+        else:
+            self.db = db
+            command = [b"SELECT", b"%d" % (db,)]
+            self._write(encodeCommand(command), _StateSwitch(self, "SELECT"))
+
+    def _switchDone(self, what, reply):
+        if (what == "SELECT" and reply != b"+OK\r\n") or reply[:1] in (b"-", b"!"):
+            # The state is now unknown: fail what was held and retire the
+            # connection rather than guess.
+            held, self.held = self.held, None
+            for payload, waiter, db, protocolVersion in held:
+                waiter.fill(reply if reply[:1] == b"-" else errorReply(
+                    "rmux: backend %s refused %s" % (self.pool.address, what)))
+            self.fail("refused an internal %s" % (what,))
+            return
+        held, self.held = self.held, None
+        while held:
+            payload, waiter, db, protocolVersion = held.popleft()
+            if db != self.db or protocolVersion != self.protocolVersion:
+                held.appendleft((payload, waiter, db, protocolVersion))
+                self.held = held
+                self._switch(db, protocolVersion)
+                return
+            self._write(payload, waiter)
+
+    # Failure
+
+    def _checkRead(self):
+        self._readTimer = None
+        if not self.waiting:
+            return
+        idle = self.clock.seconds() - self.lastProgress
+        if idle >= self.readTimeout:
+            self.fail(
+                "did not reply within %d ms" % (round(self.readTimeout * 1000),),
+                timedOut=True,
+            )
+        else:
+            self._readTimer = self.clock.callLater(
+                self.readTimeout - idle, self._checkRead
+            )
+
+    def _writeTimedOut(self):
+        self._writeTimer = None
+        self.fail(
+            "did not accept a write within %d ms" % (round(self.writeTimeout * 1000),),
+            timedOut=True,
+        )
+
+    def fail(self, why, timedOut=False):
+        """
+        Give up on this connection: every request it owes a reply gets an
+        error naming the backend, and it is closed and never reused, since
+        late replies would land on the wrong requests.
+        """
+        if self.broken:
+            return
+        self.broken = True
+        self._cancelTimers()
+        if self.pool is not None:
+            self.pool.connectionFailed(self, why, timedOut)
+        self._failAll(errorReply("rmux: backend %s %s" % (self.pool.address, why)))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _failAll(self, reply):
+        waiting, self.waiting = self.waiting, deque()
+        held, self.held = self.held, None
+        for waiter in waiting:
+            waiter.fill(reply)
+        for payload, waiter, db, protocolVersion in held or ():
+            waiter.fill(reply)
+
+    def _cancelTimers(self):
+        for name in ("_readTimer", "_writeTimer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                if timer.active():
+                    timer.cancel()
+                setattr(self, name, None)
+
+
+class BackendPool:
+    """
+    Up to C{size} pipelined connections to one Redis server, opened lazily
+    with L{ClientCreator}.
+
+    A request goes to the least-loaded open connection that is already in
+    the db and protocol it needs, so db switches stay rare.  A new connection
+    is opened while every open one has at least C{growthThreshold} replies
+    outstanding and the pool is not full.  While no connection is open yet,
+    requests wait for the connect, which is bounded by the connect timeout.
+
+    @ivar address: the L{rmux.config.BackendAddress} of the server.
+    """
+
+    log = Logger()
+    growthThreshold = 2
+    retryDelay = 0.1
+    protocolClass = BackendProtocol
+
+    def __init__(
+        self,
+        reactor,
+        address,
+        size=20,
+        connectTimeout=0.5,
+        readTimeout=0.5,
+        writeTimeout=0.5,
+    ):
+        self.reactor = reactor
+        self.address = address
+        self.size = size
+        self.connectTimeout = connectTimeout
+        self.readTimeout = readTimeout
+        self.writeTimeout = writeTimeout
+        self.connections = []
+        self.open = set()
+        self.attempts = set()
+        self.connecting = 0
+        self.waitingForConnection = deque()
+        self.lastError = None
+        self.lastFailureAt = None
+        self.stopped = False
+        self.stats = PoolStats()
+
+    def __repr__(self):
+        return "<BackendPool %s %d/%d>" % (self.address, len(self.connections), self.size)
+
+    def send(self, payload, waiter, db=0, protocolVersion=2, after=None):
+        """
+        Send one request to this server; C{waiter.fill} gets its reply or an
+        C{-ERR} naming the server.
+
+        @param after: the L{BackendProtocol} that carries the same client's
+            earlier requests that are still unanswered, if any.  Redis runs
+            each connection's requests in order but interleaves connections
+            freely, so a client's requests must stay on one connection while
+            any is in flight, or a GET could overtake its own SET.
+        @return: the connection the request went on, or L{None} if it is
+            waiting for one (or failed).
+        """
+        if after is not None and not after.broken:
+            after.send(payload, waiter, db, protocolVersion)
+            return after
+        best = None
+        bestLoad = None
+        for connection in self.connections:
+            load = connection.load
+            if connection.db != db or connection.protocolVersion != protocolVersion:
+                load += 1000
+            if best is None or load < bestLoad:
+                best, bestLoad = connection, load
+                if load == 0:
+                    break
+        if best is None or (
+            bestLoad >= self.growthThreshold
+            and len(self.connections) + self.connecting < self.size
+        ):
+            self._connect()
+        if best is not None:
+            best.send(payload, waiter, db, protocolVersion)
+        elif self.connecting:
+            self.waitingForConnection.append((payload, waiter, db, protocolVersion))
+        else:
+            waiter.fill(self._cannotConnect())
+        return best
+
+    def _cannotConnect(self):
+        return errorReply(
+            "rmux: cannot connect to backend %s: %s" % (self.address, self.lastError)
+        )
+
+    def _connect(self):
+        if self.stopped or self.connecting:
+            return
+        now = self.reactor.seconds()
+        if (
+            self.lastFailureAt is not None
+            and not self.connections
+            and now - self.lastFailureAt < self.retryDelay
+        ):
+            return
+        self.connecting += 1
+        creator = ClientCreator(self.reactor, self.protocolClass)
+        address = self.address
+        if address.kind == "unix":
+            d = creator.connectUNIX(address.path, timeout=self.connectTimeout)
+        else:
+            d = creator.connectTCP(address.host, address.port, timeout=self.connectTimeout)
+        self.attempts.add(d)
+        d.addBoth(self._attemptDone, d)
+        d.addCallbacks(self._connected, self._connectFailed)
+
+    def _attemptDone(self, result, attempt):
+        self.attempts.discard(attempt)
+        return result
+
+    def prepareProtocol(self, protocol):
+        """
+        Hook for subclasses: called before a new connection is used.
+        """
+        protocol.pool = self
+        protocol.clock = self.reactor
+        protocol.readTimeout = self.readTimeout
+        protocol.writeTimeout = self.writeTimeout
+
+    def _connected(self, protocol):
+        self.connecting -= 1
+        self.stats.connects += 1
+        self.prepareProtocol(protocol)
+        self.open.add(protocol)
+        protocol.closed.addCallback(lambda _: self.open.discard(protocol))
+        if self.stopped:
+            protocol.transport.loseConnection()
+            return
+        self.connectionReady(protocol)
+
+    def _connectFailed(self, reason):
+        self.connecting -= 1
+        self.stats.connectFailures += 1
+        self.lastError = reason.getErrorMessage()
+        self.lastFailureAt = self.reactor.seconds()
+        if not self.connecting and not self.connections:
+            waiting, self.waitingForConnection = self.waitingForConnection, deque()
+            reply = self._cannotConnect()
+            for payload, waiter, db, protocolVersion in waiting:
+                waiter.fill(reply)
+
+    def connectionReady(self, protocol):
+        """
+        A connection is open: use it, and hand it whatever waited for it.
+        """
+        if protocol in self.connections:
+            return
+        self.lastError = None
+        self.lastFailureAt = None
+        self.connections.append(protocol)
+        waiting, self.waitingForConnection = self.waitingForConnection, deque()
+        for payload, waiter, db, protocolVersion in waiting:
+            protocol.send(payload, waiter, db, protocolVersion)
+
+    def connectionFailed(self, protocol, why, timedOut):
+        if timedOut:
+            self.stats.timeouts += 1
+        self.stats.errors += 1
+        self.log.warn(
+            "backend {address} {why}; closing that connection",
+            address=str(self.address),
+            why=why,
+        )
+        self.connectionGone(protocol)
+
+    def connectionGone(self, protocol):
+        if protocol in self.connections:
+            self.connections.remove(protocol)
+
+    def stop(self):
+        """
+        Close every connection and cancel connects in progress.
+
+        @return: a L{Deferred} that fires once every connection is closed.
+        """
+        self.stopped = True
+        for attempt in list(self.attempts):
+            attempt.cancel()
+        closing = []
+        for connection in list(self.open):
+            closing.append(connection.closed)
+            connection.transport.loseConnection()
+        return DeferredList(closing) if closing else succeed(None)
+
+
+class PoolStats:
+    """
+    Counters for one backend pool, shown by INFO.
+    """
+
+    __slots__ = ("connects", "connectFailures", "errors", "timeouts")
+
+    def __init__(self):
+        self.connects = 0
+        self.connectFailures = 0
+        self.errors = 0
+        self.timeouts = 0

@@ -1,0 +1,1204 @@
+# -*- test-case-name: tests.test_resp -*-
+"""
+RESP, the Redis serialization protocol, as rmux needs it.
+
+Three jobs live here, none of them doing any I/O:
+
+  - L{RequestParser} turns a client's byte stream into commands (lists of
+    C{bytes}).  RESP arrays go through C{hiredis} when they can; inline
+    (telnet style) commands are split by hand with Redis's own quoting
+    rules.  Error texts are Redis's, so a client sees what Redis would say.
+  - L{ReplyFramer} cuts a backend's byte stream into complete top-level
+    replies without decoding them: the bytes a client receives are the bytes
+    Redis sent.
+  - The encoders build the few replies rmux answers itself, and re-encode
+    commands for forwarding.
+
+This is the proxy's hottest code.  Loops alias what they touch into locals
+and avoid per-item function calls; that is deliberate, not an accident of
+style.
+"""
+
+import re
+
+try:
+    import hiredis
+except ImportError:  # pragma: no cover
+    hiredis = None
+
+
+__all__ = [
+    "ProtocolError", "RequestParser", "ReplyFramer", "splitArgs",
+    "scanReplies", "isPush", "isError",
+    "encodeCommand", "encodeCommandParts",
+    "simpleString", "error", "integer", "bulkString", "nullReply",
+    "arrayReply", "mapReply", "setReply", "verbatimString",
+    "OK", "PONG",
+]
+
+
+OK = b"+OK\r\n"
+PONG = b"+PONG\r\n"
+
+_CRLF = b"\r\n"
+_NULL_BULK = b"$-1\r\n"
+_NULL3 = b"_\r\n"
+
+# Bulk string headers for short lengths, the common case when encoding.
+_BULK_HEADERS = [b"$%d\r\n" % _i for _i in range(1024)]
+
+
+
+class ProtocolError(Exception):
+    """
+    The bytes received are not valid RESP.
+
+    @ivar message: Redis's text for the problem, without the C{-ERR } prefix,
+        e.g. C{"Protocol error: invalid bulk length"}.  It is a C{str} in
+        which each character stands for one byte (latin-1), because Redis
+        quotes the offending byte verbatim.
+    """
+
+    def __init__(self, message):
+        Exception.__init__(self, message)
+        self.message = message
+
+
+    def __str__(self):
+        return self.message
+
+
+    def asReply(self):
+        """
+        @return: the error reply Redis sends for this problem, e.g.
+            C{b"-ERR Protocol error: invalid bulk length\\r\\n"}.
+        @rtype: C{bytes}
+        """
+        return b"-ERR " + self.message.encode("latin-1") + _CRLF
+
+
+
+def _quoteByte(c):
+    """
+    Show one offending byte the way Redis's error replies do: verbatim, with
+    CR and LF turned into spaces so the reply stays one line.
+    """
+    if c == 13 or c == 10:
+        return " "
+    return chr(c)
+
+
+
+# ---------------------------------------------------------------------------
+# Inline commands
+
+# C isspace(): what sdssplitargs skips between arguments and accepts after
+# a closing quote.
+_ISSPACE = frozenset(b" \t\n\x0b\x0c\r")
+# What ends an unquoted argument.  \v and \f are not in it: Redis keeps them
+# inside an argument and only skips them between arguments.
+_ENDS_ARG = frozenset(b" \t\n\r")
+_ESCAPES = {
+    ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7,
+}
+_HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+
+def splitArgs(line):
+    """
+    Split one inline command line into arguments, as Redis's
+    C{sdssplitargs} does.
+
+    Arguments are separated by whitespace.  C{"..."} understands C{\\xHH},
+    C{\\n}, C{\\r}, C{\\t}, C{\\b}, C{\\a} and C{\\c} for any other C{c};
+    C{'...'} only understands C{\\'}.  A closing quote must be followed by
+    whitespace or the end of the line.  Unlike Redis (which works on C
+    strings), a NUL byte is an ordinary character.
+
+    @param line: the line, without its line ending.
+    @type line: C{bytes}
+
+    @return: the arguments (possibly none), or L{None} if the quotes are
+        unbalanced.
+    @rtype: C{list} of C{bytes} or L{None}
+    """
+    if (34 not in line and 39 not in line
+            and 11 not in line and 12 not in line):
+        # No quotes and no \v or \f: bytes.split() is exactly sdssplitargs.
+        return line.split()
+    return _splitQuoted(line)
+
+
+
+def _splitQuoted(line):
+    """
+    The character-by-character half of L{splitArgs}, a transcription of
+    C{sdssplitargs}.
+    """
+    isspace = _ISSPACE
+    endsArg = _ENDS_ARG
+    hexdigits = _HEXDIGITS
+    escapes = _ESCAPES
+    n = len(line)
+    i = 0
+    args = []
+    while True:
+        while i < n and line[i] in isspace:
+            i += 1
+        if i >= n:
+            return args
+        current = bytearray()
+        append = current.append
+        inDouble = inSingle = False
+        while True:
+            if i >= n:
+                if inDouble or inSingle:
+                    return None
+                break
+            c = line[i]
+            if inDouble:
+                if (c == 92 and i + 3 < n and line[i + 1] == 120
+                        and line[i + 2] in hexdigits
+                        and line[i + 3] in hexdigits):
+                    append(int(line[i + 2:i + 4], 16))
+                    i += 4
+                elif c == 92 and i + 1 < n:
+                    c = line[i + 1]
+                    append(escapes.get(c, c))
+                    i += 2
+                elif c == 34:
+                    i += 1
+                    if i < n and line[i] not in isspace:
+                        return None
+                    break
+                else:
+                    append(c)
+                    i += 1
+            elif inSingle:
+                if c == 92 and i + 1 < n and line[i + 1] == 39:
+                    append(39)
+                    i += 2
+                elif c == 39:
+                    i += 1
+                    if i < n and line[i] not in isspace:
+                        return None
+                    break
+                else:
+                    append(c)
+                    i += 1
+            elif c in endsArg:
+                i += 1
+                break
+            elif c == 34:
+                inDouble = True
+                i += 1
+            elif c == 39:
+                inSingle = True
+                i += 1
+            else:
+                append(c)
+                i += 1
+        args.append(bytes(current))
+
+
+
+# ---------------------------------------------------------------------------
+# Requests
+
+# What the parser is waiting for when it holds an incomplete command.
+_NOTHING, _LINE, _HEADER, _BODY = range(4)
+
+# hiredis allocates a list of the announced size as soon as it reads an
+# aggregate header, before any element arrives.  Large counts (and nested
+# ones are as good as top-level ones to hiredis) therefore go to the pure
+# parser, which checks them against the limits first.
+_BIG_ARRAY = re.compile(rb"\*[1-9][0-9]{4}").search
+_BIG_OTHER = re.compile(rb"[~>|][1-9][0-9]{4}").search
+
+
+
+class RequestParser(object):
+    """
+    Turns a client's byte stream into commands.
+
+    Feed it whatever the transport delivers, split anywhere; it returns the
+    commands completed so far, each a non-empty C{list} of C{bytes} with the
+    command name as sent (not case-folded).  Clients may mix RESP arrays and
+    inline commands freely.
+
+    After a protocol error the parser is dead: L{error} holds the
+    L{ProtocolError}, and later feeds return nothing.  The caller should
+    answer with the error and close, as Redis does.
+
+    Limits are class attributes, as with L{twisted.protocols.basic}'s
+    C{MAX_LENGTH}; override them in a subclass or pass them to C{__init__}.
+    They are checked as soon as a header arrives, never after buffering what
+    it announces.
+
+    RESP arrays are parsed by C{hiredis} while the stream is at a command
+    boundary.  hiredis is laxer than Redis (it takes any element type and
+    does not check the CRLF after a bulk string) and cannot say how many
+    bytes it used, so its commands are only accepted if re-encoding them
+    gives back exactly the bytes received; from the first mismatch on, the
+    pure-Python parser takes over and has the last word, including on error
+    texts.
+
+    @cvar maxBulkLength: the longest bulk string argument accepted (Redis's
+        C{proto-max-bulk-len}).
+    @cvar maxArguments: the most arguments one command may have.
+    @cvar maxInlineLength: the longest inline command line, and the longest
+        C{*}/C{$} header line (Redis's C{PROTO_INLINE_MAX_SIZE}).
+    @cvar useHiredis: whether to use hiredis for RESP arrays.
+
+    @ivar error: the L{ProtocolError} that killed this parser, or L{None}.
+    """
+
+    maxBulkLength = 512 * 1024 * 1024
+    maxArguments = 1024 * 1024
+    maxInlineLength = 64 * 1024
+    useHiredis = hiredis is not None
+
+    __slots__ = (
+        "error", "_maxBulk", "_maxArgs", "_maxInline", "_fast", "_reader",
+        "_argv", "_argc", "_bulkLen", "_held", "_chunks", "_pending",
+        "_wait",
+    )
+
+    def __init__(self, maxBulkLength=None, maxArguments=None,
+                 maxInlineLength=None):
+        """
+        @param maxBulkLength: overrides L{maxBulkLength} for this parser.
+        @param maxArguments: overrides L{maxArguments} for this parser.
+        @param maxInlineLength: overrides L{maxInlineLength} for this parser.
+        """
+        self.error = None
+        self._maxBulk = (self.maxBulkLength if maxBulkLength is None
+                         else maxBulkLength)
+        self._maxArgs = (self.maxArguments if maxArguments is None
+                         else maxArguments)
+        self._maxInline = (self.maxInlineLength if maxInlineLength is None
+                           else maxInlineLength)
+        # A canonical header line is at most 21 bytes long; below that the
+        # inline limit could reject what hiredis accepts.
+        self._fast = bool(self.useHiredis and self._maxInline >= 21)
+        self._reader = None
+        # The command being read: arguments so far, how many are still to
+        # come, and the length of the one being read (-1: its header is next).
+        self._argv = None
+        self._argc = 0
+        self._bulkLen = -1
+        # Bytes of the current command already parsed into _argv.
+        self._held = 0
+        # Bytes received but not yet parsed, and what they are waiting for.
+        self._chunks = None
+        self._pending = 0
+        self._wait = _NOTHING
+
+
+    @property
+    def buffered(self):
+        """
+        The number of bytes held of an incomplete command: 0 at a command
+        boundary.
+        """
+        return self._held + self._pending
+
+
+    def feed(self, data):
+        """
+        Parse more of the stream.
+
+        @param data: the bytes just received.
+        @type data: C{bytes}
+
+        @return: the commands completed by C{data}, in order.  If C{data}
+            holds a protocol error, the commands before it, with L{error}
+            set.
+        @rtype: C{list} of C{list} of C{bytes}
+        """
+        if self.error is not None or not data:
+            return []
+        if type(data) is not bytes:
+            data = bytes(data)
+        out = []
+        pos = 0
+        if self._wait:
+            pos = self._resume(data, out)
+            if pos < 0:
+                return out
+        n = len(data)
+        fast = self._fast
+        while pos < n:
+            if fast and self._argv is None and data[pos] == 42:
+                pos, fast = self._parseFast(data, pos, out)
+            else:
+                pos = self._parseSlow(data, pos, out, fast)
+        return out
+
+
+    def _fail(self, message):
+        """
+        Die of a protocol error.
+
+        @return: a position beyond any buffer, to end the caller's loop.
+        """
+        self.error = ProtocolError("Protocol error: " + message)
+        self._argv = self._chunks = self._reader = None
+        self._held = self._pending = 0
+        self._wait = _NOTHING
+        return 1 << 62
+
+
+    def _stash(self, buf, pos, wait):
+        """
+        Keep C{buf[pos:]}, which starts an incomplete line or bulk body,
+        until more arrives.
+        """
+        self._chunks = [buf[pos:] if pos else buf]
+        self._pending = len(buf) - pos
+        self._wait = wait
+
+
+    def _resume(self, data, out):
+        """
+        Continue the incomplete line or bulk body held from earlier feeds.
+
+        Only the bytes of C{data} that complete it are copied; a big bulk
+        argument is joined once, when its last byte arrives.
+
+        @return: where parsing continues in C{data}, or -1 if all of
+            C{data} was used (or an error occurred).
+        """
+        chunks = self._chunks
+        if self._wait == _BODY:
+            pre = self._pending
+            total = pre + len(data)
+            length = self._bulkLen
+            need = length + 2
+            if total < need:
+                chunks.append(data)
+                self._pending = total
+                return -1
+            used = need - pre
+            if pre >= length:
+                # The body is complete already; only its CRLF straddles.
+                held = b"".join(chunks)
+                body = held[:length]
+                tail = held[length:] + data[:used]
+            else:
+                chunks.append(data[:length - pre])
+                body = b"".join(chunks)
+                tail = data[length - pre:used]
+            self._chunks = None
+            self._pending = 0
+            self._wait = _NOTHING
+            if tail != _CRLF:
+                self._fail("expected CRLF after bulk string")
+                return -1
+            argv = self._argv
+            argv.append(body)
+            self._bulkLen = -1
+            self._argc -= 1
+            if self._argc:
+                self._held += need
+            else:
+                out.append(argv)
+                self._argv = None
+                self._held = 0
+            return used
+
+        # Waiting for the end of a line.
+        if self._wait == _LINE:
+            end = data.find(b"\n")
+            if end >= 0:
+                end += 1
+        elif data[0] == 10 and chunks[-1][-1] == 13:
+            end = 1
+        else:
+            end = data.find(_CRLF)
+            if end >= 0:
+                end += 2
+        if end < 0:
+            chunks.append(data)
+            self._pending += len(data)
+            if self._wait == _LINE:
+                if self._pending > self._maxInline:
+                    self._fail("too big inline request")
+            elif self._pending - (data[-1] == 13) > self._maxInline:
+                self._fail("too big mbulk count string" if self._argv is None
+                           else "too big bulk count string")
+            return -1
+        chunks.append(data[:end])
+        line = b"".join(chunks)
+        self._chunks = None
+        self._pending = 0
+        self._wait = _NOTHING
+        self._parseSlow(line, 0, out, False)
+        if self.error is not None:
+            return -1
+        return end
+
+
+    def _parseFast(self, data, pos, out):
+        """
+        Parse the RESP arrays starting at C{data[pos]} with hiredis.
+
+        @return: a tuple of the position up to which commands were
+            accepted, and whether hiredis may be used again in this feed.
+        """
+        n = len(data)
+        if (n - pos > self._maxBulk or _BIG_ARRAY(data, pos) is not None
+                or ((126 in data or 62 in data or 124 in data)
+                    and _BIG_OTHER(data, pos) is not None)):
+            return pos, False
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = hiredis.Reader()
+        reader.feed(data, pos)
+        commands = []
+        clean = True
+        try:
+            command = reader.gets()
+            while command is not False:
+                commands.append(command)
+                command = reader.gets()
+        except Exception:
+            # hiredis refused something; what it returned before stays good.
+            clean = False
+
+        # Accept the commands only if they are exactly the bytes received.
+        parts = []
+        append = parts.append
+        headers = _BULK_HEADERS
+        maxArgs = self._maxArgs
+        crlf = _CRLF
+        try:
+            for command in commands:
+                size = len(command)
+                if not size or size > maxArgs:
+                    raise TypeError()
+                append(b"*%d\r\n" % size)
+                for arg in command:
+                    size = len(arg)
+                    append(headers[size] if size < 1024
+                           else b"$%d\r\n" % size)
+                    append(arg)
+                    append(crlf)
+            encoded = b"".join(parts)
+            if not data.startswith(encoded, pos):
+                raise TypeError()
+        except TypeError:
+            # Something in there is not a plain array of bulk strings:
+            # accept what comes before it, one command at a time.
+            used = pos
+            for command in commands:
+                if command is None:
+                    encoded = b"*-1\r\n"
+                elif type(command) is list and len(command) <= maxArgs:
+                    try:
+                        encoded = encodeCommand(command)
+                    except TypeError:
+                        break
+                else:
+                    break
+                if not data.startswith(encoded, used):
+                    break
+                used += len(encoded)
+                if command:
+                    out.append(command)
+            self._reader = None
+            return used, False
+        out.extend(commands)
+        used = pos + len(encoded)
+        if clean and used == n:
+            return n, True
+        # hiredis holds part of a command (or an error); forget it.
+        self._reader = None
+        return used, False
+
+
+    def _parseSlow(self, buf, pos, out, fast):
+        """
+        The pure-Python parser: parse C{buf} from C{pos} and keep whatever
+        incomplete command remains.
+
+        @param fast: whether to stop at the next command boundary followed
+            by a RESP array, so that hiredis can take it.
+
+        @return: where parsing stopped: C{len(buf)} or more if it used
+            everything (or died), else the start of a RESP array for
+            hiredis.
+        """
+        n = len(buf)
+        find = buf.find
+        maxInline = self._maxInline
+        argv = self._argv
+        argc = self._argc
+        bulkLen = self._bulkLen
+        start = pos
+        while pos < n:
+            if argv is None:
+                start = pos
+                if buf[pos] != 42:
+                    # An inline command.
+                    end = find(b"\n", pos)
+                    if end < 0:
+                        if n - pos > maxInline:
+                            return self._fail("too big inline request")
+                        self._stash(buf, pos, _LINE)
+                        return n
+                    if end - pos > maxInline:
+                        return self._fail("too big inline request")
+                    if end > pos and buf[end - 1] == 13:
+                        args = splitArgs(buf[pos:end - 1])
+                    else:
+                        args = splitArgs(buf[pos:end])
+                    if args is None:
+                        return self._fail("unbalanced quotes in request")
+                    pos = end + 1
+                    if args:
+                        out.append(args)
+                    continue
+                if fast:
+                    return pos
+                end = find(_CRLF, pos)
+                if end < 0:
+                    if n - pos - (buf[n - 1] == 13) > maxInline:
+                        return self._fail("too big mbulk count string")
+                    self._stash(buf, pos, _HEADER)
+                    return n
+                if end - pos > maxInline:
+                    return self._fail("too big mbulk count string")
+                count = buf[pos + 1:end]
+                if count.isdigit() and (count[0] != 48 or len(count) == 1):
+                    count = int(count)
+                    if count > self._maxArgs:
+                        return self._fail("invalid multibulk length")
+                elif count == b"-1":
+                    count = 0
+                else:
+                    return self._fail("invalid multibulk length")
+                pos = end + 2
+                if not count:
+                    continue
+                argv = self._argv = []
+                argc = count
+                bulkLen = -1
+
+            # Arguments of a RESP array.
+            while True:
+                if bulkLen < 0:
+                    if pos >= n:
+                        break
+                    if buf[pos] != 36:
+                        return self._fail("expected '$', got '%s'"
+                                          % (_quoteByte(buf[pos]),))
+                    end = find(_CRLF, pos)
+                    if end < 0:
+                        if n - pos - (buf[n - 1] == 13) > maxInline:
+                            return self._fail("too big bulk count string")
+                        self._argc = argc
+                        self._bulkLen = -1
+                        self._held += pos - start
+                        self._stash(buf, pos, _HEADER)
+                        return n
+                    if end - pos > maxInline:
+                        return self._fail("too big bulk count string")
+                    size = buf[pos + 1:end]
+                    if size.isdigit() and (size[0] != 48 or len(size) == 1):
+                        bulkLen = int(size)
+                        if bulkLen > self._maxBulk:
+                            return self._fail("invalid bulk length")
+                    else:
+                        return self._fail("invalid bulk length")
+                    pos = end + 2
+                end = pos + bulkLen
+                if end + 2 > n:
+                    self._argc = argc
+                    self._bulkLen = bulkLen
+                    self._held += pos - start
+                    if pos < n:
+                        self._stash(buf, pos, _BODY)
+                    return n
+                if buf[end] != 13 or buf[end + 1] != 10:
+                    return self._fail("expected CRLF after bulk string")
+                argv.append(buf[pos:end])
+                pos = end + 2
+                bulkLen = -1
+                argc -= 1
+                if not argc:
+                    break
+            if argc:
+                # The buffer ended between two arguments.
+                self._argc = argc
+                self._bulkLen = -1
+                self._held += pos - start
+                return n
+            out.append(argv)
+            argv = self._argv = None
+            self._held = 0
+        return pos
+
+
+
+# ---------------------------------------------------------------------------
+# Replies
+
+# What each type byte starts.
+_INVALID, _LINE_ITEM, _BLOB, _AGGREGATE, _CHUNK, _END = range(6)
+_KINDS = [_INVALID] * 256
+for _c in b"+-:_,#(":
+    _KINDS[_c] = _LINE_ITEM
+for _c in b"$=!":
+    _KINDS[_c] = _BLOB
+for _c in b"*%~>|":
+    _KINDS[_c] = _AGGREGATE
+_KINDS[ord(";")] = _CHUNK
+_KINDS[ord(".")] = _END
+_KINDS = tuple(_KINDS)
+_NO_CRLF = "Protocol error: expected CRLF after bulk string"
+
+def scanReplies(buf, pos, stack):
+    """
+    Find where complete top-level replies end in C{buf}.
+
+    This is the framer's inner loop, kept as one function of plain values so
+    that a C accelerator could replace it.  It never copies the bytes it
+    scans.  The scan is resumable: called again on a longer C{buf} with the
+    returned position and the same C{stack}, it carries on where it stopped
+    instead of starting the incomplete reply over.
+
+    C{stack} holds one entry per open aggregate, innermost last: a positive
+    count of elements still to come; a negative count of attribute elements
+    still to come (an attribute is not an element of its parent: it belongs
+    to the value after it, for which it pushes a 1 below its own entry); or
+    0 for a streamed aggregate or string, which ends with C{.} or C{;0}.
+
+    @param buf: the bytes received.
+    @type buf: C{bytes} or C{bytearray}
+    @param pos: where to start: a reply boundary, or where the last call
+        stopped.
+    @param stack: the open aggregates, as described above; updated in place.
+    @type stack: C{list}
+
+    @return: a tuple C{(ends, pos, need)}: the offsets just past each
+        complete top-level reply; where the scan stopped (the start of an
+        incomplete item, or C{len(buf)}); and the length C{buf} must reach
+        before scanning again is worthwhile, or -1 if that is not known
+        (a line is incomplete).
+    @rtype: C{tuple} of (C{list} of C{int}, C{int}, C{int})
+
+    @raise ProtocolError: if the bytes are not RESP.
+    """
+    ends = []
+    n = len(buf)
+    find = buf.find
+    push = stack.append
+    pop = stack.pop
+    kinds = _KINDS
+    start = pos
+    try:
+        while pos < n:
+            start = pos
+            t = buf[pos]
+            kind = kinds[t]
+            if kind == _BLOB:
+                end = find(b"\r\n", pos + 1)
+                if end < 0:
+                    return ends, start, -1
+                try:
+                    length = int(buf[pos + 1:end])
+                except ValueError:
+                    if t == 36 and buf[pos + 1:end] == b"?":
+                        # A streamed string: ;n chunks up to ;0.
+                        push(0)
+                        pos = end + 2
+                        continue
+                    raise
+                if length >= 0:
+                    pos = end + length + 4
+                    if pos > n:
+                        return ends, start, pos
+                    if buf[pos - 2] != 13 or buf[pos - 1] != 10:
+                        raise ProtocolError(_NO_CRLF)
+                elif length == -1 and t == 36:
+                    pos = end + 2
+                else:
+                    raise ValueError()
+            elif kind == _LINE_ITEM:
+                end = find(b"\r\n", pos + 1)
+                if end < 0:
+                    return ends, start, -1
+                pos = end + 2
+            elif kind == _AGGREGATE:
+                end = find(b"\r\n", pos + 1)
+                if end < 0:
+                    return ends, start, -1
+                try:
+                    count = int(buf[pos + 1:end])
+                except ValueError:
+                    if buf[pos + 1:end] == b"?" and t != 62 and t != 124:
+                        push(0)
+                        pos = end + 2
+                        continue
+                    raise
+                pos = end + 2
+                if count > 0:
+                    if t == 42:
+                        # Arrays of bulk strings are the common case: run
+                        # through them here.
+                        while count and pos < n and buf[pos] == 36:
+                            end = find(b"\r\n", pos + 1)
+                            if end < 0:
+                                break
+                            try:
+                                length = int(buf[pos + 1:end])
+                            except ValueError:
+                                break
+                            if length >= 0:
+                                end += length + 4
+                                if end > n:
+                                    break
+                                if buf[end - 2] != 13 or buf[end - 1] != 10:
+                                    raise ProtocolError(_NO_CRLF)
+                                pos = end
+                            elif length == -1:
+                                pos = end + 2
+                            else:
+                                break
+                            count -= 1
+                        if count:
+                            push(count)
+                            continue
+                    elif t == 37:
+                        push(count * 2)
+                        continue
+                    elif t == 124:
+                        push(1)
+                        push(-2 * count)
+                        continue
+                    else:
+                        push(count)
+                        continue
+                elif count == 0:
+                    if t == 124:
+                        push(1)
+                        continue
+                elif count != -1 or t != 42:
+                    raise ValueError()
+            elif kind == _CHUNK:
+                # ; a chunk of a streamed string.
+                end = find(b"\r\n", pos + 1)
+                if end < 0:
+                    return ends, start, -1
+                length = int(buf[pos + 1:end])
+                if not stack or stack[-1] != 0 or length < 0:
+                    raise ProtocolError(
+                        "Protocol error: unexpected streamed string chunk")
+                if length:
+                    pos = end + length + 4
+                    if pos > n:
+                        return ends, start, pos
+                    if buf[pos - 2] != 13 or buf[pos - 1] != 10:
+                        raise ProtocolError(_NO_CRLF)
+                    continue
+                pop()
+                pos = end + 2
+            elif kind == _END:
+                # . the end of a streamed aggregate.
+                if n - pos < 3:
+                    return ends, start, -1
+                if (buf[pos + 1] != 13 or buf[pos + 2] != 10
+                        or not stack or stack[-1] != 0):
+                    raise ProtocolError(
+                        "Protocol error: unexpected end of streamed aggregate")
+                pop()
+                pos += 3
+            else:
+                raise ProtocolError(
+                    "Protocol error: unexpected type byte '%s'"
+                    % (_quoteByte(t),))
+
+            # One item is complete: count it in its aggregate, and close the
+            # aggregates it completes.
+            while stack:
+                count = stack[-1]
+                if count > 1:
+                    stack[-1] = count - 1
+                    break
+                if count == 1:
+                    pop()
+                    continue
+                if count < -1:
+                    stack[-1] = count + 1
+                elif count == -1:
+                    pop()
+                break
+            else:
+                ends.append(pos)
+    except ValueError:
+        raise ProtocolError("Protocol error: invalid length in %r"
+                            % (bytes(buf[start:start + 24]),))
+    return ends, pos, -1
+
+
+
+def _valueStart(reply):
+    """
+    @return: the offset of the value in C{reply}, past any attributes.
+    """
+    pos = 0
+    while reply[pos] == 124:
+        end = reply.find(_CRLF, pos)
+        count = int(reply[pos + 1:end])
+        pos = end + 2
+        if count:
+            # Scan the attribute's 2n items as if they were replies.
+            pos = scanReplies(reply, pos, [2 * count])[0][0]
+    return pos
+
+
+
+def isPush(reply):
+    """
+    @param reply: one complete reply from L{ReplyFramer}.
+    @return: whether it is a RESP3 push (out-of-band data such as a pub/sub
+        message), possibly carrying attributes.
+    """
+    t = reply[0]
+    if t == 62:
+        return True
+    if t == 124:
+        return reply[_valueStart(reply)] == 62
+    return False
+
+
+
+def isError(reply):
+    """
+    @param reply: one complete reply from L{ReplyFramer}.
+    @return: whether it is an error (C{-} or RESP3 C{!}), possibly carrying
+        attributes.
+    """
+    t = reply[0]
+    if t == 45 or t == 33:
+        return True
+    if t == 124:
+        return reply[_valueStart(reply)] in (45, 33)
+    return False
+
+
+
+class ReplyFramer(object):
+    """
+    Cuts a backend's byte stream into complete top-level replies, byte for
+    byte as received.
+
+    Feed it whatever the transport delivers; it returns each complete reply
+    as the exact C{bytes} that came over the wire, never decoded and
+    re-encoded.  An attribute (C{|}) is returned together with the reply it
+    belongs to; a push (C{>}) is a reply of its own (see L{isPush}).
+
+    Work is linear in the size of a reply however it is split: an
+    incomplete reply is kept in one growing C{bytearray} and its scan
+    resumes where it stopped (see L{scanReplies}); while a bulk string of
+    known length is incomplete, arriving bytes are only counted.  When
+    nothing is held, replies are sliced straight out of the received bytes,
+    and a chunk that is exactly one reply is returned as is.
+
+    @raise ProtocolError: from L{feed}, if the stream is not RESP.  The
+        connection cannot be trusted after that; later feeds raise the same
+        error.
+    """
+
+    __slots__ = ("_buf", "_pos", "_need", "_stack", "_error")
+
+    def __init__(self):
+        # The incomplete reply, the scan's position in it and its open
+        # aggregates, and the length it must reach before a rescan.
+        self._buf = None
+        self._pos = 0
+        self._need = -1
+        self._stack = None
+        self._error = None
+
+
+    @property
+    def buffered(self):
+        """
+        The number of bytes held of an incomplete reply.
+        """
+        buf = self._buf
+        return 0 if buf is None else len(buf)
+
+
+    def feed(self, data):
+        """
+        Frame more of the stream.
+
+        @param data: the bytes just received.
+        @type data: C{bytes}
+
+        @return: the replies completed by C{data}, in order, each the exact
+            bytes of one top-level reply.
+        @rtype: C{list} of C{bytes}
+
+        @raise ProtocolError: if the stream is not RESP.
+        """
+        if self._error is not None:
+            raise self._error
+        if type(data) is not bytes:
+            data = bytes(data)
+        buf = self._buf
+        try:
+            if buf is None:
+                return self._frame(data, [])
+            return self._continue(buf, data)
+        except ProtocolError as e:
+            self._error = e
+            self._buf = None
+            raise
+
+
+    def _frame(self, data, stack):
+        """
+        Slice the replies out of C{data}, which starts at a reply boundary,
+        and keep the incomplete one it ends with, if any.
+        """
+        n = len(data)
+        ends, pos, need = scanReplies(data, 0, stack)
+        if ends:
+            last = ends[-1]
+            if last == n and len(ends) == 1:
+                return [data]
+            replies = []
+            append = replies.append
+            begin = 0
+            for end in ends:
+                append(data[begin:end])
+                begin = end
+        else:
+            last = 0
+            replies = []
+        if last < n:
+            self._keep(data, last, pos, need, stack)
+        return replies
+
+
+    def _keep(self, data, begin, pos, need, stack):
+        """
+        Hold C{data[begin:]}, an incomplete reply scanned up to C{pos}.
+        """
+        with memoryview(data) as view:
+            self._buf = bytearray(view[begin:])
+        self._pos = pos - begin
+        self._need = need - begin if need >= 0 else -1
+        self._stack = stack
+
+
+    def _continue(self, buf, data):
+        """
+        Add C{data} to the incomplete reply C{buf}, and frame what follows
+        it straight from C{data}.
+        """
+        held = len(buf)
+        buf += data
+        n = len(buf)
+        need = self._need
+        if need < 0:
+            if 10 not in data:
+                return []
+        elif n < need:
+            return []
+        stack = self._stack
+        ends, pos, need = scanReplies(buf, self._pos, stack)
+        if not ends:
+            self._pos = pos
+            self._need = need
+            return []
+        first = ends[0]
+        if first == n:
+            replies = [bytes(buf)]
+        else:
+            with memoryview(buf) as view:
+                replies = [view[:first].tobytes()]
+        self._buf = None
+        # The first reply ended in data: the rest is framed from data.
+        append = replies.append
+        begin = first - held
+        for end in ends[1:]:
+            end -= held
+            append(data[begin:end])
+            begin = end
+        if begin < len(data):
+            self._keep(data, begin, pos - held,
+                       need - held if need >= 0 else -1, stack)
+        return replies
+
+
+
+# ---------------------------------------------------------------------------
+# Encoders
+
+def encodeCommand(args):
+    """
+    Encode a command as a RESP array of bulk strings, the form in which
+    requests are forwarded (inline commands included).
+
+    @param args: the command name and its arguments.
+    @type args: C{list} of C{bytes}
+    @rtype: C{bytes}
+    """
+    parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
+    headers = _BULK_HEADERS
+    for arg in args:
+        size = len(arg)
+        append(headers[size] if size < 1024 else b"$%d\r\n" % size)
+        append(arg)
+        append(_CRLF)
+    return b"".join(parts)
+
+
+
+def encodeCommandParts(args, copyLimit=65536):
+    """
+    Encode a command like L{encodeCommand}, without copying big arguments.
+
+    @param args: the command name and its arguments.
+    @type args: C{list} of C{bytes}
+    @param copyLimit: arguments at least this long are returned as they
+        are, between the encoded pieces, instead of being copied into them.
+
+    @return: pieces whose concatenation is C{encodeCommand(args)}, for
+        C{transport.writeSequence}.
+    @rtype: C{list} of C{bytes}
+    """
+    pieces = []
+    parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
+    headers = _BULK_HEADERS
+    for arg in args:
+        size = len(arg)
+        if size < 1024:
+            append(headers[size])
+        else:
+            append(b"$%d\r\n" % size)
+            if size >= copyLimit:
+                pieces.append(b"".join(parts))
+                pieces.append(arg)
+                parts = [_CRLF]
+                append = parts.append
+                continue
+        append(arg)
+        append(_CRLF)
+    pieces.append(b"".join(parts))
+    return pieces
+
+
+
+def _oneLine(text):
+    """
+    Keep a simple string or error on one line, as Redis does.
+    """
+    if 13 in text or 10 in text:
+        return text.replace(b"\r", b" ").replace(b"\n", b" ")
+    return text
+
+
+
+def simpleString(text):
+    """
+    @param text: e.g. C{b"OK"}.
+    @return: a simple string reply, C{+text\\r\\n}.
+    """
+    return b"+" + _oneLine(text) + _CRLF
+
+
+
+def error(message):
+    """
+    @param message: the error text including its prefix word, e.g.
+        C{b"ERR unknown command"} or C{b"WRONGTYPE ..."}.
+    @return: an error reply, C{-message\\r\\n}.
+    """
+    return b"-" + _oneLine(message) + _CRLF
+
+
+
+def integer(number):
+    """
+    @return: an integer reply, C{:number\\r\\n}.
+    """
+    return b":%d\r\n" % (number,)
+
+
+
+def bulkString(value):
+    """
+    @param value: the string.
+    @type value: C{bytes}
+    @return: a bulk string reply, C{$len\\r\\nvalue\\r\\n}.
+    """
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+
+def nullReply(protocol=2):
+    """
+    @param protocol: the client's RESP version, 2 or 3.
+    @return: the null reply: C{$-1} for RESP2, C{_} for RESP3.
+    """
+    return _NULL3 if protocol == 3 else _NULL_BULK
+
+
+
+def arrayReply(encodedItems):
+    """
+    @param encodedItems: the elements, each already encoded.
+    @return: an array reply of them.
+    """
+    return b"*%d\r\n" % len(encodedItems) + b"".join(encodedItems)
+
+
+
+def mapReply(encodedPairs, protocol=2):
+    """
+    @param encodedPairs: the entries, each a C{(key, value)} pair of
+        already encoded replies.
+    @param protocol: the client's RESP version, 2 or 3.
+    @return: a RESP3 map, or for RESP2 the flat array of keys and values
+        Redis sends instead.
+    """
+    flat = [item for pair in encodedPairs for item in pair]
+    if protocol == 3:
+        return b"%%%d\r\n" % (len(flat) // 2) + b"".join(flat)
+    return b"*%d\r\n" % len(flat) + b"".join(flat)
+
+
+
+def setReply(encodedItems, protocol=2):
+    """
+    @param encodedItems: the members, each already encoded.
+    @param protocol: the client's RESP version, 2 or 3.
+    @return: a RESP3 set, or for RESP2 an array.
+    """
+    if protocol == 3:
+        return b"~%d\r\n" % len(encodedItems) + b"".join(encodedItems)
+    return b"*%d\r\n" % len(encodedItems) + b"".join(encodedItems)
+
+
+
+def verbatimString(text, protocol=2, fmt=b"txt"):
+    """
+    A verbatim string, which Redis 7 uses for INFO and CLIENT INFO.
+
+    @param text: the string.
+    @param protocol: the client's RESP version, 2 or 3.
+    @param fmt: the three-byte format, C{b"txt"} or C{b"mkd"}.
+    @return: a RESP3 verbatim string, or for RESP2 a bulk string.
+    """
+    if protocol == 3:
+        return b"=%d\r\n%b:%b\r\n" % (len(text) + 4, fmt, text)
+    return b"$%d\r\n%b\r\n" % (len(text), text)

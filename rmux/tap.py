@@ -1,0 +1,257 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The command line of C{twistd rmux}.
+
+Every flag of Go rmux is here under rmux's own camelCase name, so that an
+init script that ran C{rmux -socket=/tmp/rmux.sock -poolSize=5} needs only
+C{twistd -n rmux} in front.  Each camelCase flag also has a dashed spelling
+in twistd's style (C{--pool-size}), and Go's single-dash form
+(C{-poolSize=5}, C{-failover=true}) is accepted too; C{--help} lists each
+option once, under rmux's name.
+
+The values are handed to L{rmux.config.fromFlags} unconverted, so that every
+check and every error message lives in one place; a L{ConfigError} becomes a
+L{usage.UsageError}, which twistd prints before exiting with status 1.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Sequence
+
+from twisted.python import usage
+
+from rmux.config import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_REMOTE_TIMEOUT,
+    DEFAULT_TCP_CONNECTIONS,
+    FLAG_NAMES,
+    ConfigError,
+    RmuxConfig,
+    fromFlags,
+    parseFlagBoolean,
+)
+
+__all__ = ["Options", "makeService"]
+
+
+def dashed(name: str) -> str:
+    """
+    The twistd-style spelling of an rmux flag name:
+    C{"remoteReadTimeout"} -> C{"remote-read-timeout"}.
+    """
+    return re.sub(r"([A-Z])", lambda m: "-" + m.group(1).lower(), name)
+
+
+class Options(usage.Options):
+    """
+    C{twistd rmux} options: Go rmux's flags, plus C{--socketMode} and
+    C{--idleTimeout}.
+
+    After parsing, L{config} holds the validated L{RmuxConfig}.
+
+    The defaults in this table are only the ones that mean the same whether
+    given or not (C{--poolSize=20} is the default pool size); flags whose
+    absence matters, such as C{--tcpConnections} or the individual remote
+    timeouts that would otherwise override C{--remoteTimeout}, default to
+    C{None} (or 0, rmux's "not set") and say their default in words.
+
+    @ivar config: The configuration built by L{postOptions}.
+    @type config: L{RmuxConfig}
+    """
+
+    synopsis = "[options]"
+
+    longdesc = (
+        "A Redis connection pooler and key-hashing proxy, compatible with "
+        "Pardot's Go rmux. Timeouts are integers in milliseconds, and 0 means "
+        "'not set'. Every camelCase option may also be spelled with dashes "
+        "(--tcp-connections, --pool-size, --remote-read-timeout, ...), and "
+        "Go rmux's single-dash spelling (-poolSize=5, -failover=true) works "
+        "too. Example: twistd -n rmux --socket=/tmp/rmux.sock "
+        '--tcpConnections="redis1:6379 redis2:6379"'
+    )
+
+    optFlags = [
+        [
+            "failover",
+            None,
+            "When multiplexing, send a key whose backend is down to the next "
+            "live backend instead of failing the command.",
+        ],
+        ["debug", None, "Log at debug level."],
+        [
+            "useSyslog",
+            None,
+            "Also log to syslog. Off by default, unlike Go rmux: twistd has "
+            "its own logging (twistd --syslog).",
+        ],
+        ["timing", None, "Also send timing metrics to --graphite."],
+    ]
+
+    optParameters = [
+        ["host", None, "localhost", "TCP interface to listen on (ignored with --socket)."],
+        ["port", None, 6379, "TCP port to listen on (ignored with --socket)."],
+        [
+            "socket",
+            None,
+            None,
+            "Unix socket to listen on instead of --host/--port.",
+        ],
+        ["socketMode", None, "0666", "Permissions of the --socket file, in octal."],
+        [
+            "tcpConnections",
+            None,
+            None,
+            "Backend Redis servers, host:port (or redis:// URLs), separated "
+            f"by spaces. Default: '{DEFAULT_TCP_CONNECTIONS}' when neither "
+            "this nor --unixConnections is given.",
+        ],
+        [
+            "unixConnections",
+            None,
+            None,
+            "Backend Redis unix sockets (or unix:// URLs), separated by "
+            "spaces. They come after all TCP backends in the hashing order.",
+        ],
+        [
+            "poolSize",
+            None,
+            DEFAULT_POOL_SIZE,
+            f"Connections per backend; 0 means {DEFAULT_POOL_SIZE}.",
+        ],
+        [
+            "maxProcesses",
+            None,
+            0,
+            "Go rmux's GOMAXPROCS setting, kept for worker processes; 0 = not set.",
+        ],
+        ["localTimeout", None, 0, "Client read and write timeout (ms); 0 = none."],
+        ["localReadTimeout", None, 0, "Client read timeout (ms); 0 = --localTimeout."],
+        ["localWriteTimeout", None, 0, "Client write timeout (ms); 0 = --localTimeout."],
+        ["idleTimeout", None, 0, "Disconnect a client idle this long (ms); 0 = never."],
+        [
+            "remoteTimeout",
+            None,
+            0,
+            "Backend connect, read and write timeout (ms); " f"0 = {DEFAULT_REMOTE_TIMEOUT}.",
+        ],
+        [
+            "remoteConnectTimeout",
+            None,
+            0,
+            "Backend connect timeout (ms); 0 = --remoteTimeout.",
+        ],
+        ["remoteReadTimeout", None, 0, "Backend read timeout (ms); 0 = --remoteTimeout."],
+        ["remoteWriteTimeout", None, 0, "Backend write timeout (ms); 0 = --remoteTimeout."],
+        [
+            "config",
+            None,
+            None,
+            "JSON config file: an array of listener objects with these "
+            "options' names. Replaces every listener and backend option; "
+            "--debug, --graphite etc. still apply.",
+        ],
+        ["graphite", None, None, "statsd host:port (UDP) to send metrics to."],
+        ["cpuProfile", None, None, "Write a CPU profile to this file."],
+    ]
+
+    config: RmuxConfig
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Accept the dashed and the Go spellings by rewriting them to rmux's
+        before L{usage.Options} (and its C{getopt}) sees them; that way the
+        aliases need no entries of their own, and C{--help} stays one line
+        per option.
+        """
+        if options is None:
+            options = sys.argv[1:]
+        super().parseOptions(_canonicalArguments(list(options)))
+
+    def postOptions(self) -> None:
+        """
+        Build and validate L{config}.
+
+        @raise usage.UsageError: With L{ConfigError}'s message, which names
+            the flag.
+        """
+        try:
+            self.config = fromFlags({name: self[name] for name in FLAG_NAMES})
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def _optionNames() -> tuple[dict[str, str], frozenset[str]]:
+    """
+    Every spelling we accept (camelCase and dashed) mapped to rmux's name,
+    and the set of rmux names that are boolean flags.
+    """
+    flags = frozenset(flag[0] for flag in Options.optFlags)
+    names: dict[str, str] = {}
+    for name in [flag[0] for flag in Options.optFlags] + [
+        parameter[0] for parameter in Options.optParameters
+    ]:
+        names[name] = name
+        names[dashed(name)] = name
+    return names, flags
+
+
+_SPELLINGS, _BOOLEAN_OPTIONS = _optionNames()
+
+
+def _canonicalArguments(arguments: list[str]) -> list[str]:
+    """
+    Rewrite C{--pool-size=5}, C{-poolSize 5} and C{-failover=false} into
+    C{--poolSize=5}, C{--poolSize 5} and nothing.
+
+    Go's flag package accepts one or two dashes, and a value after C{=} for
+    booleans (C{-useSyslog=false} is common in rmux init scripts).  Anything
+    that is not one of our names is left for C{getopt} to judge; rewriting
+    stops, as C{getopt} does, at C{--} or the first non-option.
+
+    @raise usage.UsageError: For a boolean flag with a value that is not a
+        Go boolean.
+    """
+    result: list[str] = []
+    remaining = iter(arguments)
+    for argument in remaining:
+        if argument == "--" or not argument.startswith("-") or argument == "-":
+            result.append(argument)
+            result.extend(remaining)
+            break
+        body = argument[2:] if argument.startswith("--") else argument[1:]
+        spelled, equals, value = body.partition("=")
+        name = _SPELLINGS.get(spelled)
+        if name is None:
+            result.append(argument)
+        elif name in _BOOLEAN_OPTIONS:
+            # As with Go, the last one wins: -failover -failover=false is off.
+            result = [a for a in result if a != "--" + name]
+            try:
+                on = parseFlagBoolean(value, name) if equals else True
+            except ConfigError as e:
+                raise usage.UsageError(str(e)) from None
+            if on:
+                result.append("--" + name)
+        elif equals:
+            result.append(f"--{name}={value}")
+        else:
+            result.append("--" + name)
+            following = next(remaining, None)
+            if following is not None:
+                result.append(following)
+    return result
+
+
+def makeService(options: Options):
+    """
+    Build the rmux service from parsed L{Options}.
+
+    @return: An L{IService} running every configured listener.
+    """
+    # Imported here so that --help and option errors do not need it.
+    from rmux import service
+
+    return service.makeService(options.config)

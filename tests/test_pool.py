@@ -1,0 +1,325 @@
+"""
+Tests for L{rmux.pool}: pipelining, lazy db/protocol switches, and the
+remote timeouts, driven by L{Clock}; then the pool against a real Redis.
+"""
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from rmux.config import BackendAddress
+from rmux.pool import BackendPool, BackendProtocol, errorReply
+from rmux.resp import encodeCommand
+from tests.redisserver import freePort, startRedis
+
+
+class Collector:
+    """
+    A waiter that remembers its reply.
+    """
+
+    def __init__(self, log=None):
+        self.reply = None
+        self.log = log
+
+    def fill(self, reply):
+        self.reply = reply
+        if self.log is not None:
+            self.log.append(self)
+
+
+class FakePool:
+    address = "redis.example:6379"
+
+    def __init__(self):
+        self.failures = []
+        self.gone = []
+
+    def connectionFailed(self, protocol, why, timedOut):
+        self.failures.append((why, timedOut))
+
+    def connectionGone(self, protocol):
+        self.gone.append(protocol)
+
+    def connectionReady(self, protocol):
+        pass
+
+
+def connect(readTimeout=0.5, writeTimeout=0.5):
+    clock = Clock()
+    protocol = BackendProtocol()
+    protocol.pool = FakePool()
+    protocol.clock = clock
+    protocol.readTimeout = readTimeout
+    protocol.writeTimeout = writeTimeout
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport, clock
+
+
+def command(*args):
+    return encodeCommand(list(args))
+
+
+class BackendProtocolTests(SynchronousTestCase):
+    def test_pipelinedRepliesInOrder(self):
+        """
+        Requests are written at once, and the n-th reply goes to the n-th
+        waiter, even when replies arrive split anywhere.
+        """
+        protocol, transport, clock = connect()
+        waiters = [Collector() for _ in range(3)]
+        for i, waiter in enumerate(waiters):
+            protocol.send(command(b"GET", b"k%d" % i), waiter)
+        self.assertEqual(
+            transport.value(),
+            b"".join(command(b"GET", b"k%d" % i) for i in range(3)),
+        )
+        stream = b"$2\r\nv0\r\n$-1\r\n+OK\r\n"
+        for byte in range(len(stream)):
+            protocol.dataReceived(stream[byte : byte + 1])
+        self.assertEqual(
+            [w.reply for w in waiters], [b"$2\r\nv0\r\n", b"$-1\r\n", b"+OK\r\n"]
+        )
+
+    def test_selectHoldsLaterRequests(self):
+        """
+        A request for another db makes the connection send SELECT first and
+        hold every later request until SELECT's +OK is back.
+        """
+        protocol, transport, clock = connect()
+        first, second = Collector(), Collector()
+        protocol.send(command(b"SET", b"a", b"1"), first, db=5)
+        protocol.send(command(b"GET", b"a"), second, db=5)
+        self.assertEqual(transport.value(), command(b"SELECT", b"5"))
+        transport.clear()
+        protocol.dataReceived(b"+OK\r\n")
+        self.assertEqual(
+            transport.value(), command(b"SET", b"a", b"1") + command(b"GET", b"a")
+        )
+        protocol.dataReceived(b"+OK\r\n$1\r\n1\r\n")
+        self.assertEqual((first.reply, second.reply), (b"+OK\r\n", b"$1\r\n1\r\n"))
+        self.assertEqual(protocol.db, 5)
+
+    def test_failedSelectNeverRunsTheRequest(self):
+        """
+        If SELECT fails, the held requests get its error and are never
+        written, and the connection is retired.
+        """
+        protocol, transport, clock = connect()
+        held = Collector()
+        protocol.send(command(b"SET", b"a", b"1"), held, db=99)
+        transport.clear()
+        protocol.dataReceived(b"-ERR DB index is out of range\r\n")
+        self.assertEqual(held.reply, b"-ERR DB index is out of range\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(protocol.broken)
+        self.assertTrue(transport.disconnecting)
+
+    def test_helloSwitchesProtocol(self):
+        protocol, transport, clock = connect()
+        waiter = Collector()
+        protocol.send(command(b"GET", b"a"), waiter, protocolVersion=3)
+        self.assertEqual(transport.value(), command(b"HELLO", b"3"))
+        transport.clear()
+        protocol.dataReceived(b"%1\r\n$6\r\nserver\r\n$5\r\nredis\r\n")
+        self.assertEqual(transport.value(), command(b"GET", b"a"))
+        protocol.dataReceived(b"_\r\n")
+        self.assertEqual(waiter.reply, b"_\r\n")
+
+    def test_readTimeout(self):
+        """
+        When the backend is silent for the read timeout, every waiter gets an
+        error naming the backend and the connection is closed for good.
+        """
+        protocol, transport, clock = connect(readTimeout=0.5)
+        waiters = [Collector(), Collector()]
+        for waiter in waiters:
+            protocol.send(command(b"GET", b"a"), waiter)
+        clock.advance(0.49)
+        self.assertIsNone(waiters[0].reply)
+        clock.advance(0.01)
+        expected = errorReply(
+            "rmux: backend redis.example:6379 did not reply within 500 ms"
+        )
+        self.assertEqual([w.reply for w in waiters], [expected, expected])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(protocol.pool.failures, [("did not reply within 500 ms", True)])
+        late = Collector()
+        protocol.send(command(b"GET", b"a"), late)
+        self.assertTrue(late.reply.startswith(b"-ERR rmux: lost connection"))
+
+    def test_progressExtendsReadTimeout(self):
+        """
+        The read timeout measures silence, not the age of a long pipeline.
+        """
+        protocol, transport, clock = connect(readTimeout=0.5)
+        waiters = [Collector(), Collector()]
+        for waiter in waiters:
+            protocol.send(command(b"GET", b"a"), waiter)
+        clock.advance(0.4)
+        protocol.dataReceived(b"+OK\r\n")
+        clock.advance(0.4)
+        self.assertIsNone(waiters[1].reply)
+        clock.advance(0.1)
+        self.assertTrue(waiters[1].reply.startswith(b"-ERR rmux: backend"))
+
+    def test_noTimerWhenIdle(self):
+        protocol, transport, clock = connect()
+        waiter = Collector()
+        protocol.send(command(b"GET", b"a"), waiter)
+        protocol.dataReceived(b"+OK\r\n")
+        clock.advance(10)
+        self.assertFalse(protocol.broken)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_writeTimeout(self):
+        """
+        A backend that stops reading our writes for the write timeout is
+        given up on.
+        """
+        protocol, transport, clock = connect(writeTimeout=0.2)
+        waiter = Collector()
+        protocol.send(command(b"GET", b"a"), waiter)
+        protocol.pauseProducing()
+        clock.advance(0.2)
+        self.assertIn(b"did not accept a write within 200 ms", waiter.reply)
+
+    def test_resumeCancelsWriteTimeout(self):
+        protocol, transport, clock = connect(readTimeout=0, writeTimeout=0.2)
+        protocol.pauseProducing()
+        protocol.resumeProducing()
+        clock.advance(1)
+        self.assertFalse(protocol.broken)
+
+    def test_unexpectedReplyPoisonsNothing(self):
+        """
+        A reply nobody asked for means the stream is out of step: the
+        connection is dropped rather than handing it to a later request.
+        """
+        protocol, transport, clock = connect()
+        protocol.dataReceived(b"+OK\r\n")
+        self.assertTrue(protocol.broken)
+        self.assertTrue(transport.disconnecting)
+
+    def test_malformedReply(self):
+        protocol, transport, clock = connect()
+        waiter = Collector()
+        protocol.send(command(b"GET", b"a"), waiter)
+        protocol.dataReceived(b"?garbage\r\n")
+        self.assertIn(b"malformed reply", waiter.reply)
+        self.assertTrue(transport.disconnecting)
+
+    def test_pushIsNotAReply(self):
+        protocol, transport, clock = connect()
+        waiter = Collector()
+        protocol.send(command(b"GET", b"a"), waiter, protocolVersion=2)
+        protocol.dataReceived(b">3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$1\r\nv\r\n")
+        self.assertIsNone(waiter.reply)
+        protocol.dataReceived(b"$1\r\nv\r\n")
+        self.assertEqual(waiter.reply, b"$1\r\nv\r\n")
+
+    def test_connectionLostFailsInFlight(self):
+        protocol, transport, clock = connect()
+        waiter = Collector()
+        protocol.send(command(b"GET", b"a"), waiter)
+        protocol.connectionLost(None)
+        self.assertEqual(
+            waiter.reply,
+            errorReply("rmux: lost connection to backend redis.example:6379"),
+        )
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class BackendPoolTests(TestCase):
+    """
+    The pool against a real redis-server.
+    """
+
+    def send(self, pool, *args, **kwargs):
+        d = Deferred()
+
+        class Waiter:
+            def fill(self, reply):
+                d.callback(reply)
+
+        pool.send(encodeCommand(list(args)), Waiter(), **kwargs)
+        return d
+
+    def makePool(self, address, **kwargs):
+        pool = BackendPool(reactor, address, **kwargs)
+        self.addCleanup(pool.stop)
+        return pool
+
+    @inlineCallbacks
+    def test_lazyConnectAndPipeline(self):
+        """
+        No connection is opened before the first request; requests sent
+        before the connect completes wait for it and keep their order.
+        """
+        server = startRedis(self)
+        pool = self.makePool(BackendAddress(kind="unix", path=server.path), size=2)
+        self.assertEqual(pool.connections, [])
+        replies = [self.send(pool, b"ECHO", b"%d" % i) for i in range(50)]
+        results = []
+        for d in replies:
+            results.append((yield d))
+        self.assertEqual(results, [b"$%d\r\n%d\r\n" % (len(str(i)), i) for i in range(50)])
+        self.assertLessEqual(len(pool.connections), 2)
+
+    @inlineCallbacks
+    def test_growsUpToSize(self):
+        server = startRedis(self)
+        pool = self.makePool(BackendAddress(kind="unix", path=server.path), size=3)
+        pool.growthThreshold = 1
+        for round in range(5):
+            yield self.send(pool, b"PING")
+            replies = [self.send(pool, b"PING") for _ in range(20)]
+            for d in replies:
+                self.assertEqual((yield d), b"+PONG\r\n")
+        self.assertEqual(len(pool.connections), 3)
+
+    @inlineCallbacks
+    def test_dbIsolation(self):
+        """
+        Requests for different dbs interleaved on one connection each run in
+        their own db.
+        """
+        server = startRedis(self)
+        pool = self.makePool(BackendAddress(kind="unix", path=server.path), size=1)
+        sets = [
+            self.send(pool, b"SET", b"k", b"db%d" % (i % 3), db=i % 3) for i in range(30)
+        ]
+        for d in sets:
+            self.assertEqual((yield d), b"+OK\r\n")
+        for db in range(3):
+            self.assertEqual(
+                (yield self.send(pool, b"GET", b"k", db=db)), b"$3\r\ndb%d\r\n" % db
+            )
+
+    @inlineCallbacks
+    def test_connectRefused(self):
+        """
+        A server that refuses connections gives an error naming it, at once.
+        """
+        port = freePort()
+        pool = self.makePool(BackendAddress(kind="tcp", host="127.0.0.1", port=port))
+        reply = yield self.send(pool, b"GET", b"a")
+        self.assertTrue(
+            reply.startswith(b"-ERR rmux: cannot connect to backend 127.0.0.1:%d" % port),
+            reply,
+        )
+
+    @inlineCallbacks
+    def test_reconnectsAfterRestart(self):
+        server = startRedis(self)
+        pool = self.makePool(BackendAddress(kind="unix", path=server.path))
+        self.assertEqual((yield self.send(pool, b"PING")), b"+PONG\r\n")
+        server.stop()
+        reply = yield self.send(pool, b"PING")
+        self.assertTrue(reply.startswith(b"-ERR rmux:"), reply)
+        server.start()
+        yield deferLater(reactor, pool.retryDelay + 0.05, lambda: None)
+        self.assertEqual((yield self.send(pool, b"PING")), b"+PONG\r\n")

@@ -1,0 +1,241 @@
+"""
+Unit tests for L{rmux.proxy}: reply ordering, local commands and the local
+timeouts, with a L{Clock} and a router stand-in whose replies the test
+delivers in any order it likes.  (Everything involving Redis itself is in
+L{tests.test_integration}, against real servers.)
+"""
+
+from twisted.internet.address import UNIXAddress
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from rmux.commands import CommandTable
+from rmux.config import fromFlags
+from rmux.proxy import ProxyFactory
+
+
+class RecordingRouter:
+    """
+    Keeps every routed request so the test can answer it later.
+    """
+
+    pools = ()
+
+    def __init__(self):
+        self.routed = []
+
+    def route(self, args, spec, slot, db, protocolVersion):
+        self.routed.append((args, slot, db, protocolVersion))
+
+
+def makeClient(**flags):
+    values = {"socket": "/tmp/rmux-unit.sock", "unixConnections": "/tmp/r.sock"}
+    values.update(flags)
+    listener = fromFlags(values).listeners[0]
+    clock = Clock()
+    router = RecordingRouter()
+    factory = ProxyFactory(clock, router, CommandTable.default(), listener)
+    protocol = factory.buildProtocol(UNIXAddress(None))
+    transport = StringTransport(
+        hostAddress=UNIXAddress(b"/tmp/rmux-unit.sock"),
+        peerAddress=UNIXAddress(None),
+    )
+    protocol.makeConnection(transport)
+    return protocol, transport, router, clock
+
+
+class OrderingTests(SynchronousTestCase):
+    def test_repliesLeaveInRequestOrder(self):
+        """
+        Backend replies that arrive out of order are held until every
+        earlier reply, including local ones, has been written.
+        """
+        client, transport, router, clock = makeClient()
+        client.dataReceived(b"GET a\r\nPING\r\nGET b\r\nECHO x\r\n")
+        self.assertEqual(transport.value(), b"")
+        (_, first, _, _), (_, second, _, _) = router.routed
+        second.fill(b"$1\r\nb\r\n")
+        self.assertEqual(transport.value(), b"")
+        first.fill(b"$1\r\na\r\n")
+        self.assertEqual(
+            transport.value(), b"$1\r\na\r\n+PONG\r\n$1\r\nb\r\n$1\r\nx\r\n"
+        )
+
+    def test_localReplyWithNothingPendingIsImmediate(self):
+        client, transport, router, clock = makeClient()
+        client.dataReceived(b"PING\r\n")
+        self.assertEqual(transport.value(), b"+PONG\r\n")
+
+    def test_errorsKeepTheirPlace(self):
+        """
+        An error for a refused command does not overtake earlier replies
+        (Go rmux wrote errors immediately).
+        """
+        client, transport, router, clock = makeClient()
+        client.dataReceived(b"SET k1 a\r\nCONFIG GET x\r\nGET k1\r\n")
+        (_, first, _, _), (_, third, _, _) = router.routed
+        third.fill(b"$1\r\na\r\n")
+        first.fill(b"+OK\r\n")
+        value = transport.value()
+        self.assertTrue(value.startswith(b"+OK\r\n-ERR CONFIG"), value)
+        self.assertTrue(value.endswith(b"$1\r\na\r\n"), value)
+
+    def test_quitAfterPendingReplies(self):
+        client, transport, router, clock = makeClient()
+        client.dataReceived(b"GET a\r\nQUIT\r\nGET b\r\n")
+        self.assertEqual(len(router.routed), 1)
+        self.assertFalse(transport.disconnecting)
+        router.routed[0][1].fill(b"$-1\r\n")
+        self.assertEqual(transport.value(), b"$-1\r\n+OK\r\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_dbAndProtocolTravelWithTheRequest(self):
+        client, transport, router, clock = makeClient()
+        client.dataReceived(b"GET a\r\nSELECT 3\r\nHELLO 3\r\nGET b\r\n")
+        self.assertEqual(
+            [(args, db, version) for args, slot, db, version in router.routed],
+            [([b"GET", b"a"], 0, 2), ([b"GET", b"b"], 3, 3)],
+        )
+
+    def test_replyForDisconnectedClientIsDropped(self):
+        client, transport, router, clock = makeClient()
+        client.dataReceived(b"GET a\r\n")
+        client.connectionLost(None)
+        router.routed[0][1].fill(b"$-1\r\n")
+        self.assertEqual(transport.value(), b"")
+
+
+class LocalCommandTests(SynchronousTestCase):
+    def exchange(self, data, **flags):
+        client, transport, router, clock = makeClient(**flags)
+        client.dataReceived(data)
+        return transport.value()
+
+    def test_ping(self):
+        self.assertEqual(
+            self.exchange(b"PING\r\nping hi\r\nPING a b\r\n"),
+            b"+PONG\r\n$2\r\nhi\r\n-ERR wrong number of arguments for 'ping' command\r\n",
+        )
+
+    def test_selectWithoutKnownDbCount(self):
+        self.assertEqual(
+            self.exchange(b"SELECT 1\r\nSELECT 01\r\nSELECT 1.5\r\n"),
+            b"+OK\r\n-ERR value is not an integer or out of range\r\n"
+            b"-ERR value is not an integer or out of range\r\n",
+        )
+
+    def test_authWithoutPassword(self):
+        self.assertEqual(
+            self.exchange(b"AUTH secret\r\nAUTH default x\r\nAUTH bob x\r\n"),
+            b"-ERR AUTH <password> called without any password configured for the "
+            b"default user. Are you sure your configuration is correct?\r\n"
+            b"+OK\r\n"
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+        )
+
+    def test_hello2IsAFlatArray(self):
+        value = self.exchange(b"HELLO 2\r\n")
+        self.assertTrue(value.startswith(b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), value)
+
+    def test_helloErrors(self):
+        self.assertEqual(
+            self.exchange(b"HELLO x\r\nHELLO 3 BOGUS\r\nHELLO 3 SETNAME\r\n"),
+            b"-ERR Protocol version is not an integer or out of range\r\n"
+            b"-ERR Syntax error in HELLO option 'BOGUS'\r\n"
+            b"-ERR Syntax error in HELLO option 'SETNAME'\r\n",
+        )
+
+    def test_clientSetinfo(self):
+        self.assertEqual(
+            self.exchange(
+                b"CLIENT SETINFO LIB-NAME redis-py\r\nCLIENT SETINFO lib-ver 8.1\r\n"
+                b"CLIENT SETINFO color red\r\nCLIENT SETNAME 'a b'\r\n"
+            ),
+            b"+OK\r\n+OK\r\n-ERR Unrecognized option 'color'\r\n"
+            b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
+        )
+
+    def test_infoSections(self):
+        client, transport, router, clock = makeClient()
+        client.dataReceived(b"INFO clients\r\n")
+        value = transport.value()
+        self.assertEqual(value, b"$32\r\n# Clients\r\nconnected_clients:1\r\n\r\n")
+        transport.clear()
+        client.dataReceived(b"INFO\r\n")
+        body = transport.value().decode()
+        for section in ("# Server", "# Clients", "# Stats", "# Replication", "# Backends"):
+            self.assertIn(section + "\r\n", body)
+        self.assertIn("total_endpoints:0\r\n", body)
+
+    def test_protocolErrorReplyThenClose(self):
+        client, transport, router, clock = makeClient()
+        client.dataReceived(b"PING\r\n*1\r\n$x\r\n")
+        self.assertEqual(
+            transport.value(), b"+PONG\r\n-ERR Protocol error: invalid bulk length\r\n"
+        )
+        self.assertTrue(transport.disconnecting)
+
+
+class LocalTimeoutTests(SynchronousTestCase):
+    def test_idleTimeout(self):
+        """
+        A client that sends nothing for the idle timeout is closed; one with
+        a request in flight is not.
+        """
+        client, transport, router, clock = makeClient(idleTimeout="1000")
+        clock.advance(0.9)
+        client.dataReceived(b"PING\r\n")
+        clock.advance(0.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_idleTimeoutSparesBusyClients(self):
+        client, transport, router, clock = makeClient(idleTimeout="1000")
+        client.dataReceived(b"GET a\r\n")
+        clock.advance(5)
+        self.assertFalse(transport.disconnecting)
+        router.routed[0][1].fill(b"$-1\r\n")
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_readTimeout(self):
+        """
+        A request that has begun must be completed within the local read
+        timeout; an idle client is not affected.
+        """
+        client, transport, router, clock = makeClient(localReadTimeout="500")
+        clock.advance(5)
+        self.assertFalse(transport.disconnecting)
+        client.dataReceived(b"*2\r\n$3\r\nGET\r\n")
+        clock.advance(0.5)
+        self.assertEqual(
+            transport.value(),
+            b"-ERR rmux: request not completed within the local read timeout\r\n",
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_writeTimeout(self):
+        """
+        A client that stops reading its replies for the local write timeout
+        is dropped.
+        """
+        client, transport, router, clock = makeClient(localWriteTimeout="300")
+        client.pauseProducing()
+        clock.advance(0.2)
+        self.assertFalse(transport.disconnecting)
+        client.resumeProducing()
+        clock.advance(0.5)
+        client.pauseProducing()
+        clock.advance(0.3)
+        self.assertTrue(transport.disconnecting)
+
+    def test_noTimersWithoutTimeouts(self):
+        client, transport, router, clock = makeClient()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_disconnectCancelsTimer(self):
+        client, transport, router, clock = makeClient(idleTimeout="1000")
+        client.connectionLost(None)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -1,0 +1,354 @@
+"""
+Tests for L{rmux.tap} and the C{twistd rmux} plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import types
+
+from zope.interface.verify import verifyObject
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python import usage
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+import rmux
+from rmux import tap
+from rmux.config import FLAG_NAMES, BackendAddress, ListenerConfig, RmuxConfig, fromFlags
+
+REPOSITORY = FilePath(__file__).parent().parent()
+
+
+def parse(*arguments: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(arguments))
+    return options
+
+
+# rmux's flag, a command-line value, and how to read the result back.
+PARAMETER_CASES = [
+    ("host", "127.0.0.2", lambda c: c.listeners[0].host, "127.0.0.2"),
+    ("port", "7000", lambda c: c.listeners[0].port, 7000),
+    ("socket", "/tmp/rmux.sock", lambda c: c.listeners[0].socket, "/tmp/rmux.sock"),
+    ("socketMode", "0600", lambda c: c.listeners[0].socketMode, 0o600),
+    (
+        "tcpConnections",
+        "r1:6380  r2",
+        lambda c: [str(b) for b in c.listeners[0].backends],
+        ["r1:6380", "r2:6379"],
+    ),
+    (
+        "unixConnections",
+        "/u1 /u2",
+        lambda c: [str(b) for b in c.listeners[0].backends],
+        ["/u1", "/u2"],
+    ),
+    ("poolSize", "7", lambda c: c.listeners[0].poolSize, 7),
+    ("maxProcesses", "3", lambda c: c.listeners[0].maxProcesses, 3),
+    (
+        "localTimeout",
+        "100",
+        lambda c: (c.listeners[0].localReadTimeout, c.listeners[0].localWriteTimeout),
+        (100, 100),
+    ),
+    ("localReadTimeout", "101", lambda c: c.listeners[0].localReadTimeout, 101),
+    ("localWriteTimeout", "102", lambda c: c.listeners[0].localWriteTimeout, 102),
+    ("idleTimeout", "103", lambda c: c.listeners[0].idleTimeout, 103),
+    (
+        "remoteTimeout",
+        "2000",
+        lambda c: (
+            c.listeners[0].remoteConnectTimeout,
+            c.listeners[0].remoteReadTimeout,
+            c.listeners[0].remoteWriteTimeout,
+        ),
+        (2000, 2000, 2000),
+    ),
+    ("remoteConnectTimeout", "201", lambda c: c.listeners[0].remoteConnectTimeout, 201),
+    ("remoteReadTimeout", "202", lambda c: c.listeners[0].remoteReadTimeout, 202),
+    ("remoteWriteTimeout", "203", lambda c: c.listeners[0].remoteWriteTimeout, 203),
+    ("graphite", "stats:8125", lambda c: c.graphite, "stats:8125"),
+    ("cpuProfile", "/tmp/cpu.prof", lambda c: c.cpuProfile, "/tmp/cpu.prof"),
+]
+
+FLAG_CASES = [
+    ("failover", lambda c: c.listeners[0].failover),
+    ("debug", lambda c: c.debug),
+    ("useSyslog", lambda c: c.useSyslog),
+    ("timing", lambda c: c.timing),
+]
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Tests for L{tap.Options}.
+    """
+
+    def test_everyFlagHasAnOption(self):
+        """
+        Every flag L{rmux.config.fromFlags} knows is an option, and the
+        cases below cover all of them.
+        """
+        options = tap.Options()
+        for name in FLAG_NAMES:
+            self.assertIn(name, options)
+        covered = {case[0] for case in PARAMETER_CASES} | {case[0] for case in FLAG_CASES}
+        self.assertEqual(covered | {"config"}, set(FLAG_NAMES))
+
+    def test_dashed(self):
+        self.assertEqual(tap.dashed("remoteReadTimeout"), "remote-read-timeout")
+        self.assertEqual(tap.dashed("tcpConnections"), "tcp-connections")
+        self.assertEqual(tap.dashed("host"), "host")
+
+    def test_parametersInEverySpelling(self):
+        """
+        Each parameter works as rmux spells it, dashed, in Go's single-dash
+        form, with C{=} or as the next argument.
+        """
+        for name, value, read, expected in PARAMETER_CASES:
+            for spelling in (name, tap.dashed(name)):
+                for arguments in (
+                    [f"--{spelling}={value}"],
+                    [f"--{spelling}", value],
+                    [f"-{spelling}={value}"],
+                    [f"-{spelling}", value],
+                ):
+                    options = parse(*arguments)
+                    self.assertEqual(read(options.config), expected, arguments)
+                    self.assertEqual(options[name], value, arguments)
+
+    def test_flagsInEverySpelling(self):
+        for name, read in FLAG_CASES:
+            self.assertFalse(read(parse().config))
+            for spelling in {name, tap.dashed(name)}:
+                for arguments in (
+                    [f"--{spelling}"],
+                    [f"-{spelling}"],
+                    [f"--{spelling}=true"],
+                    [f"-{spelling}=1"],
+                ):
+                    self.assertTrue(read(parse(*arguments).config), arguments)
+                for arguments in (
+                    [f"-{spelling}=false"],
+                    [f"--{spelling}", f"--{spelling}=F"],
+                ):
+                    self.assertFalse(read(parse(*arguments).config), arguments)
+
+    def test_goBooleanError(self):
+        error = self.assertRaises(usage.UsageError, parse, "--failover=yes")
+        self.assertEqual(str(error), "--failover: must be true or false, got 'yes'")
+
+    def test_defaults(self):
+        """
+        Without options, the configuration is rmux's defaults.
+        """
+        self.assertEqual(parse().config, fromFlags({}))
+        self.assertEqual(
+            parse().config,
+            RmuxConfig(listeners=[ListenerConfig(backends=["localhost:6380", "localhost:6381"])]),
+        )
+
+    def test_operatorExample(self):
+        config = parse(
+            "--socket=/tmp/rmux.sock", "--tcpConnections=redis1:6379 redis2:6379"
+        ).config
+        listener = config.listeners[0]
+        self.assertEqual(listener.socket, "/tmp/rmux.sock")
+        self.assertEqual(
+            listener.backends,
+            (
+                BackendAddress(kind="tcp", host="redis1", port=6379),
+                BackendAddress(kind="tcp", host="redis2", port=6379),
+            ),
+        )
+        self.assertTrue(listener.multiplexing)
+
+    def test_unixOnly(self):
+        """
+        C{--unixConnections} alone does not bring in the default TCP
+        backends.
+        """
+        config = parse("--unix-connections=/tmp/redis.sock").config
+        self.assertEqual([str(b) for b in config.listeners[0].backends], ["/tmp/redis.sock"])
+
+    def test_configFile(self):
+        path = FilePath(self.mktemp())
+        path.setContent(b'[{"socket": "/tmp/a.sock", "tcpConnections": ["r1"]}]')
+        config = parse(f"--config={path.path}", "--pool-size=3", "--debug").config
+        self.assertEqual(config.listeners[0].poolSize, 20)
+        self.assertEqual(config.listeners[0].socket, "/tmp/a.sock")
+        self.assertTrue(config.debug)
+
+    def test_configErrorBecomesUsageError(self):
+        """
+        A L{ConfigError} reaches twistd as a L{usage.UsageError} with the
+        same message.
+        """
+        for arguments, message in [
+            (["--poolSize=-3"], "--poolSize: must be a positive integer (0 means 20), got '-3'"),
+            (["--pool-size", "x"], "--poolSize: must be a positive integer (0 means 20), got 'x'"),
+            (
+                ["--tcpConnections="],
+                "at least one backend is required (--tcpConnections or --unixConnections)",
+            ),
+            (
+                ["--remote-read-timeout=-1"],
+                "--remoteReadTimeout: must be a non-negative integer (ms), got '-1'",
+            ),
+        ]:
+            error = self.assertRaises(usage.UsageError, parse, *arguments)
+            self.assertEqual(str(error), message)
+
+    def test_unknownOption(self):
+        self.assertRaises(usage.UsageError, parse, "--poolsize=3")
+        self.assertRaises(usage.UsageError, parse, "--pool_size=3")
+        self.assertRaises(usage.UsageError, parse, "extra")
+
+    def test_afterDoubleDash(self):
+        """
+        Arguments after C{--} are not rewritten (and we take none).
+        """
+        self.assertEqual(
+            tap._canonicalArguments(["--pool-size=1", "--", "--pool-size=2"]),
+            ["--poolSize=1", "--", "--pool-size=2"],
+        )
+        self.assertEqual(tap._canonicalArguments(["--socket", "-debug"]), ["--socket", "-debug"])
+
+    def test_help(self):
+        """
+        C{--help} lists each option once under rmux's name, with its default
+        and units, and explains the other spellings.
+        """
+        usage = tap.Options().getUsage(width=2000)
+        listed = re.findall(r"^ +--([A-Za-z-]+)=? ", usage, re.MULTILINE)
+        self.assertEqual(sorted(listed), sorted(list(FLAG_NAMES) + ["help", "version"]))
+        text = " ".join(usage.split())
+        for alias in ("--tcp-connections", "--pool-size", "--remote-read-timeout"):
+            self.assertIn(alias, text)
+            self.assertNotIn(alias + "=", text)
+        self.assertIn("--poolSize= Connections per backend; 0 means 20. [default: 20]", text)
+        self.assertIn("Backend read timeout (ms); 0 = --remoteTimeout.", text)
+        self.assertIn("0 = 500", text)
+        self.assertIn("localhost:6380 localhost:6381", text)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    Tests for L{tap.makeService}.
+    """
+
+    def test_delegates(self):
+        """
+        L{tap.makeService} hands the parsed configuration to
+        L{rmux.service.makeService}.
+        """
+        calls = []
+        fake = types.ModuleType("rmux.service")
+        fake.makeService = lambda config, reactor=None: calls.append(config) or "service"
+        missing = object()
+        previous = getattr(rmux, "service", missing)
+        rmux.service = fake
+
+        def restore():
+            if previous is missing:
+                del rmux.service
+            else:
+                rmux.service = previous
+
+        self.addCleanup(restore)
+        options = parse("--socket=/tmp/r.sock")
+        self.assertEqual(tap.makeService(options), "service")
+        self.assertEqual(calls, [options.config])
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    Tests for the plugin in C{twisted/plugins/rmux_plugin.py}.
+    """
+
+    def setUp(self):
+        import twisted.plugins
+
+        pluginDirectory = REPOSITORY.child("twisted").child("plugins").path
+        if pluginDirectory not in [os.path.abspath(p) for p in twisted.plugins.__path__]:
+            self.patch(
+                twisted.plugins, "__path__", list(twisted.plugins.__path__) + [pluginDirectory]
+            )
+
+    def findPlugin(self):
+        for plugin in getPlugins(IServiceMaker):
+            if plugin.tapname == "rmux":
+                return plugin
+        self.fail("no rmux IServiceMaker plugin found")
+
+    def test_found(self):
+        plugin = self.findPlugin()
+        verifyObject(IServiceMaker, plugin)
+        verifyObject(IPlugin, plugin)
+        self.assertIs(plugin.options, tap.Options)
+        self.assertIn("Redis", plugin.description)
+
+    def test_makeService(self):
+        plugin = self.findPlugin()
+        seen = []
+        self.patch(tap, "makeService", lambda options: seen.append(options) or "service")
+        options = parse()
+        self.assertEqual(plugin.makeService(options), "service")
+        self.assertEqual(seen, [options])
+
+
+def runPython(testCase, *arguments, executable=None):
+    """
+    Run a Python program of the repository's virtualenv, the way an
+    operator would: with the repository on C{PYTHONPATH}, from an empty
+    directory.
+    """
+    environment = dict(os.environ, PYTHONPATH=REPOSITORY.path)
+    directory = testCase.mktemp()
+    os.mkdir(directory)
+    return subprocess.run(
+        [executable or sys.executable, *arguments],
+        cwd=directory,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=60,
+        text=True,
+    )
+
+
+class CommandLineTests(SynchronousTestCase):
+    """
+    The real C{twistd} and a bare import, in child processes.
+    """
+
+    def test_twistdRejectsBadPoolSize(self):
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        if not os.path.exists(twistd):
+            twistd = REPOSITORY.child(".venv").child("bin").child("twistd").path
+        result = runPython(self, "-n", "rmux", "--poolSize=-3", executable=twistd)
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        self.assertIn(
+            "--poolSize: must be a positive integer (0 means 20), got '-3'", result.stdout
+        )
+
+    def test_pluginImportsLittle(self):
+        """
+        Importing the plugin module, as every plugin search does, does not
+        import rmux itself.
+        """
+        result = runPython(
+            self,
+            "-c",
+            "import sys, twisted.plugins.rmux_plugin as p; "
+            "print(p.serviceMaker.tapname, "
+            "sorted(m for m in sys.modules if m.startswith('rmux')))",
+        )
+        self.assertEqual(result.returncode, 0, result.stdout)
+        self.assertEqual(result.stdout.strip(), "rmux []")

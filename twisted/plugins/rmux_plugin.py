@@ -1,0 +1,47 @@
+"""
+Makes C{twistd rmux} exist.
+
+Plugin discovery imports every module in C{twisted/plugins} whenever any
+program looks for plugins, so this one imports nothing of rmux until the
+rmux plugin is actually used.  This directory must never get an
+C{__init__.py}: that would hide Twisted's own plugins.
+"""
+
+from zope.interface import implementer
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+
+
+@implementer(IServiceMaker, IPlugin)
+class RmuxServiceMaker:
+    """
+    The rmux proxy as a twistd plugin: C{twistd -n rmux --socket=...}.
+    """
+
+    tapname = "rmux"
+    description = (
+        "Redis connection pooler and key-hashing proxy (Go rmux compatible): "
+        "clients connect to a local socket, rmux keeps pooled connections to "
+        "each Redis backend and hashes each key to its server."
+    )
+
+    @property
+    def options(self):
+        """
+        L{rmux.tap.Options}, imported only when twistd asks for it.
+        """
+        from rmux.tap import Options
+
+        return Options
+
+    def makeService(self, options):
+        """
+        Build the service; see L{rmux.tap.makeService}.
+        """
+        from rmux.tap import makeService
+
+        return makeService(options)
+
+
+serviceMaker = RmuxServiceMaker()
