@@ -15,20 +15,35 @@ one that does not start.
 Nothing here touches the reactor or the network: the service is built from
 the objects defined here by L{rmux.service}.
 
+Beyond Go rmux's fields, a listener has (see L{ListenerConfig} for each):
+
+  - key placement: C{distribution} (C{"rmux"}, Go rmux's slot table, or
+    C{"ketama"}, twemproxy's consistent hashing), C{hash} (ketama's key
+    hash), C{hashTag} (such as C{"{}"}), and per backend a C{weight} and a
+    C{name} for ketama, written in twemproxy's C{host:port:weight name}
+    syntax or as a JSON object;
+  - C{routes} (JSON only): Envoy-style prefix routes, each a
+    L{RouteConfig} with its own backends, the listener's own backends
+    taking the keys no prefix matches;
+  - health checks: C{healthInterval}, C{healthTimeout}, C{healthFailures},
+    C{healthSuccesses} and C{startupWait};
+  - C{allowFlush}, which lets FLUSHDB/FLUSHALL reach every server.
+
 The three layers, from the outside in:
 
   - L{fromFlags}, L{fromJSON} and L{loadConfigFile} read rmux's spellings:
     strings, C{0} for "use the default", C{remoteTimeout} as a fallback for
     the three individual remote timeouts, two backend lists.
-  - L{RmuxConfig}, L{ListenerConfig} and L{BackendAddress} hold the
-    I{effective} values (a pool size of 20, not 0) and validate themselves
-    when constructed, so a configuration built in code (a C{.tac} file) is
-    checked exactly like one read from a file.
+  - L{RmuxConfig}, L{ListenerConfig}, L{RouteConfig} and L{BackendAddress}
+    hold the I{effective} values (a pool size of 20, not 0) and validate
+    themselves when constructed, so a configuration built in code (a
+    C{.tac} file) is checked exactly like one read from a file.
   - L{ConfigError} is the one exception all of them raise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import json
@@ -44,6 +59,7 @@ __all__ = [
     "ConfigError",
     "BackendAddress",
     "ListenerConfig",
+    "RouteConfig",
     "RmuxConfig",
     "fromFlags",
     "fromJSON",
@@ -54,6 +70,12 @@ __all__ = [
     "DEFAULT_TCP_CONNECTIONS",
     "DEFAULT_POOL_SIZE",
     "DEFAULT_REMOTE_TIMEOUT",
+    "DISTRIBUTIONS",
+    "HASHES",
+    "DEFAULT_HEALTH_INTERVAL",
+    "DEFAULT_HEALTH_FAILURES",
+    "DEFAULT_HEALTH_SUCCESSES",
+    "DEFAULT_STARTUP_WAIT",
 ]
 
 
@@ -71,6 +93,33 @@ DEFAULT_POOL_SIZE = 20
 
 DEFAULT_REMOTE_TIMEOUT = 500
 """Go rmux's built-in backend connect/read/write timeout, in milliseconds."""
+
+DISTRIBUTIONS = ("rmux", "ketama")
+"""
+The key placements a pool can use: Go rmux's slot table (the default), and
+twemproxy's ketama consistent hashing.
+"""
+
+HASHES = ("fnv1a_64", "md5")
+"""
+The key hashes ketama can use, by twemproxy's names; the first is the
+default.  rmux's own placement always uses its own hash.
+"""
+
+DEFAULT_HEALTH_INTERVAL = 100
+"""Milliseconds between two health checks of a backend, as in Go rmux."""
+
+DEFAULT_HEALTH_FAILURES = 3
+"""Consecutive failed health checks that take a backend down."""
+
+DEFAULT_HEALTH_SUCCESSES = 2
+"""Consecutive good health checks that bring a down backend back."""
+
+DEFAULT_STARTUP_WAIT = 1000
+"""
+Milliseconds a request for a backend not yet checked waits for its first
+verdict.
+"""
 
 _MAX_SOCKET_MODE = 0o777
 _WILDCARD_HOSTS = frozenset(["", "0.0.0.0", "::"])
@@ -170,8 +219,13 @@ class BackendAddress:
     without another address syntax; L{username}, L{password} and L{db} are
     C{None} when not given.
 
+    For the C{"ketama"} distribution a backend also has a L{weight} and an
+    optional L{name}, written as in twemproxy's C{servers:} list
+    (C{host:port:weight name}); see L{fromString}.
+
     C{str()} is the bare address (C{host:port}, C{[::1]:6379} or the socket
-    path), the form used in errors and in INFO.  Neither C{str()} nor
+    path), the form used in errors and in INFO: it shows neither the weight
+    nor the name.  C{repr()} shows them when set, and neither C{str()} nor
     C{repr()} ever shows the password.
 
     @ivar kind: C{"tcp"} or C{"unix"}.
@@ -182,6 +236,15 @@ class BackendAddress:
     @ivar username: The ACL user name for AUTH, or C{None}.
     @ivar password: The password for AUTH, or C{None}.
     @ivar db: The database to SELECT, or C{None} for the client's own.
+    @ivar weight: The server's share of the keys relative to the others of
+        its pool, a positive integer, used only by the C{"ketama"}
+        distribution (a pool using rmux's placement refuses a weight other
+        than 1; list a server twice there instead).
+    @ivar name: The node name, or C{None}.  With ketama a server is placed
+        by its name when it has one, else by its address, so a named server
+        can move to another address without moving its keys.  Otherwise it
+        is only a label.  Non-empty, without whitespace or control
+        characters.
     """
 
     kind: str
@@ -191,6 +254,8 @@ class BackendAddress:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     db: int | None = None
+    weight: int = 1
+    name: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "tcp":
@@ -218,6 +283,9 @@ class BackendAddress:
             )
         if self.db is not None:
             _checkInt(self.db, "db", 0, None, "a non-negative integer")
+        _checkInt(self.weight, "weight", 1, None, "a positive integer")
+        if self.name is not None:
+            _checkName(self.name, "name")
 
     def __str__(self) -> str:
         if self.kind == "unix":
@@ -234,6 +302,10 @@ class BackendAddress:
             parts.append("password=<hidden>")
         if self.db is not None:
             parts.append(f"db={self.db!r}")
+        if self.weight != 1:
+            parts.append(f"weight={self.weight!r}")
+        if self.name is not None:
+            parts.append(f"name={self.name!r}")
         return f"BackendAddress({', '.join(parts)})"
 
     @classmethod
@@ -245,6 +317,16 @@ class BackendAddress:
         C{redis://[user:password@]host[:port][/db]}.  Unix: a path, or
         C{unix:///path/to.sock[?db=N]} (credentials as in C{redis://}).
 
+        A weight and a name (see L{weight}, L{name}) may be added the way
+        twemproxy writes its servers: C{host:port:weight} (the port is then
+        required), C{[::1]:6379:2}, and a name after whitespace,
+        C{host:port:weight name} (or C{host:port name}); URLs take
+        C{?weight=N&name=NAME} (or the name after whitespace).  A plain
+        socket path cannot carry either, because a path may itself contain
+        colons and spaces: a path that ends in C{:N} or contains whitespace
+        is refused, and the weight and name of a unix backend are given in
+        a C{unix://} URL or, in the JSON file, an object.
+
         @param text: The address.
         @param kind: C{"tcp"} if C{text} came from a TCP list
             (C{tcpConnections}), C{"unix"} if from a unix list, C{None} to
@@ -255,10 +337,19 @@ class BackendAddress:
         @raise ConfigError: If C{text} is not a valid address of that kind;
             the message quotes C{text} with any password hidden.
         """
+        return cls._fromText(text, kind, extras=True)
+
+    @classmethod
+    def _fromText(cls, text: object, kind: str | None, extras: bool) -> BackendAddress:
+        """
+        L{fromString}, or with C{extras} false the C{address} of a JSON
+        backend object, which must not carry a weight or name of its own
+        (the object has fields for them) and so may be any socket path.
+        """
         if not isinstance(text, str):
             raise ConfigError(f"expected a string, got {text!r}")
         try:
-            address = cls._parse(text.strip(), kind)
+            address = cls._parse(text.strip(), kind, extras)
         except (ConfigError, ValueError) as e:
             # ValueError: urlsplit's, e.g. for an unbalanced "[".
             raise ConfigError(f"{_redact(text)!r}: {e}") from None
@@ -268,29 +359,52 @@ class BackendAddress:
         return address
 
     @classmethod
-    def _parse(cls, text: str, kind: str | None) -> BackendAddress:
+    def _parse(cls, text: str, kind: str | None, extras: bool) -> BackendAddress:
         if not text:
             raise ConfigError("empty address")
         scheme = text.partition("://")[0].lower() if "://" in text else None
         if scheme is None and text.lower().startswith("unix:/"):
             scheme = "unix"
+        # Guessing the kind looks at the address alone, not at a name after it.
+        guessUnix = kind is None and "/" in text.split(None, 1)[0]
+        if scheme is None and (kind == "unix" or guessUnix):
+            if extras and (re.search(r":[0-9]+$", text) or any(c.isspace() for c in text)):
+                raise ConfigError(
+                    "a socket path cannot carry a weight or name here (a path may contain "
+                    "':' and spaces); write unix:///path?weight=N&name=NAME, or in the JSON "
+                    'file an object {"address": "/path", "weight": N, "name": "NAME"}'
+                )
+            return cls(kind="unix", path=text)
+        name = None
+        if extras:
+            pieces = text.split(None, 1)
+            text, name = pieces[0], (pieces[1] if len(pieces) > 1 else None)
+        elif any(c.isspace() for c in text):
+            raise _noExtras("name")
         if scheme == "redis":
-            return cls._parseURL(text, "tcp")
+            return cls._parseURL(text, "tcp", extras, name)
         if scheme == "unix":
-            return cls._parseURL(text, "unix")
+            return cls._parseURL(text, "unix", extras, name)
         if scheme == "rediss":
             raise ConfigError("TLS (rediss://) is not supported")
         if scheme is not None:
             raise ConfigError(f"unsupported URL scheme {scheme!r} (use redis:// or unix://)")
-        if kind == "unix" or (kind is None and "/" in text):
-            return cls(kind="unix", path=text)
         if "/" in text:
             raise ConfigError("looks like a socket path; list it in unixConnections")
+        weight = 1
+        weightText = _splitWeight(text)
+        if weightText is not None:
+            if not extras:
+                raise _noExtras("weight")
+            text = text[: -len(weightText) - 1]
+            weight = _parseWeight(weightText)
         host, port = _splitHostPort(text, DEFAULT_REDIS_PORT)
-        return cls(kind="tcp", host=host, port=port)
+        return cls(kind="tcp", host=host, port=port, weight=weight, name=name)
 
     @classmethod
-    def _parseURL(cls, text: str, kind: str) -> BackendAddress:
+    def _parseURL(
+        cls, text: str, kind: str, extras: bool = True, name: str | None = None
+    ) -> BackendAddress:
         parts = urlsplit(text)
         if parts.fragment:
             raise ConfigError("a backend URL cannot have a #fragment")
@@ -301,11 +415,24 @@ class BackendAddress:
             username = unquote(user) or None
             password = unquote(secret) if colon else None
         db = None
+        weight = 1
         query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False)
-        for name, value in query:
-            if name != "db":
-                raise ConfigError(f"unknown URL parameter {name!r}")
-            db = _parseDB(value)
+        for parameter, value in query:
+            if parameter == "db":
+                db = _parseDB(value)
+            elif parameter in ("weight", "name") and not extras:
+                raise _noExtras(parameter)
+            elif parameter == "weight":
+                weight = _parseWeight(value)
+            elif parameter == "name":
+                if name is not None:
+                    raise ConfigError("the name is given both after the URL and as ?name=")
+                name = value
+            else:
+                raise ConfigError(f"unknown URL parameter {parameter!r}")
+        common: dict[str, Any] = dict(
+            username=username, password=password, db=db, weight=weight, name=name
+        )
         if kind == "unix":
             if hostport:
                 raise ConfigError(
@@ -314,7 +441,7 @@ class BackendAddress:
             path = unquote(parts.path)
             if not path:
                 raise ConfigError("a unix URL needs a socket path")
-            return cls(kind="unix", path=path, username=username, password=password, db=db)
+            return cls(kind="unix", path=path, **common)
         if not hostport:
             raise ConfigError("a redis URL needs a host")
         host, port = _splitHostPort(hostport, DEFAULT_REDIS_PORT)
@@ -322,8 +449,49 @@ class BackendAddress:
         if dbPath:
             if db is not None:
                 raise ConfigError("the database is given both in the path and as ?db=")
-            db = _parseDB(dbPath)
-        return cls(kind="tcp", host=host, port=port, username=username, password=password, db=db)
+            common["db"] = _parseDB(dbPath)
+        return cls(kind="tcp", host=host, port=port, **common)
+
+
+def _noExtras(what: str) -> ConfigError:
+    return ConfigError(
+        f'an object\'s "address" cannot carry a {what}; use the object\'s "{what}" field'
+    )
+
+
+def _splitWeight(text: str) -> str | None:
+    """
+    The weight of twemproxy's C{host:port:weight} or C{[v6]:port:weight},
+    or C{None} if C{text} has no third part.  Unbracketed text with C{::}
+    or more than two colons is left for L{_splitHostPort} to refuse as an
+    IPv6 address without brackets.
+    """
+    if text.startswith("["):
+        rest = text.partition("]")[2]
+        if rest.count(":") != 2:
+            return None
+    elif text.count(":") != 2 or "::" in text:
+        return None
+    return text.rpartition(":")[2]
+
+
+def _parseWeight(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
+        raise ConfigError(f"weight must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _checkName(value: object, label: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or any(c.isspace() or not c.isprintable() for c in value)
+    ):
+        raise ConfigError(
+            f"{label}: must be a non-empty name without spaces or control characters, "
+            f"got {value!r}"
+        )
+    return value
 
 
 def _parseDB(text: str) -> int:
@@ -391,6 +559,163 @@ def _orderBackends(backends: Iterable[BackendAddress | str]) -> tuple[BackendAdd
     )
 
 
+def _checkDistribution(value: object, label: str) -> str:
+    if not isinstance(value, str) or value not in DISTRIBUTIONS:
+        raise ConfigError(f"{label}: must be 'rmux' or 'ketama', got {value!r}")
+    return value
+
+
+def _checkHash(value: object, label: str) -> str:
+    if not isinstance(value, str) or value not in HASHES:
+        raise ConfigError(f"{label}: must be 'fnv1a_64' or 'md5', got {value!r}")
+    return value
+
+
+def _checkHashTag(value: object, label: str) -> bytes | None:
+    """
+    Normalize a hash tag to two bytes, or C{None} for none (C{None} or an
+    empty string).
+    """
+    if value is None or value in ("", b""):
+        return None
+    if isinstance(value, str) and value.isascii():
+        tag = value.encode("ascii")
+    elif isinstance(value, bytes):
+        tag = value
+    else:
+        tag = b""
+    if len(tag) != 2 or not all(0x21 <= byte <= 0x7E for byte in tag):
+        raise ConfigError(
+            f"{label}: must be two printable ASCII characters such as '{{}}', got {value!r}"
+        )
+    return tag
+
+
+_MAX_RMUX_BACKENDS = 101
+"""rmux's slot table is built from a list of primes that ends at 101."""
+
+_MAX_KETAMA_NAME = 80
+"""
+twemproxy hashes C{"<name>-<n>"} for a server's point groups in an 86-byte
+buffer; a name of at most 80 bytes leaves room for any realistic C{n}.
+"""
+
+
+def _checkPool(backends: tuple[BackendAddress, ...], distribution: str) -> None:
+    """
+    Check what a pool's placement makes of its backends: weights are
+    ketama's alone, a name names one entry, ketama places an entry by its
+    name or else its address so those must differ and fit twemproxy's
+    buffer, and rmux's slot table has room for 101 backends.
+
+    Errors name the entry as C{backends[i]}, which the parsers translate
+    into the list and index the operator wrote.
+    """
+    if distribution == "rmux" and len(backends) > _MAX_RMUX_BACKENDS:
+        raise ConfigError(
+            f"rmux's placement handles at most {_MAX_RMUX_BACKENDS} backends "
+            f"per pool, got {len(backends)}; use the ketama distribution"
+        )
+    names: dict[str, BackendAddress] = {}
+    identities: dict[str, BackendAddress] = {}
+    for index, backend in enumerate(backends):
+        label = f"backends[{index}]"
+        if backend.weight != 1 and distribution != "ketama":
+            raise ConfigError(
+                f"{label}: weight {backend.weight} is only used by the ketama "
+                "distribution; with rmux's placement list a server twice instead"
+            )
+        if backend.name is not None:
+            if backend.name in names:
+                raise ConfigError(
+                    f"{label}: name {backend.name!r} is already used by "
+                    f"{names[backend.name]} in this pool"
+                )
+            names[backend.name] = backend
+        if distribution == "ketama":
+            identity = backend.name or str(backend)
+            if identity in identities:
+                raise ConfigError(
+                    f"{label}: ketama places each entry by its name, or its address "
+                    f"when unnamed, and {identity!r} already places an earlier entry; "
+                    "give the entries distinct names (or list the server once, with a weight)"
+                )
+            if len(identity.encode("utf-8")) > _MAX_KETAMA_NAME:
+                raise ConfigError(
+                    f"{label}: ketama places an entry by its name, or its address when "
+                    f"unnamed, and {identity!r} is longer than twemproxy allows "
+                    f"({_MAX_KETAMA_NAME} bytes); give it a shorter name"
+                )
+            identities[identity] = backend
+
+
+def _showPrefix(prefix: bytes) -> str:
+    try:
+        return repr(prefix.decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(prefix)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteConfig:
+    """
+    A prefix route (Envoy's C{prefix_routes}): keys that start with
+    L{prefix} go to this route's own backends, placed by its own
+    distribution.  When several prefixes match a key, the longest wins;
+    keys no route matches go to the listener's own backends.
+
+    Built in code, a route has exactly the values given (the defaults are a
+    listener's); L{fromJSON} fills the fields a route object leaves out
+    from its listener's.
+
+    @ivar prefix: The key prefix, non-empty L{bytes} (a C{str} is encoded
+        as UTF-8).  There is no empty prefix: the listener's own backends
+        are the catch-all.
+    @ivar backends: The route's backends, TCP ones first, as for a listener.
+    @ivar distribution: C{"rmux"} or C{"ketama"}; see L{ListenerConfig}.
+    @ivar hash: ketama's key hash; see L{ListenerConfig}.
+    @ivar hashTag: Two bytes such as C{b"{}"}, or C{None}; see
+        L{ListenerConfig}.
+    @ivar failover: Whether a key whose backend is down goes to another
+        backend of this route.
+    """
+
+    prefix: bytes
+    backends: tuple[BackendAddress, ...]
+    distribution: str = "rmux"
+    hash: str = HASHES[0]
+    hashTag: bytes | None = None
+    failover: bool = False
+
+    def __post_init__(self) -> None:
+        prefix = self.prefix
+        if isinstance(prefix, str):
+            prefix = prefix.encode("utf-8")
+            object.__setattr__(self, "prefix", prefix)
+        if not isinstance(prefix, bytes):
+            raise ConfigError(f"prefix: must be a string, got {prefix!r}")
+        if not prefix:
+            raise ConfigError(
+                "prefix: must not be empty; keys no route matches go to the "
+                "listener's own backends"
+            )
+        _placementFields(self)
+        _checkBool(self.failover, "failover")
+
+
+def _placementFields(config: ListenerConfig | RouteConfig) -> None:
+    """
+    Validate and normalize the fields a listener and a route share.
+    """
+    object.__setattr__(config, "backends", _orderBackends(config.backends))
+    if not config.backends:
+        raise ConfigError("at least one backend is required")
+    _checkDistribution(config.distribution, "distribution")
+    _checkHash(config.hash, "hash")
+    object.__setattr__(config, "hashTag", _checkHashTag(config.hashTag, "hashTag"))
+    _checkPool(config.backends, config.distribution)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ListenerConfig:
     """
@@ -401,8 +726,8 @@ class ListenerConfig:
     All values are the effective ones, validated on construction: a pool
     size of 20, not rmux's "0 means default", and timeouts in integer
     milliseconds.  Fields are keyword-only and all have defaults except
-    C{backends}, so fields added later (hashing scheme, health-check
-    interval, auth) do not break existing callers.
+    C{backends}, so fields added later (auth, ...) do not break existing
+    callers.
 
     @ivar host: TCP interface to listen on; C{""} means all interfaces.
         Ignored when C{socket} is set.
@@ -414,7 +739,8 @@ class ListenerConfig:
         connect; we keep that default and let it be tightened.
     @ivar backends: The backend addresses, TCP ones first, then unix ones;
         this order defines the key hashing.  Strings are parsed with
-        L{BackendAddress.fromString}.
+        L{BackendAddress.fromString}.  With L{routes}, these take the keys
+        no route matches, so they are required even then.
     @ivar poolSize: Connections per backend.
     @ivar failover: When multiplexing, send a key whose backend is down to
         the next live one instead of failing the command.
@@ -426,6 +752,37 @@ class ListenerConfig:
     @ivar remoteConnectTimeout: Backend connect timeout in ms.
     @ivar remoteReadTimeout: Backend read timeout in ms.
     @ivar remoteWriteTimeout: Backend write timeout in ms.
+    @ivar distribution: How keys are placed on L{backends}: C{"rmux"} (Go
+        rmux's slot table, the default, so keys stay where Go rmux put
+        them) or C{"ketama"} (twemproxy's consistent hashing, using each
+        backend's L{BackendAddress.weight} and L{BackendAddress.name}).
+        A weight other than 1 needs C{"ketama"}.
+    @ivar hash: The key hash of C{"ketama"}: C{"fnv1a_64"} (twemproxy's
+        default) or C{"md5"}.  rmux's placement has its own hash; the file
+        and flag parsers refuse a C{hash} that no ketama pool uses.
+    @ivar hashTag: Two bytes such as C{b"{}"} (a two-character C{str} is
+        accepted): when a key holds the opening one and later the closing
+        one, only the bytes between them are hashed, so C{user:{42}:name}
+        and C{cart:{42}} land on one server.  C{None} (or C{""}) for none.
+        Applies to either distribution.
+    @ivar routes: L{RouteConfig}s, each sending keys with its prefix to its
+        own backends; no two with the same prefix.  JSON only.
+    @ivar healthInterval: Milliseconds between two health checks (a PING)
+        of a backend; Go rmux checks every 100 ms.
+    @ivar healthTimeout: Milliseconds a health check may take before it
+        counts as failed.  C{None} when constructing means
+        L{remoteConnectTimeout}; the stored value is always the effective
+        one (so C{dataclasses.replace} of the connect timeout keeps it).
+    @ivar healthFailures: Consecutive failed checks that take a backend
+        down (Go rmux: 1).
+    @ivar healthSuccesses: Consecutive good checks that bring a down
+        backend back (Go rmux: 1).
+    @ivar startupWait: How long, in ms, a request for a backend that has
+        not had its first health check yet waits for it; 0 = fail at once,
+        as Go rmux, whose backends start down, does.
+    @ivar allowFlush: When multiplexing, send FLUSHDB and FLUSHALL to every
+        server instead of refusing them.  Without multiplexing they always
+        go to the one backend, as in Go rmux.
     """
 
     host: str = "localhost"
@@ -442,6 +799,16 @@ class ListenerConfig:
     remoteConnectTimeout: int = DEFAULT_REMOTE_TIMEOUT
     remoteReadTimeout: int = DEFAULT_REMOTE_TIMEOUT
     remoteWriteTimeout: int = DEFAULT_REMOTE_TIMEOUT
+    distribution: str = "rmux"
+    hash: str = HASHES[0]
+    hashTag: bytes | None = None
+    routes: tuple[RouteConfig, ...] = ()
+    healthInterval: int = DEFAULT_HEALTH_INTERVAL
+    healthTimeout: int | None = None
+    healthFailures: int = DEFAULT_HEALTH_FAILURES
+    healthSuccesses: int = DEFAULT_HEALTH_SUCCESSES
+    startupWait: int = DEFAULT_STARTUP_WAIT
+    allowFlush: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str):
@@ -451,9 +818,7 @@ class ListenerConfig:
             if not isinstance(self.socket, str) or not self.socket or "\0" in self.socket:
                 raise ConfigError(f"socket: must be a non-empty path, got {self.socket!r}")
         _checkInt(self.socketMode, "socketMode", 0, _MAX_SOCKET_MODE, "a mode from 0 to 0777")
-        object.__setattr__(self, "backends", _orderBackends(self.backends))
-        if not self.backends:
-            raise ConfigError("at least one backend is required")
+        _placementFields(self)
         _checkInt(self.poolSize, "poolSize", 1, None, "a positive integer")
         _checkBool(self.failover, "failover")
         _checkInt(self.maxProcesses, "maxProcesses", 0, None, "a non-negative integer")
@@ -461,14 +826,38 @@ class ListenerConfig:
             _checkInt(getattr(self, name), name, 0, None, "a non-negative integer (ms)")
         for name in ("remoteConnectTimeout", "remoteReadTimeout", "remoteWriteTimeout"):
             _checkInt(getattr(self, name), name, 1, None, "a positive integer (ms)")
+        object.__setattr__(self, "routes", _checkRoutes(self.routes, self.backends))
+        if self.healthTimeout is None:
+            object.__setattr__(self, "healthTimeout", self.remoteConnectTimeout)
+        for name in ("healthInterval", "healthTimeout"):
+            _checkInt(getattr(self, name), name, 1, None, "a positive integer (ms)")
+        for name in ("healthFailures", "healthSuccesses"):
+            _checkInt(getattr(self, name), name, 1, None, "a positive integer")
+        _checkInt(self.startupWait, "startupWait", 0, None, "a non-negative integer (ms)")
+        _checkBool(self.allowFlush, "allowFlush")
 
     @property
     def multiplexing(self) -> bool:
         """
-        Whether keys are hashed over several backends.  Like rmux we count
-        configured entries, so listing one server twice turns it on.
+        Whether keys are placed over several backends.  Like rmux we count
+        configured entries, so listing one server twice turns it on.  A
+        listener with L{routes} is always multiplexing, even if every pool
+        has one backend: keys are being placed by prefix, so commands that
+        cannot follow one key (multi-key, key-less) are handled as when
+        hashing.
         """
-        return len(self.backends) > 1
+        return len(self.backends) > 1 or bool(self.routes)
+
+    @property
+    def allBackends(self) -> tuple[BackendAddress, ...]:
+        """
+        Every configured backend entry: L{backends}, then each route's, in
+        route order.  Entries are kept as configured, duplicates included
+        (rmux counts configured entries, e.g. for INFO's
+        C{total_endpoints}); a service that wants one pool per server must
+        de-duplicate itself.
+        """
+        return self.backends + tuple(b for route in self.routes for b in route.backends)
 
     @property
     def name(self) -> str:
@@ -479,6 +868,46 @@ class ListenerConfig:
         if self.socket is not None:
             return self.socket
         return _joinHostPort(self.host or "*", self.port)
+
+
+def _checkRoutes(routes: object, backends: tuple[BackendAddress, ...]) -> tuple[RouteConfig, ...]:
+    """
+    Check a listener's routes as a whole: distinct prefixes, and a name that
+    means one server throughout the listener (its own pool and every
+    route's).
+    """
+    if isinstance(routes, (str, bytes, RouteConfig)) or not isinstance(routes, (list, tuple)):
+        raise ConfigError(f"routes: expected a sequence of RouteConfig, got {routes!r}")
+    routes = tuple(routes)
+    prefixes: dict[bytes, int] = {}
+    named = {b.name: b for b in backends if b.name is not None}
+    for index, route in enumerate(routes):
+        if not isinstance(route, RouteConfig):
+            raise ConfigError(f"routes[{index}]: expected a RouteConfig, got {route!r}")
+        if route.prefix in prefixes:
+            raise ConfigError(
+                f"routes[{index}]: prefix {_showPrefix(route.prefix)} is already "
+                f"routed by routes[{prefixes[route.prefix]}]"
+            )
+        prefixes[route.prefix] = index
+        for backendIndex, backend in enumerate(route.backends):
+            if backend.name is None:
+                continue
+            other = named.setdefault(backend.name, backend)
+            if _server(other) != _server(backend):
+                raise ConfigError(
+                    f"routes[{index}]: backends[{backendIndex}]: name {backend.name!r} "
+                    f"already names {other}; a name must mean one server throughout "
+                    "a listener"
+                )
+    return routes
+
+
+def _server(address: BackendAddress) -> tuple[object, ...]:
+    """
+    What makes two entries the same server, whatever their weight.
+    """
+    return (address.kind, address.host, address.port, address.path, address.db)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -553,7 +982,7 @@ def _checkDistinctListeners(listeners: tuple[ListenerConfig, ...]) -> None:
                     f"as listener {otherIndex} already does"
                 )
         seen.append((index, listener))
-        for backend in listener.backends:
+        for backend in listener.allBackends:
             if listener.socket is not None:
                 loops = backend.kind == "unix" and _samePath(backend.path, listener.socket)
             else:
@@ -624,69 +1053,284 @@ class _Place:
         value = raw.get(name, 0)
         return _checkInt(value, self.label(name), low, high, what, self.given.get(name))
 
+    def integer(self, raw: Mapping[str, Any], name: str) -> int:
+        """
+        The integer field C{name} as rmux writes it (0 if not given),
+        checked by its rule in L{_INTEGER_RULES}.
+        """
+        high, what = _INTEGER_RULES.get(name, _MILLISECONDS_RULE)
+        return self.checkInt(raw, name, 0, high, what)
+
+
+_MILLISECONDS_RULE: tuple[int | None, str] = (None, "a non-negative integer (ms)")
+
+_INTEGER_RULES: dict[str, tuple[int | None, str]] = {
+    "port": (65535, "an integer from 0 to 65535"),
+    "poolSize": (None, f"a positive integer (0 means {DEFAULT_POOL_SIZE})"),
+    "maxProcesses": (None, "a non-negative integer"),
+    "healthInterval": (
+        None,
+        f"a positive integer (ms; 0 means {DEFAULT_HEALTH_INTERVAL})",
+    ),
+    "healthTimeout": (None, "a positive integer (ms; 0 means remoteConnectTimeout)"),
+    "healthFailures": (None, f"a positive integer (0 means {DEFAULT_HEALTH_FAILURES})"),
+    "healthSuccesses": (None, f"a positive integer (0 means {DEFAULT_HEALTH_SUCCESSES})"),
+}
+"""
+The upper bound and the description in errors of each integer field that
+is not a plain millisecond count (L{_MILLISECONDS_RULE}); all accept 0,
+which for most means "the default".
+"""
+
 
 def _buildListener(raw: Mapping[str, Any], place: _Place) -> ListenerConfig:
     """
     Apply rmux's semantics to the type-checked values of one instance.
 
     @param raw: camelCase field name to value, for the fields given.
-        Integers are already C{int}, lists of backends lists of C{str},
-        C{socketMode} an C{int}.
+        Integers are already C{int}, backend lists lists of C{str} (and,
+        from a file, backend objects), C{socketMode} an C{int}, C{routes}
+        (file only) a list of route objects.
     """
-
-    def nonNegative(name: str) -> int:
-        return place.checkInt(raw, name, 0, None, "a non-negative integer (ms)")
-
     kwargs: dict[str, Any] = {}
     if raw.get("socket"):
         kwargs["socket"] = raw["socket"]
-    for name in ("host", "failover", "socketMode"):
+    for name in ("host", "failover", "socketMode", "allowFlush"):
         if name in raw:
             kwargs[name] = raw[name]
     if "port" in raw:
-        kwargs["port"] = place.checkInt(raw, "port", 0, 65535, "an integer from 0 to 65535")
-    poolSize = place.checkInt(
-        raw, "poolSize", 0, None, f"a positive integer (0 means {DEFAULT_POOL_SIZE})"
-    )
-    kwargs["poolSize"] = poolSize or DEFAULT_POOL_SIZE
-    kwargs["maxProcesses"] = place.checkInt(raw, "maxProcesses", 0, None, "a non-negative integer")
+        kwargs["port"] = place.integer(raw, "port")
+    kwargs["poolSize"] = place.integer(raw, "poolSize") or DEFAULT_POOL_SIZE
+    kwargs["maxProcesses"] = place.integer(raw, "maxProcesses")
 
     # The individual timeouts win over the combined one, as in rmux, and 0
     # means "not set" at every level.
-    localTimeout = nonNegative("localTimeout")
-    kwargs["localReadTimeout"] = nonNegative("localReadTimeout") or localTimeout
-    kwargs["localWriteTimeout"] = nonNegative("localWriteTimeout") or localTimeout
-    kwargs["idleTimeout"] = nonNegative("idleTimeout")
-    remoteTimeout = nonNegative("remoteTimeout") or DEFAULT_REMOTE_TIMEOUT
+    localTimeout = place.integer(raw, "localTimeout")
+    kwargs["localReadTimeout"] = place.integer(raw, "localReadTimeout") or localTimeout
+    kwargs["localWriteTimeout"] = place.integer(raw, "localWriteTimeout") or localTimeout
+    kwargs["idleTimeout"] = place.integer(raw, "idleTimeout")
+    remoteTimeout = place.integer(raw, "remoteTimeout") or DEFAULT_REMOTE_TIMEOUT
     for name in ("remoteConnectTimeout", "remoteReadTimeout", "remoteWriteTimeout"):
-        kwargs[name] = nonNegative(name) or remoteTimeout
+        kwargs[name] = place.integer(raw, name) or remoteTimeout
 
-    backends = []
-    for listName, kind in (("tcpConnections", "tcp"), ("unixConnections", "unix")):
-        for index, text in enumerate(raw.get(listName, ())):
-            label = place.label(listName)
-            if place.arrays:
-                label = f"{label}[{index}]"
-            try:
-                backends.append(BackendAddress.fromString(text, kind))
-            except ConfigError as e:
-                raise ConfigError(f"{label}: {e}") from None
+    # Health checks: 0 means the default, except for startupWait, where it
+    # means "do not wait".
+    kwargs["healthInterval"] = place.integer(raw, "healthInterval") or DEFAULT_HEALTH_INTERVAL
+    kwargs["healthTimeout"] = place.integer(raw, "healthTimeout") or None
+    kwargs["healthFailures"] = place.integer(raw, "healthFailures") or DEFAULT_HEALTH_FAILURES
+    kwargs["healthSuccesses"] = place.integer(raw, "healthSuccesses") or DEFAULT_HEALTH_SUCCESSES
+    if "startupWait" in raw:
+        kwargs["startupWait"] = place.integer(raw, "startupWait")
+
+    # Checked here, before the routes that inherit them, so that an error
+    # names the listener's field rather than a route.
+    placement = {
+        "distribution": _checkDistribution(
+            raw.get("distribution", DISTRIBUTIONS[0]), place.label("distribution")
+        ),
+        "hash": _checkHash(raw.get("hash", HASHES[0]), place.label("hash")),
+        "hashTag": _checkHashTag(raw.get("hashTag"), place.label("hashTag")),
+        "failover": kwargs.get("failover", False),
+    }
+    kwargs.update(placement)
+
+    backends, labels = _backendsFromRaw(raw, place)
     if not backends:
-        raise place.error(
+        message = (
             "at least one backend is required "
             f"({place.field('tcpConnections')} or {place.field('unixConnections')})"
         )
+        if raw.get("routes"):
+            message += "; with routes, they take the keys no route matches"
+        raise place.error(message)
     kwargs["backends"] = backends
+
+    routes = []
+    routeLabels = []
+    hashUsed = placement["distribution"] == "ketama"
+    for index, obj in enumerate(raw.get("routes", ())):
+        route, backendLabels, inheritsHash = _routeFromJSON(obj, index, placement, place)
+        routes.append(route)
+        routeLabels.append(backendLabels)
+        hashUsed = hashUsed or inheritsHash
+    if "hash" in raw and not hashUsed:
+        raise ConfigError(_unusedHash(place))
+    if routes:
+        kwargs["routes"] = routes
 
     try:
         return ListenerConfig(**kwargs)
     except ConfigError as e:
         # Whatever the object refused still gets the place in front.
-        message = str(e)
-        name = message.partition(":")[0]
+        raise _placeError(str(e), raw, place, labels, routeLabels) from None
+
+
+def _unusedHash(place: _Place) -> str:
+    return (
+        f"{place.label('hash')}: only used by the ketama distribution (set "
+        f"{place.field('distribution')} to ketama, or leave {place.field('hash')} out)"
+    )
+
+
+def _placeError(
+    message: str,
+    raw: Mapping[str, Any],
+    place: _Place,
+    labels: list[str],
+    routeLabels: list[list[str]] | None = None,
+) -> ConfigError:
+    """
+    Put the operator's names on an error from L{ListenerConfig} or
+    L{RouteConfig}: the place in front, the flag or field name for the
+    field, and for C{backends[i]} the list and entry the backend came from.
+
+    @param labels: For each backend in order, how to name it.
+    @param routeLabels: The same for each route's backends.
+    """
+    match = re.match(r"(routes\[([0-9]+)\]: )?backends\[([0-9]+)\]", message)
+    if match:
+        route, routeIndex, index = match.groups()
+        if route:
+            label = route + (routeLabels or [])[int(routeIndex)][int(index)]
+        else:
+            label = labels[int(index)]
+        return place.error(label + message[match.end() :])
+    name = message.partition(":")[0]
+    if name in raw:
+        message = place.field(name) + message[len(name) :]
+    return place.error(message)
+
+
+def _backendsFromRaw(
+    raw: Mapping[str, Any], place: _Place
+) -> tuple[list[BackendAddress], list[str]]:
+    """
+    The backends of C{raw}'s C{tcpConnections} and C{unixConnections} (in
+    that order, as L{ListenerConfig} orders them), each with the label that
+    names it in errors: C{tcpConnections[2]} in a file, C{--tcpConnections:
+    'r1:6380:2'} for a flag.
+    """
+    backends = []
+    labels = []
+    for listName, kind in (("tcpConnections", "tcp"), ("unixConnections", "unix")):
+        for index, element in enumerate(raw.get(listName, ())):
+            if place.arrays:
+                label = f"{place.field(listName)}[{index}]"
+            else:
+                label = f"{place.field(listName)}: {_redact(str(element))!r}"
+            try:
+                if isinstance(element, str):
+                    backend = BackendAddress.fromString(element, kind)
+                elif isinstance(element, dict):
+                    backend = _backendFromObject(element, kind)
+                else:
+                    raise ConfigError(
+                        f"expected an address string or an object, got {_jsonType(element)}"
+                    )
+            except ConfigError as e:
+                # A flag's label quotes the address, and so does the error.
+                shown = place.field(listName) if not place.arrays else label
+                raise place.error(f"{shown}: {e}") from None
+            backends.append(backend)
+            labels.append(label)
+    return backends, labels
+
+
+_BACKEND_FIELDS: dict[str, Callable[[object, str], Any]] = {}
+_ROUTE_FIELDS: dict[str, Callable[[object, str], Any]] = {}
+
+
+def _objectFields(
+    obj: Mapping[str, Any],
+    fields: Mapping[str, Callable[[object, str], Any]],
+    label: Callable[[str], str],
+    elsewhere: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """
+    Type-check the fields of a JSON object: refuse repeated and unknown
+    fields (suggesting the closest known one), and drop C{null}s, which Go
+    treats as "not given".
+
+    @param label: Turns a field name into its place in errors.
+    @param elsewhere: For a field that belongs to another object, the hint
+        to give instead of "did you mean".
+    """
+    duplicates = getattr(obj, "duplicates", ())
+    if duplicates:
+        raise ConfigError(f"{label(duplicates[0])}: given more than once")
+    raw: dict[str, Any] = {}
+    for key, value in obj.items():
+        check = fields.get(key)
+        if check is None:
+            if elsewhere and key in elsewhere:
+                hint = f" ({elsewhere[key]})"
+            else:
+                close = difflib.get_close_matches(key, list(fields), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{label(key)}: unknown field{hint}")
+        if value is None:
+            continue
+        raw[key] = check(value, label(key))
+    return raw
+
+
+def _backendFromObject(obj: Mapping[str, Any], kind: str) -> BackendAddress:
+    """
+    A backend written as a JSON object, C{{"address": "r1:6379", "weight":
+    2, "name": "cache-a"}}: the way to give a weight or name to a socket
+    path, or a name to anything, without the string syntax.
+    """
+    raw = _objectFields(obj, _BACKEND_FIELDS, lambda name: name)
+    if "address" not in raw:
+        raise ConfigError('address: required, as in {"address": "host:port", "weight": 2}')
+    try:
+        address = BackendAddress._fromText(raw.pop("address"), kind, extras=False)
+    except ConfigError as e:
+        raise ConfigError(f"address: {e}") from None
+    if raw:
+        address = dataclasses.replace(address, **raw)
+    return address
+
+
+def _routeFromJSON(
+    obj: object, index: int, listener: Mapping[str, Any], place: _Place
+) -> tuple[RouteConfig, list[str], bool]:
+    """
+    Build one element of a listener's C{routes}.
+
+    @param listener: The listener's validated C{distribution}, C{hash},
+        C{hashTag} and C{failover}, for the fields the route leaves out.
+    @return: The route, the labels of its backends (see L{_backendsFromRaw})
+        and whether it uses the listener's C{hash}.
+    """
+    routePlace = _Place(f"{place.prefix}routes[{index}]: ", "%s", arrays=True)
+    if not isinstance(obj, dict):
+        raise routePlace.error(f"expected an object, got {_jsonType(obj)}")
+    raw = _objectFields(
+        obj,
+        _ROUTE_FIELDS,
+        routePlace.label,
+        {name: f"{name} is set for the whole listener" for name in _LISTENER_FIELDS},
+    )
+    if "prefix" not in raw:
+        raise routePlace.error('prefix: required, as in "prefix": "session:"')
+    kwargs: dict[str, Any] = dict(listener)
+    for name in ("distribution", "hash", "hashTag", "failover"):
         if name in raw:
-            message = place.field(name) + message[len(name) :]
-        raise place.error(message) from None
+            kwargs[name] = raw[name]
+    distribution = _checkDistribution(kwargs["distribution"], routePlace.label("distribution"))
+    if "hash" in raw and distribution != "ketama":
+        raise ConfigError(_unusedHash(routePlace))
+    backends, labels = _backendsFromRaw(raw, routePlace)
+    if not backends:
+        raise routePlace.error(
+            "at least one backend is required (tcpConnections or unixConnections)"
+        )
+    try:
+        route = RouteConfig(prefix=raw["prefix"], backends=backends, **kwargs)
+    except ConfigError as e:
+        raise _placeError(str(e), raw, routePlace, labels) from None
+    return route, labels, distribution == "ketama" and "hash" not in raw
 
 
 def _parseSocketMode(value: object, label: str) -> int:
@@ -727,9 +1371,18 @@ _POOL_FLAGS = (
     "remoteConnectTimeout",
     "remoteReadTimeout",
     "remoteWriteTimeout",
+    "distribution",
+    "hash",
+    "hashTag",
+    "healthInterval",
+    "healthTimeout",
+    "healthFailures",
+    "healthSuccesses",
+    "startupWait",
+    "allowFlush",
 )
 _GLOBAL_FLAGS = ("config", "debug", "useSyslog", "graphite", "timing", "cpuProfile")
-_BOOLEAN_FLAGS = frozenset(["failover", "debug", "useSyslog", "timing"])
+_BOOLEAN_FLAGS = frozenset(["failover", "allowFlush", "debug", "useSyslog", "timing"])
 _INTEGER_FLAGS = frozenset(
     [
         "port",
@@ -743,6 +1396,11 @@ _INTEGER_FLAGS = frozenset(
         "remoteConnectTimeout",
         "remoteReadTimeout",
         "remoteWriteTimeout",
+        "healthInterval",
+        "healthTimeout",
+        "healthFailures",
+        "healthSuccesses",
+        "startupWait",
     ]
 )
 FLAG_NAMES = _POOL_FLAGS + _GLOBAL_FLAGS
@@ -777,14 +1435,7 @@ def _flagInteger(value: object, name: str) -> int:
         return value  # type: ignore[return-value]
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
         return int(value)
-    if name == "port":
-        what = "an integer from 0 to 65535"
-    elif name == "poolSize":
-        what = f"a positive integer (0 means {DEFAULT_POOL_SIZE})"
-    elif name == "maxProcesses":
-        what = "a non-negative integer"
-    else:
-        what = "a non-negative integer (ms)"
+    what = _INTEGER_RULES.get(name, _MILLISECONDS_RULE)[1]
     raise ConfigError(f"--{name}: must be {what}, got {value!r}")
 
 
@@ -803,6 +1454,16 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
       - the default C{tcpConnections} (L{DEFAULT_TCP_CONNECTIONS}) applies
         only when neither C{tcpConnections} nor C{unixConnections} is
         given; Go rmux adds it even to an explicit C{unixConnections}.
+
+    The flags rmux does not have follow the same rules: C{distribution},
+    C{hash} (refused unless C{distribution} is C{ketama}) and C{hashTag}
+    (C{""} for none); C{healthInterval}, C{healthTimeout} (0 means
+    C{remoteConnectTimeout}), C{healthFailures} and C{healthSuccesses}, 0
+    meaning the default; C{startupWait}, where 0 means "do not wait"; and
+    the boolean C{allowFlush}.  A backend's weight is written
+    C{host:port:weight} (or C{?weight=N} in a URL), and since the lists are
+    split on whitespace a name only as C{?name=NAME} in a URL; prefix routes
+    need the JSON file.
 
     @param values: Flag name (rmux's camelCase, see L{FLAG_NAMES}) to value.
         Values may be the strings from the command line or already
@@ -828,6 +1489,9 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
         "host",
         "tcpConnections",
         "unixConnections",
+        "distribution",
+        "hash",
+        "hashTag",
     ):
         if name in given and not isinstance(given[name], str):
             raise ConfigError(f"--{name}: must be a string, got {given[name]!r}")
@@ -899,14 +1563,19 @@ def _expect(check: Callable[[object], bool], description: str) -> Callable[[obje
     return convert
 
 
-def _jsonStringList(value: object, label: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        got = _jsonType(value)
-        if isinstance(value, list):
-            got = "an array containing " + next(
-                _jsonType(v) for v in value if not isinstance(v, str)
-            )
-        raise ConfigError(f"{label}: expected an array of strings, got {got}")
+def _jsonBackendList(value: object, label: str) -> list[str | dict[str, Any]]:
+    """
+    Check a backend list: an array of address strings or backend objects
+    (whose elements L{_backendsFromRaw} checks, naming their index).
+    """
+    if not isinstance(value, list):
+        raise ConfigError(f"{label}: expected an array of strings, got {_jsonType(value)}")
+    return value
+
+
+def _jsonObjectList(value: object, label: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{label}: expected an array of objects, got {_jsonType(value)}")
     return value
 
 
@@ -931,8 +1600,8 @@ _LISTENER_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "maxProcesses": _jsonInteger,
     "poolSize": _jsonInteger,
     "failover": _jsonBoolean,
-    "tcpConnections": _jsonStringList,
-    "unixConnections": _jsonStringList,
+    "tcpConnections": _jsonBackendList,
+    "unixConnections": _jsonBackendList,
     "localTimeout": _jsonInteger,
     "localReadTimeout": _jsonInteger,
     "localWriteTimeout": _jsonInteger,
@@ -941,11 +1610,35 @@ _LISTENER_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "remoteReadTimeout": _jsonInteger,
     "remoteWriteTimeout": _jsonInteger,
     "remoteConnectTimeout": _jsonInteger,
+    "distribution": _jsonString,
+    "hash": _jsonString,
+    "hashTag": _jsonString,
+    "routes": _jsonObjectList,
+    "healthInterval": _jsonInteger,
+    "healthTimeout": _jsonInteger,
+    "healthFailures": _jsonInteger,
+    "healthSuccesses": _jsonInteger,
+    "startupWait": _jsonInteger,
+    "allowFlush": _jsonBoolean,
 }
 """
 The fields of one listener object in the JSON file and their type checks.
 A new field is one line here plus a keyword in L{_buildListener}.
 """
+
+_ROUTE_FIELDS.update(
+    {
+        "prefix": _jsonString,
+        "tcpConnections": _jsonBackendList,
+        "unixConnections": _jsonBackendList,
+        "distribution": _jsonString,
+        "hash": _jsonString,
+        "hashTag": _jsonString,
+        "failover": _jsonBoolean,
+    }
+)
+
+_BACKEND_FIELDS.update({"address": _jsonString, "weight": _jsonInteger, "name": _jsonString})
 
 
 class _JSONObject(dict):
@@ -971,20 +1664,13 @@ def _listenerFromJSON(obj: object, index: int) -> ListenerConfig:
     place = _Place(f"listener {index}: ", "%s", arrays=True)
     if not isinstance(obj, dict):
         raise place.error(f"expected an object, got {_jsonType(obj)}")
-    duplicates = getattr(obj, "duplicates", ())
-    if duplicates:
-        raise ConfigError(f"{place.label(duplicates[0])}: given more than once")
-    raw: dict[str, Any] = {}
-    for key, value in obj.items():
-        check = _LISTENER_FIELDS.get(key)
-        if check is None:
-            hint = difflib.get_close_matches(key, list(_LISTENER_FIELDS), n=1)
-            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
-            raise ConfigError(f"{place.label(key)}: unknown field{suggestion}")
-        if value is None:
-            # Go leaves a field untouched on null; so do we.
-            continue
-        raw[key] = check(value, place.label(key))
+    # Go leaves a field untouched on null; so do we.
+    raw = _objectFields(
+        obj,
+        _LISTENER_FIELDS,
+        place.label,
+        {"prefix": "prefix belongs to an element of routes"},
+    )
     if not raw.get("socket") and "port" not in raw:
         raise place.error(
             "needs a socket or a port to listen on (Go rmux would pick a random port)"
@@ -1003,9 +1689,34 @@ def fromJSON(text: str | bytes) -> RmuxConfig:
     Unlike Go rmux, an unknown or repeated field is an error, and so is a
     listener with neither C{socket} nor C{port}.
 
+    Besides rmux's fields, and with the meanings given in L{fromFlags} and
+    L{ListenerConfig}, a listener object may have C{distribution},
+    C{hash}, C{hashTag}, C{healthInterval}, C{healthTimeout},
+    C{healthFailures}, C{healthSuccesses}, C{startupWait}, C{allowFlush},
+    and two things flags cannot express:
+
+      - backends with a weight and a name, either as twemproxy writes them,
+        C{"10.0.0.1:6379:2 cache-a"}, or as an object,
+        C{{"address": "10.0.0.1:6379", "weight": 2, "name": "cache-a"}}
+        (the only way to give a plain socket path a weight or name);
+      - C{routes}, an array of prefix routes::
+
+          "routes": [{"prefix": "session:",
+                      "tcpConnections": ["10.0.0.5:6379", "10.0.0.6:6379"],
+                      "distribution": "ketama", "hash": "md5",
+                      "hashTag": "{}", "failover": true}]
+
+        Keys starting with a route's (non-empty) C{prefix} go to its
+        backends, the longest matching prefix winning; other keys go to
+        the listener's own backends, which are therefore still required.
+        C{distribution}, C{hash}, C{hashTag} and C{failover} default to
+        the listener's; C{"hashTag": ""} turns an inherited tag off.
+
     @raise ConfigError: Naming the listener (counted from 1) and the field,
         e.g. C{listener 2: tcpConnections: expected an array of strings, got
-        a string}, or the line and column of invalid JSON.
+        a string} or C{listener 1: routes[0]: tcpConnections[1]: weight:
+        must be a positive integer, got 0}, or the line and column of
+        invalid JSON.
     """
     try:
         document = json.loads(text, object_pairs_hook=_objectHook)

@@ -11,7 +11,7 @@ up, so SELECT can be validated locally.
 """
 
 import hiredis
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -133,23 +133,38 @@ class HealthMonitor:
     Checks every backend of a listener every C{interval} seconds.
 
     A backend goes down after C{fall} consecutive failed checks and comes
-    back after C{rise} consecutive good ones; the first verdict is taken
-    from the first check.
+    back after C{rise} consecutive good ones, so one lost PING moves no key;
+    the first verdict is taken from the first check.  Until every backend
+    has a verdict (at most C{startupWait} seconds after start), the router
+    holds requests for it rather than guess.
+
+    @ivar starting: whether the first verdicts are still awaited.
     """
 
-    def __init__(self, reactor, pools, interval=0.1, timeout=0.5, fall=3, rise=2):
+    def __init__(
+        self, reactor, pools, interval=0.1, timeout=0.5, fall=3, rise=2, startupWait=1.0
+    ):
         self.reactor = reactor
-        self.checks = {
-            pool: BackendHealth(reactor, pool.address, timeout, fall, rise)
-            for pool in pools
-        }
+        self.checks = {}
+        for pool in pools:
+            if pool not in self.checks:
+                self.checks[pool] = BackendHealth(
+                    reactor, pool.address, timeout, fall, rise, self._changed
+                )
         self.interval = interval
+        self.startupWait = startupWait
+        self.starting = False
+        self._startWaiters = []
+        self._startTimer = None
         self._loop = LoopingCall(self.checkAll)
         self._loop.clock = reactor
 
     def start(self):
-        if not self._loop.running:
-            self._loop.start(self.interval, now=True)
+        if self._loop.running:
+            return
+        self.starting = True
+        self._startTimer = self.reactor.callLater(self.startupWait, self._started)
+        self._loop.start(self.interval, now=True)
 
     def stop(self):
         """
@@ -159,16 +174,44 @@ class HealthMonitor:
         """
         if self._loop.running:
             self._loop.stop()
+        self._started()
         return DeferredList([check.stop() for check in self.checks.values()])
 
     def checkAll(self):
         for check in self.checks.values():
             check.check()
 
+    def _changed(self, check, previous, state):
+        if previous == UNKNOWN and self.starting:
+            if all(c.state != UNKNOWN for c in self.checks.values()):
+                self._started()
+
+    def _started(self):
+        self.starting = False
+        if self._startTimer is not None:
+            if self._startTimer.active():
+                self._startTimer.cancel()
+            self._startTimer = None
+        waiters, self._startWaiters = self._startWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def whenStarted(self):
+        """
+        @return: a L{Deferred} that fires once every backend has its first
+            verdict or the startup wait is over, or L{None} if that is
+            already so.
+        """
+        if not self.starting:
+            return None
+        waiter = Deferred()
+        self._startWaiters.append(waiter)
+        return waiter
+
     def isUp(self, pool):
         """
-        Whether C{pool}'s server may take requests; a server not yet checked
-        counts as up, so clients that arrive first get no spurious errors.
+        Whether C{pool}'s server may take requests; a server that has no
+        verdict yet counts as up once the startup wait is over.
         """
         return self.checks[pool].state != DOWN
 

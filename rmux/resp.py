@@ -381,11 +381,15 @@ class RequestParser(object):
                 self._pending = total
                 return -1
             used = need - pre
-            if pre >= length:
-                # The body is complete already; only its CRLF straddles.
-                held = b"".join(chunks)
-                body = held[:length]
-                tail = held[length:] + data[:used]
+            if pre > length:
+                # The body and its CR are here already: only the LF is not.
+                last = chunks[-1]
+                chunks[-1] = last[:-1]
+                body = b"".join(chunks)
+                tail = last[-1:] + data[:used]
+            elif pre == length:
+                body = b"".join(chunks)
+                tail = data[:used]
             else:
                 chunks.append(data[:length - pre])
                 body = b"".join(chunks)
@@ -408,26 +412,29 @@ class RequestParser(object):
                 self._held = 0
             return used
 
-        # Waiting for the end of a line.
+        # Waiting for the end of a line: a LF for an inline command, a CR
+        # and one more byte for a header.
         if self._wait == _LINE:
             end = data.find(b"\n")
+            length = self._pending + (len(data) if end < 0 else end)
             if end >= 0:
                 end += 1
-        elif data[0] == 10 and chunks[-1][-1] == 13:
+            elif length > self._maxInline:
+                self._fail("too big inline request")
+                return -1
+        elif chunks[-1][-1] == 13:
             end = 1
         else:
-            end = data.find(_CRLF)
-            if end >= 0:
-                end += 2
+            end = data.find(b"\r")
+            length = self._pending + (len(data) if end < 0 else end)
+            end = -1 if end < 0 or end + 1 == len(data) else end + 2
+            if end < 0 and length > self._maxInline:
+                self._fail("too big mbulk count string" if self._argv is None
+                           else "too big bulk count string")
+                return -1
         if end < 0:
             chunks.append(data)
             self._pending += len(data)
-            if self._wait == _LINE:
-                if self._pending > self._maxInline:
-                    self._fail("too big inline request")
-            elif self._pending - (data[-1] == 13) > self._maxInline:
-                self._fail("too big mbulk count string" if self._argv is None
-                           else "too big bulk count string")
             return -1
         chunks.append(data[:end])
         line = b"".join(chunks)
@@ -562,15 +569,18 @@ class RequestParser(object):
                     continue
                 if fast:
                     return pos
-                end = find(_CRLF, pos)
-                if end < 0:
-                    if n - pos - (buf[n - 1] == 13) > maxInline:
+                # Like Redis, find the CR, then look at the byte after it.
+                end = find(b"\r", pos)
+                if end < 0 or end + 1 == n:
+                    if (n if end < 0 else end) - pos > maxInline:
                         return self._fail("too big mbulk count string")
                     self._stash(buf, pos, _HEADER)
                     return n
                 if end - pos > maxInline:
                     return self._fail("too big mbulk count string")
                 count = buf[pos + 1:end]
+                if buf[end + 1] != 10:
+                    return self._fail("invalid multibulk length")
                 if count.isdigit() and (count[0] != 48 or len(count) == 1):
                     count = int(count)
                     if count > self._maxArgs:
@@ -594,9 +604,9 @@ class RequestParser(object):
                     if buf[pos] != 36:
                         return self._fail("expected '$', got '%s'"
                                           % (_quoteByte(buf[pos]),))
-                    end = find(_CRLF, pos)
-                    if end < 0:
-                        if n - pos - (buf[n - 1] == 13) > maxInline:
+                    end = find(b"\r", pos)
+                    if end < 0 or end + 1 == n:
+                        if (n if end < 0 else end) - pos > maxInline:
                             return self._fail("too big bulk count string")
                         self._argc = argc
                         self._bulkLen = -1
@@ -606,6 +616,8 @@ class RequestParser(object):
                     if end - pos > maxInline:
                         return self._fail("too big bulk count string")
                     size = buf[pos + 1:end]
+                    if buf[end + 1] != 10:
+                        return self._fail("invalid bulk length")
                     if size.isdigit() and (size[0] != 48 or len(size) == 1):
                         bulkLen = int(size)
                         if bulkLen > self._maxBulk:
@@ -659,7 +671,57 @@ _KINDS[ord(".")] = _END
 _KINDS = tuple(_KINDS)
 _NO_CRLF = "Protocol error: expected CRLF after bulk string"
 
-def scanReplies(buf, pos, stack):
+# Python pays per item, the regular expression engine per byte, so short
+# replies are cut out by regular expressions: a bulk string of known length
+# is a digit trie, "$1\r\n.{1}\r\n|$10\r\n.{10}\r\n|...", for every length
+# up to SHORT_BULK.  Longer ones are rare and big, and go through the loop
+# in scanReplies.
+SHORT_BULK = 99
+
+
+
+def _lengthTrie(digits, maximum):
+    """
+    A pattern matching the canonical decimal lengths starting with
+    C{digits} (without them), each followed by CRLF and that many bytes.
+    """
+    length = int(digits)
+    branches = [b"\r\n.{%d}" % (length,) if length else b"\r\n"]
+    if length:
+        for d in b"0123456789":
+            more = digits + bytes([d])
+            if int(more) <= maximum:
+                branches.append(bytes([d]) + _lengthTrie(more, maximum))
+    if len(branches) == 1:
+        return branches[0]
+    return b"(?:" + b"|".join(branches) + b")"
+
+
+
+def _shortItemPattern(maximum):
+    """
+    The pattern of one complete reply that is not an aggregate: a line
+    (simple string, error, integer, null, double, boolean, big number), a
+    null bulk string, or a bulk string of at most C{maximum} bytes.
+    """
+    lengths = b"|".join(bytes([d]) + _lengthTrie(bytes([d]), maximum)
+                        for d in b"0123456789")
+    return (rb"(?:[+\-:_,#(][^\r\n]*\r\n|\$(?:-1\r\n|(?:" + lengths
+            + rb")\r\n))")
+
+
+_ITEM = _shortItemPattern(SHORT_BULK)
+_matchItem = re.compile(_ITEM, re.S).match
+_findItems = re.compile(_ITEM, re.S).findall
+# A run of top-level short replies, and blocks of aggregate elements.
+_matchRun = re.compile(rb"(?:" + _ITEM + rb")++", re.S).match
+_match4 = re.compile(rb"(?:" + _ITEM + rb"){4}", re.S).match
+_match16 = re.compile(rb"(?:" + _ITEM + rb"){16}", re.S).match
+_match64 = re.compile(rb"(?:" + _ITEM + rb"){64}", re.S).match
+
+
+
+def scanReplies(buf, pos, stack, limit=0):
     """
     Find where complete top-level replies end in C{buf}.
 
@@ -681,12 +743,13 @@ def scanReplies(buf, pos, stack):
         stopped.
     @param stack: the open aggregates, as described above; updated in place.
     @type stack: C{list}
+    @param limit: stop after this many replies; 0 for no limit.
 
     @return: a tuple C{(ends, pos, need)}: the offsets just past each
         complete top-level reply; where the scan stopped (the start of an
-        incomplete item, or C{len(buf)}); and the length C{buf} must reach
-        before scanning again is worthwhile, or -1 if that is not known
-        (a line is incomplete).
+        incomplete item, or the end of the last reply found); and the
+        length C{buf} must reach before scanning again is worthwhile, or -1
+        if that is not known (a line is incomplete).
     @rtype: C{tuple} of (C{list} of C{int}, C{int}, C{int})
 
     @raise ProtocolError: if the bytes are not RESP.
@@ -697,9 +760,47 @@ def scanReplies(buf, pos, stack):
     push = stack.append
     pop = stack.pop
     kinds = _KINDS
+    matchItem = _matchItem
     start = pos
     try:
         while pos < n:
+            if stack:
+                # Inside an aggregate: take short elements by the block,
+                # leaving the last one to the loop, which closes aggregates.
+                count = stack[-1] - 1
+                if count > 0:
+                    match = matchItem(buf, pos)
+                    if match is not None:
+                        pos = match.end()
+                        left = count - 1
+                        while left >= 64:
+                            match = _match64(buf, pos)
+                            if match is None:
+                                break
+                            pos = match.end()
+                            left -= 64
+                        while left >= 16:
+                            match = _match16(buf, pos)
+                            if match is None:
+                                break
+                            pos = match.end()
+                            left -= 16
+                        while left >= 4:
+                            match = _match4(buf, pos)
+                            if match is None:
+                                break
+                            pos = match.end()
+                            left -= 4
+                        while left:
+                            match = matchItem(buf, pos)
+                            if match is None:
+                                break
+                            pos = match.end()
+                            left -= 1
+                        stack[-1] -= count - left
+                        if pos >= n:
+                            break
+
             start = pos
             t = buf[pos]
             kind = kinds[t]
@@ -739,48 +840,21 @@ def scanReplies(buf, pos, stack):
                     count = int(buf[pos + 1:end])
                 except ValueError:
                     if buf[pos + 1:end] == b"?" and t != 62 and t != 124:
+                        # A streamed aggregate, up to a ".".
                         push(0)
                         pos = end + 2
                         continue
                     raise
                 pos = end + 2
                 if count > 0:
-                    if t == 42:
-                        # Arrays of bulk strings are the common case: run
-                        # through them here.
-                        while count and pos < n and buf[pos] == 36:
-                            end = find(b"\r\n", pos + 1)
-                            if end < 0:
-                                break
-                            try:
-                                length = int(buf[pos + 1:end])
-                            except ValueError:
-                                break
-                            if length >= 0:
-                                end += length + 4
-                                if end > n:
-                                    break
-                                if buf[end - 2] != 13 or buf[end - 1] != 10:
-                                    raise ProtocolError(_NO_CRLF)
-                                pos = end
-                            elif length == -1:
-                                pos = end + 2
-                            else:
-                                break
-                            count -= 1
-                        if count:
-                            push(count)
-                            continue
-                    elif t == 37:
+                    if t == 37:
                         push(count * 2)
-                        continue
                     elif t == 124:
                         push(1)
                         push(-2 * count)
-                        continue
                     else:
                         push(count)
-                        continue
+                    continue
                 elif count == 0:
                     if t == 124:
                         push(1)
@@ -837,6 +911,8 @@ def scanReplies(buf, pos, stack):
                 break
             else:
                 ends.append(pos)
+                if len(ends) == limit:
+                    break
     except ValueError:
         raise ProtocolError("Protocol error: invalid length in %r"
                             % (bytes(buf[start:start + 24]),))
@@ -855,7 +931,7 @@ def _valueStart(reply):
         pos = end + 2
         if count:
             # Scan the attribute's 2n items as if they were replies.
-            pos = scanReplies(reply, pos, [2 * count])[0][0]
+            pos = scanReplies(reply, pos, [2 * count], 1)[0][0]
     return pos
 
 
@@ -900,27 +976,35 @@ class ReplyFramer(object):
     re-encoded.  An attribute (C{|}) is returned together with the reply it
     belongs to; a push (C{>}) is a reply of its own (see L{isPush}).
 
-    Work is linear in the size of a reply however it is split: an
-    incomplete reply is kept in one growing C{bytearray} and its scan
-    resumes where it stopped (see L{scanReplies}); while a bulk string of
-    known length is incomplete, arriving bytes are only counted.  When
-    nothing is held, replies are sliced straight out of the received bytes,
-    and a chunk that is exactly one reply is returned as is.
+    When nothing is held, replies are sliced straight out of the received
+    bytes (a chunk that is exactly one reply is returned as is), runs of
+    short replies by a regular expression.  The work stays linear in the
+    size of a reply however it is split:
 
-    @raise ProtocolError: from L{feed}, if the stream is not RESP.  The
-        connection cannot be trusted after that; later feeds raise the same
-        error.
+      - an incomplete bulk string at the top level (a big C{GET}) is kept
+        as the list of chunks received, only counted, and joined once;
+      - any other incomplete reply is kept in one growing C{bytearray}, and
+        its scan resumes where it stopped (see L{scanReplies}).
+
+    The stream cannot be trusted after a L{ProtocolError}: the caller should
+    drop the connection.  Later feeds raise the same error.
     """
 
-    __slots__ = ("_buf", "_pos", "_need", "_stack", "_error")
+    __slots__ = ("_buf", "_chunks", "_held", "_pos", "_need", "_stack",
+                 "_error")
 
     def __init__(self):
-        # The incomplete reply, the scan's position in it and its open
-        # aggregates, and the length it must reach before a rescan.
+        # An incomplete aggregate (or line): its bytes, the scan's position
+        # in them, its open aggregates, and the length it must reach before
+        # a rescan is worthwhile (-1: until a line ends).
         self._buf = None
         self._pos = 0
         self._need = -1
         self._stack = None
+        # An incomplete top-level bulk string: the chunks received, and
+        # their total length.  Its complete length is in _need.
+        self._chunks = None
+        self._held = 0
         self._error = None
 
 
@@ -929,8 +1013,9 @@ class ReplyFramer(object):
         """
         The number of bytes held of an incomplete reply.
         """
-        buf = self._buf
-        return 0 if buf is None else len(buf)
+        if self._buf is not None:
+            return len(self._buf)
+        return self._held
 
 
     def feed(self, data):
@@ -948,48 +1033,67 @@ class ReplyFramer(object):
         """
         if self._error is not None:
             raise self._error
+        if not data:
+            return []
         if type(data) is not bytes:
             data = bytes(data)
-        buf = self._buf
         try:
-            if buf is None:
-                return self._frame(data, [])
-            return self._continue(buf, data)
+            if self._chunks is not None:
+                return self._continueBulk(data)
+            if self._buf is not None:
+                return self._continue(data)
+            return self._frame(data, 0)
         except ProtocolError as e:
             self._error = e
-            self._buf = None
+            self._buf = self._chunks = None
+            self._held = 0
             raise
 
 
-    def _frame(self, data, stack):
+    def _frame(self, data, pos):
         """
-        Slice the replies out of C{data}, which starts at a reply boundary,
-        and keep the incomplete one it ends with, if any.
+        Slice the replies out of C{data} from C{pos}, a reply boundary, and
+        keep the incomplete one it ends with, if any.
         """
         n = len(data)
-        ends, pos, need = scanReplies(data, 0, stack)
-        if ends:
-            last = ends[-1]
-            if last == n and len(ends) == 1:
+        replies = []
+        while True:
+            match = _matchRun(data, pos)
+            if match is not None:
+                end = match.end()
+                if not pos and end == n:
+                    replies = _findItems(data)
+                    if len(replies) == 1:
+                        return [data]
+                    return replies
+                replies += _findItems(data, pos, end)
+                if end == n:
+                    return replies
+                pos = end
+            stack = []
+            ends, stop, need = scanReplies(data, pos, stack, 1)
+            if not ends:
+                self._keep(data, pos, stop, need, stack)
+                return replies
+            end = ends[0]
+            if not pos and end == n:
                 return [data]
-            replies = []
-            append = replies.append
-            begin = 0
-            for end in ends:
-                append(data[begin:end])
-                begin = end
-        else:
-            last = 0
-            replies = []
-        if last < n:
-            self._keep(data, last, pos, need, stack)
-        return replies
+            replies.append(data[pos:end])
+            if end == n:
+                return replies
+            pos = end
 
 
     def _keep(self, data, begin, pos, need, stack):
         """
         Hold C{data[begin:]}, an incomplete reply scanned up to C{pos}.
         """
+        if need >= 0 and not stack:
+            # A bulk string at the top level.
+            self._chunks = [data[begin:] if begin else data]
+            self._held = len(data) - begin
+            self._need = need - begin
+            return
         with memoryview(data) as view:
             self._buf = bytearray(view[begin:])
         self._pos = pos - begin
@@ -997,11 +1101,38 @@ class ReplyFramer(object):
         self._stack = stack
 
 
-    def _continue(self, buf, data):
+    def _continueBulk(self, data):
         """
-        Add C{data} to the incomplete reply C{buf}, and frame what follows
-        it straight from C{data}.
+        Add C{data} to the incomplete top-level bulk string, and frame what
+        follows it straight from C{data}.
         """
+        held = self._held + len(data)
+        need = self._need
+        chunks = self._chunks
+        if held < need:
+            chunks.append(data)
+            self._held = held
+            return []
+        used = len(data) - (held - need)
+        chunks.append(data[:used] if used < len(data) else data)
+        self._chunks = None
+        self._held = 0
+        reply = b"".join(chunks)
+        if not reply.endswith(_CRLF):
+            raise ProtocolError(_NO_CRLF)
+        if used == len(data):
+            return [reply]
+        replies = self._frame(data, used)
+        replies.insert(0, reply)
+        return replies
+
+
+    def _continue(self, data):
+        """
+        Add C{data} to the incomplete reply, and frame what follows it
+        straight from C{data}.
+        """
+        buf = self._buf
         held = len(buf)
         buf += data
         n = len(buf)
@@ -1011,29 +1142,19 @@ class ReplyFramer(object):
                 return []
         elif n < need:
             return []
-        stack = self._stack
-        ends, pos, need = scanReplies(buf, self._pos, stack)
+        ends, pos, need = scanReplies(buf, self._pos, self._stack, 1)
         if not ends:
             self._pos = pos
             self._need = need
             return []
         first = ends[0]
-        if first == n:
-            replies = [bytes(buf)]
-        else:
-            with memoryview(buf) as view:
-                replies = [view[:first].tobytes()]
         self._buf = None
-        # The first reply ended in data: the rest is framed from data.
-        append = replies.append
-        begin = first - held
-        for end in ends[1:]:
-            end -= held
-            append(data[begin:end])
-            begin = end
-        if begin < len(data):
-            self._keep(data, begin, pos - held,
-                       need - held if need >= 0 else -1, stack)
+        if first == n:
+            return [bytes(buf)]
+        with memoryview(buf) as view:
+            reply = view[:first].tobytes()
+        replies = self._frame(data, first - held)
+        replies.insert(0, reply)
         return replies
 
 

@@ -22,7 +22,8 @@ from rmux.commands import CommandTable
 from rmux.health import HealthMonitor
 from rmux.pool import BackendPool
 from rmux.proxy import ProxyFactory
-from rmux.router import Router
+from rmux.hashing import makeRing, twemproxyServerName
+from rmux.router import PoolGroup, Router
 
 
 def _seconds(milliseconds):
@@ -41,28 +42,74 @@ class ListenerService(MultiService):
         MultiService.__init__(self)
         self.listener = listener
         self.reactor = reactor
-        self.pools = [
-            BackendPool(
-                reactor,
+        self._poolsByServer = {}
+        self.pools = []
+        default = self._group(
+            listener.backends, listener.distribution, listener.hash,
+            listener.hashTag, listener.failover,
+        )
+        routes = [
+            (
+                route.prefix,
+                self._group(
+                    route.backends, route.distribution, route.hash,
+                    route.hashTag, route.failover,
+                ),
+            )
+            for route in listener.routes
+        ]
+        self.health = HealthMonitor(
+            reactor,
+            self.pools,
+            interval=_seconds(listener.healthInterval),
+            timeout=_seconds(listener.healthTimeout),
+            fall=listener.healthFailures,
+            rise=listener.healthSuccesses,
+            startupWait=_seconds(listener.startupWait),
+        )
+        self.router = Router(default, routes, self.health, listener.allowFlush)
+        self.factory = ProxyFactory(
+            reactor, self.router, table or CommandTable.default(), listener, self.health
+        )
+        self.endpointService = StreamServerEndpointService(
+            self.endpoint(), self.factory
+        )
+        self.endpointService.setServiceParent(self)
+
+    def _pool(self, address):
+        """
+        The pool for one server, shared by every route that lists it.
+        """
+        key = (address.kind, address.host, address.port, address.path,
+               address.username, address.db)
+        pool = self._poolsByServer.get(key)
+        if pool is None:
+            listener = self.listener
+            pool = self._poolsByServer[key] = BackendPool(
+                self.reactor,
                 address,
                 size=listener.poolSize,
                 connectTimeout=_seconds(listener.remoteConnectTimeout),
                 readTimeout=_seconds(listener.remoteReadTimeout),
                 writeTimeout=_seconds(listener.remoteWriteTimeout),
             )
-            for address in listener.backends
-        ]
-        self.health = HealthMonitor(
-            reactor, self.pools, timeout=_seconds(listener.remoteConnectTimeout)
-        )
-        router = Router(self.pools, self.health, listener.failover)
-        self.factory = ProxyFactory(
-            reactor, router, table or CommandTable.default(), listener, self.health
-        )
-        self.endpointService = StreamServerEndpointService(
-            self.endpoint(), self.factory
-        )
-        self.endpointService.setServiceParent(self)
+            self.pools.append(pool)
+        return pool
+
+    def _group(self, backends, distribution, hashName, hashTag, failover):
+        pools = [self._pool(address) for address in backends]
+        ring = None
+        if len(pools) > 1:
+            ring = makeRing(
+                distribution,
+                [
+                    (twemproxyServerName(str(address), address.name), address.weight)
+                    for address in backends
+                ],
+                hashName,
+            )
+        tag = hashTag.encode("utf-8") if isinstance(hashTag, str) else hashTag
+        return PoolGroup(pools, ring, tag, failover)
 
     def endpoint(self):
         listener = self.listener

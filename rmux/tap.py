@@ -23,9 +23,14 @@ from typing import Sequence
 from twisted.python import usage
 
 from rmux.config import (
+    DEFAULT_HEALTH_FAILURES,
+    DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_SUCCESSES,
     DEFAULT_POOL_SIZE,
     DEFAULT_REMOTE_TIMEOUT,
+    DEFAULT_STARTUP_WAIT,
     DEFAULT_TCP_CONNECTIONS,
+    HASHES,
     FLAG_NAMES,
     ConfigError,
     RmuxConfig,
@@ -46,8 +51,12 @@ def dashed(name: str) -> str:
 
 class Options(usage.Options):
     """
-    C{twistd rmux} options: Go rmux's flags, plus C{--socketMode} and
-    C{--idleTimeout}.
+    C{twistd rmux} options: Go rmux's flags, plus C{--socketMode},
+    C{--idleTimeout}, key placement (C{--distribution}, C{--hash},
+    C{--hashTag}), health checks (C{--healthInterval}, C{--healthTimeout},
+    C{--healthFailures}, C{--healthSuccesses}, C{--startupWait}) and
+    C{--allowFlush}.  Prefix routes exist only in the C{--config} file, and
+    so do backend names, except as C{?name=} in a backend URL.
 
     After parsing, L{config} holds the validated L{RmuxConfig}.
 
@@ -66,11 +75,13 @@ class Options(usage.Options):
     longdesc = (
         "A Redis connection pooler and key-hashing proxy, compatible with "
         "Pardot's Go rmux. Timeouts are integers in milliseconds, and 0 means "
-        "'not set'. Every camelCase option may also be spelled with dashes "
-        "(--tcp-connections, --pool-size, --remote-read-timeout, ...), and "
+        "'not set' (for --startupWait: do not wait). Every camelCase option "
+        "may also be spelled with dashes (--tcp-connections, --pool-size, "
+        "--remote-read-timeout, ...), and "
         "Go rmux's single-dash spelling (-poolSize=5, -failover=true) works "
         "too. Example: twistd -n rmux --socket=/tmp/rmux.sock "
-        '--tcpConnections="redis1:6379 redis2:6379"'
+        '--tcpConnections="redis1:6379 redis2:6379". Prefix routes are set '
+        "in the --config file only."
     )
 
     optFlags = [
@@ -79,6 +90,12 @@ class Options(usage.Options):
             None,
             "When multiplexing, send a key whose backend is down to the next "
             "live backend instead of failing the command.",
+        ],
+        [
+            "allowFlush",
+            None,
+            "When multiplexing, send FLUSHDB and FLUSHALL to every backend "
+            "instead of refusing them.",
         ],
         ["debug", None, "Log at debug level."],
         [
@@ -106,14 +123,16 @@ class Options(usage.Options):
             None,
             "Backend Redis servers, host:port (or redis:// URLs), separated "
             f"by spaces. Default: '{DEFAULT_TCP_CONNECTIONS}' when neither "
-            "this nor --unixConnections is given.",
+            "this nor --unixConnections is given. For ketama, host:port:weight "
+            "(or ?weight=N&name=NAME in a URL) gives a server a weight.",
         ],
         [
             "unixConnections",
             None,
             None,
             "Backend Redis unix sockets (or unix:// URLs), separated by "
-            "spaces. They come after all TCP backends in the hashing order.",
+            "spaces. They come after all TCP backends in the hashing order. "
+            "A weight is given as unix:///path?weight=N&name=NAME.",
         ],
         [
             "poolSize",
@@ -145,6 +164,61 @@ class Options(usage.Options):
         ],
         ["remoteReadTimeout", None, 0, "Backend read timeout (ms); 0 = --remoteTimeout."],
         ["remoteWriteTimeout", None, 0, "Backend write timeout (ms); 0 = --remoteTimeout."],
+        [
+            "distribution",
+            None,
+            "rmux",
+            "Key placement when multiplexing: 'rmux' (Go rmux's, keeps its "
+            "key placement) or 'ketama' (twemproxy's consistent hashing, with "
+            "backend weights).",
+        ],
+        [
+            "hash",
+            None,
+            None,
+            f"Key hash for --distribution=ketama: {' or '.join(HASHES)}. "
+            f"Default: {HASHES[0]}.",
+        ],
+        [
+            "hashTag",
+            None,
+            None,
+            "Two characters, such as '{}': only the part of a key between them "
+            "is hashed, so related keys share a backend. Default: none.",
+        ],
+        [
+            "healthInterval",
+            None,
+            DEFAULT_HEALTH_INTERVAL,
+            f"Time between health checks of a backend (ms); 0 = {DEFAULT_HEALTH_INTERVAL}.",
+        ],
+        [
+            "healthTimeout",
+            None,
+            0,
+            "Time a health check may take (ms); 0 = --remoteConnectTimeout.",
+        ],
+        [
+            "healthFailures",
+            None,
+            DEFAULT_HEALTH_FAILURES,
+            "Consecutive failed health checks that take a backend down; "
+            f"0 = {DEFAULT_HEALTH_FAILURES}.",
+        ],
+        [
+            "healthSuccesses",
+            None,
+            DEFAULT_HEALTH_SUCCESSES,
+            "Consecutive good health checks that bring a backend back; "
+            f"0 = {DEFAULT_HEALTH_SUCCESSES}.",
+        ],
+        [
+            "startupWait",
+            None,
+            DEFAULT_STARTUP_WAIT,
+            "How long a request for a backend not yet health-checked waits "
+            "for its first check (ms); 0 = fail at once, as Go rmux does.",
+        ],
         [
             "config",
             None,

@@ -23,6 +23,7 @@ from rmux.config import (
     ConfigError,
     ListenerConfig,
     RmuxConfig,
+    RouteConfig,
     fromFlags,
     fromJSON,
     loadConfigFile,
@@ -236,7 +237,8 @@ class BackendAddressTests(ErrorAssertions, SynchronousTestCase):
         address = tcp(host, port)
         self.assertEqual(BackendAddress.fromString(str(address)), address)
         withPassword = dataclasses.replace(address, password=password)
-        self.assertNotIn(password, repr(withPassword).replace(repr(host), ""))
+        shown = repr(withPassword).replace(repr(host), "").replace(f"port={port!r}", "")
+        self.assertNotIn(password, shown)
         self.assertEqual(str(withPassword), str(address))
 
     def test_constructorValidates(self):
@@ -258,6 +260,134 @@ class BackendAddressTests(ErrorAssertions, SynchronousTestCase):
     def test_frozen(self):
         address = tcp("h")
         self.assertRaises(dataclasses.FrozenInstanceError, setattr, address, "port", 1)
+
+    def test_weightAndNameDefaults(self):
+        address = BackendAddress.fromString("r1:6380")
+        self.assertEqual((address.weight, address.name), (1, None))
+        self.assertEqual(repr(address), "BackendAddress(kind='tcp', host='r1', port=6380)")
+
+    def test_twemproxyWeight(self):
+        """
+        twemproxy's C{host:port:weight} gives a weight; C{str} stays the
+        bare address, C{repr} shows the weight.
+        """
+        address = BackendAddress.fromString("r1:6380:3")
+        self.assertEqual(address, BackendAddress(kind="tcp", host="r1", port=6380, weight=3))
+        self.assertEqual(str(address), "r1:6380")
+        self.assertEqual(
+            repr(address), "BackendAddress(kind='tcp', host='r1', port=6380, weight=3)"
+        )
+        address = BackendAddress.fromString("[::1]:6379:2")
+        self.assertEqual((address.host, address.port, address.weight), ("::1", 6379, 2))
+        self.assertEqual(str(address), "[::1]:6379")
+
+    def test_twemproxyName(self):
+        """
+        A name follows the address after whitespace, as in twemproxy's
+        C{host:port:weight name}; the weight may be left out.
+        """
+        address = BackendAddress.fromString("  r1:6380:2 \t cache-a ")
+        self.assertEqual(
+            (address.host, address.port, address.weight, address.name),
+            ("r1", 6380, 2, "cache-a"),
+        )
+        self.assertEqual(str(address), "r1:6380")
+        self.assertEqual(
+            repr(address),
+            "BackendAddress(kind='tcp', host='r1', port=6380, weight=2, name='cache-a')",
+        )
+        self.assertEqual(BackendAddress.fromString("r1 a").name, "a")
+        # Guessing the kind looks at the address, not at the name.
+        self.assertEqual(BackendAddress.fromString("r1:6379:2 eu/a").name, "eu/a")
+        self.assertEqual(BackendAddress.fromString("[::1]:7000:4 v6").name, "v6")
+
+    def test_urlWeightAndName(self):
+        address = BackendAddress.fromString("redis://:pw@r1:6380/2?weight=3&name=cache-a")
+        self.assertEqual(
+            (str(address), address.db, address.weight, address.name, address.password),
+            ("r1:6380", 2, 3, "cache-a", "pw"),
+        )
+        self.assertNotIn("pw", repr(address))
+        address = BackendAddress.fromString("redis://r1 cache-b")
+        self.assertEqual(address.name, "cache-b")
+        address = BackendAddress.fromString("unix:///tmp/r.sock?db=1&weight=2&name=u", "unix")
+        self.assertEqual(
+            (address.path, address.db, address.weight, address.name), ("/tmp/r.sock", 1, 2, "u")
+        )
+        self.assertConfigError(
+            "'redis://r1?name=a b': the name is given both after the URL and as ?name=",
+            BackendAddress.fromString,
+            "redis://r1?name=a b",
+        )
+
+    def test_badWeights(self):
+        for text, weight in [("r:1:0", "0"), ("r:1:x", "x"), ("r:1:", ""), ("[::1]:1:-2", "-2")]:
+            self.assertConfigError(
+                f"{text!r}: weight must be a positive integer, got {weight!r}",
+                BackendAddress.fromString,
+                text,
+            )
+        self.assertConfigError(
+            "'redis://r?weight=0': weight must be a positive integer, got '0'",
+            BackendAddress.fromString,
+            "redis://r?weight=0",
+        )
+        # Two colons without brackets are still an unbracketed IPv6 address.
+        for text in ("fe80::1", "::1", "::1:6379"):
+            self.assertConfigErrorContains(
+                ["an IPv6 address needs brackets"], BackendAddress.fromString, text
+            )
+
+    def test_badNames(self):
+        self.assertConfigError(
+            "'r:1:2 a b': name: must be a non-empty name without spaces or control "
+            "characters, got 'a b'",
+            BackendAddress.fromString,
+            "r:1:2 a b",
+        )
+        for name in ("", "a b", "a\x00", "\x1b[31m", 3):
+            self.assertConfigErrorContains(
+                ["name: must be a non-empty name"],
+                BackendAddress,
+                kind="tcp",
+                host="h",
+                port=1,
+                name=name,
+            )
+
+    def test_constructorValidatesWeight(self):
+        for weight in (0, -1, True, 1.5, "2"):
+            self.assertConfigErrorContains(
+                [f"weight: must be a positive integer, got {weight!r}"],
+                BackendAddress,
+                kind="tcp",
+                host="h",
+                port=1,
+                weight=weight,
+            )
+        self.assertEqual(BackendAddress(kind="unix", path="/s", weight=7).weight, 7)
+
+    def test_socketPathCarriesNoWeight(self):
+        """
+        A plain socket path is taken as it is, so one that looks like it
+        carries a twemproxy weight or name is refused with the two ways to
+        give them.
+        """
+        for text, kind in [
+            ("/tmp/r.sock:2", "unix"),
+            ("/tmp/r.sock:2 name", "unix"),
+            ("/tmp/r.sock name", None),
+            ("/tmp/my redis.sock", "unix"),
+        ]:
+            self.assertConfigError(
+                f"{text!r}: a socket path cannot carry a weight or name here (a path may "
+                "contain ':' and spaces); write unix:///path?weight=N&name=NAME, or in the "
+                'JSON file an object {"address": "/path", "weight": N, "name": "NAME"}',
+                BackendAddress.fromString,
+                text,
+                kind,
+            )
+        self.assertEqual(BackendAddress.fromString("/tmp/a:b.sock", "unix").path, "/tmp/a:b.sock")
 
 
 class ListenerConfigTests(ErrorAssertions, SynchronousTestCase):
@@ -349,6 +479,313 @@ class ListenerConfigTests(ErrorAssertions, SynchronousTestCase):
         positional arguments under existing callers.
         """
         self.assertRaises(TypeError, ListenerConfig, "localhost", 6379)
+
+    def test_placementAndHealthDefaults(self):
+        """
+        Go rmux's placement, no hash tag, no routes, a 100 ms health check
+        with hysteresis, a second's wait at startup, no FLUSH fan-out.
+        """
+        listener = ListenerConfig(backends=["r"])
+        self.assertEqual(
+            (listener.distribution, listener.hash, listener.hashTag, listener.routes),
+            ("rmux", "fnv1a_64", None, ()),
+        )
+        self.assertEqual(
+            (
+                listener.healthInterval,
+                listener.healthTimeout,
+                listener.healthFailures,
+                listener.healthSuccesses,
+                listener.startupWait,
+                listener.allowFlush,
+            ),
+            (100, 500, 3, 2, 1000, False),
+        )
+
+    def test_healthTimeoutDefault(self):
+        """
+        The health timeout defaults to the remote connect timeout, and the
+        stored value is the effective one.
+        """
+        listener = ListenerConfig(backends=["r"], remoteConnectTimeout=70)
+        self.assertEqual(listener.healthTimeout, 70)
+        self.assertEqual(
+            listener, ListenerConfig(backends=["r"], remoteConnectTimeout=70, healthTimeout=70)
+        )
+        self.assertEqual(ListenerConfig(backends=["r"], healthTimeout=20).healthTimeout, 20)
+        # replace() passes the effective value on.
+        self.assertEqual(dataclasses.replace(listener, remoteConnectTimeout=9).healthTimeout, 70)
+
+    def test_hashTag(self):
+        """
+        A hash tag is stored as two bytes; C{""} means none.
+        """
+        self.assertEqual(ListenerConfig(backends=["r"], hashTag="{}").hashTag, b"{}")
+        self.assertEqual(ListenerConfig(backends=["r"], hashTag=b"$$").hashTag, b"$$")
+        self.assertIsNone(ListenerConfig(backends=["r"], hashTag="").hashTag)
+
+    def test_newValidation(self):
+        cases = [
+            ({"distribution": "modula"}, "distribution: must be 'rmux' or 'ketama', got 'modula'"),
+            ({"distribution": None}, "distribution: must be 'rmux' or 'ketama', got None"),
+            ({"hash": "crc32"}, "hash: must be 'fnv1a_64' or 'md5', got 'crc32'"),
+            (
+                {"hashTag": "{"},
+                "hashTag: must be two printable ASCII characters such as '{}', got '{'",
+            ),
+            (
+                {"hashTag": "\u00ab\u00bb"},
+                "hashTag: must be two printable ASCII characters such as '{}', "
+                "got '\u00ab\u00bb'",
+            ),
+            (
+                {"hashTag": "{ "},
+                "hashTag: must be two printable ASCII characters such as '{}', got '{ '",
+            ),
+            (
+                {"hashTag": 12},
+                "hashTag: must be two printable ASCII characters such as '{}', got 12",
+            ),
+            ({"healthInterval": 0}, "healthInterval: must be a positive integer (ms), got 0"),
+            ({"healthTimeout": 0}, "healthTimeout: must be a positive integer (ms), got 0"),
+            ({"healthFailures": 0}, "healthFailures: must be a positive integer, got 0"),
+            ({"healthSuccesses": -1}, "healthSuccesses: must be a positive integer, got -1"),
+            ({"startupWait": -1}, "startupWait: must be a non-negative integer (ms), got -1"),
+            ({"allowFlush": "yes"}, "allowFlush: must be true or false, got 'yes'"),
+            (
+                {"routes": "session:"},
+                "routes: expected a sequence of RouteConfig, got 'session:'",
+            ),
+            (
+                {"routes": [{"prefix": "a"}]},
+                "routes[0]: expected a RouteConfig, got {'prefix': 'a'}",
+            ),
+        ]
+        for kwargs, message in cases:
+            self.assertConfigError(message, ListenerConfig, backends=["r"], **kwargs)
+        self.assertEqual(ListenerConfig(backends=["r"], startupWait=0).startupWait, 0)
+
+    def test_weightNeedsKetama(self):
+        """
+        rmux's placement has no weights: a weight other than 1 is refused
+        rather than ignored.
+        """
+        heavy = BackendAddress(kind="tcp", host="r2", port=6379, weight=2)
+        self.assertConfigError(
+            "backends[1]: weight 2 is only used by the ketama distribution; "
+            "with rmux's placement list a server twice instead",
+            ListenerConfig,
+            backends=["r1", heavy],
+        )
+        listener = ListenerConfig(backends=["r1", heavy], distribution="ketama")
+        self.assertEqual([b.weight for b in listener.backends], [1, 2])
+
+    def test_namesUniqueInPool(self):
+        for distribution in ("rmux", "ketama"):
+            self.assertConfigError(
+                "backends[2]: name 'a' is already used by r1:6379 in this pool",
+                ListenerConfig,
+                backends=["r1 a", "r2 b", "r3 a"],
+                distribution=distribution,
+            )
+
+    def test_ketamaIdentities(self):
+        """
+        ketama places an entry by its name, or its address without one, so
+        an address listed twice needs names; rmux keeps counting entries.
+        """
+        self.assertTrue(ListenerConfig(backends=["r1", "r1"]).multiplexing)
+        self.assertConfigError(
+            "backends[1]: ketama places each entry by its name, or its address when "
+            "unnamed, and 'r1:6379' already places an earlier entry; give the entries "
+            "distinct names (or list the server once, with a weight)",
+            ListenerConfig,
+            backends=["r1", "redis://r1/1"],
+            distribution="ketama",
+        )
+        self.assertConfigErrorContains(
+            ["backends[1]: ketama places", "'r1:6379' already places"],
+            ListenerConfig,
+            backends=["r2 r1:6379", "r1"],
+            distribution="ketama",
+        )
+        listener = ListenerConfig(backends=["r1 db0", "redis://r1/1 db1"], distribution="ketama")
+        self.assertEqual([b.name for b in listener.backends], ["db0", "db1"])
+
+    def test_ketamaNameLength(self):
+        long = "n" * 81
+        self.assertConfigErrorContains(
+            ["backends[0]: ketama places", "longer than twemproxy allows (80 bytes)"],
+            ListenerConfig,
+            backends=[f"r1 {long}"],
+            distribution="ketama",
+        )
+        ListenerConfig(backends=[f"r1 {long}"])
+        ListenerConfig(backends=["r1 " + "n" * 80], distribution="ketama")
+
+    def test_rmuxBackendLimit(self):
+        """
+        rmux's slot table stops at 101 backends; ketama has no such limit.
+        """
+        many = [f"r{i}" for i in range(102)]
+        ListenerConfig(backends=many[:101])
+        self.assertConfigError(
+            "rmux's placement handles at most 101 backends per pool, got 102; "
+            "use the ketama distribution",
+            ListenerConfig,
+            backends=many,
+        )
+        self.assertEqual(len(ListenerConfig(backends=many, distribution="ketama").backends), 102)
+
+    def test_routes(self):
+        route = RouteConfig(prefix="session:", backends=["/s.sock", "s1", "s2"])
+        listener = ListenerConfig(backends=["r"], routes=[route])
+        self.assertEqual(listener.routes, (route,))
+        self.assertIsInstance(listener.routes, tuple)
+        self.assertEqual(route.prefix, b"session:")
+        self.assertEqual(route.backends, (tcp("s1"), tcp("s2"), unix("/s.sock")))
+        self.assertEqual(listener.allBackends, (tcp("r"), tcp("s1"), tcp("s2"), unix("/s.sock")))
+
+    def test_routesMeanMultiplexing(self):
+        """
+        With routes keys are placed, even if every pool has one backend.
+        """
+        listener = ListenerConfig(
+            backends=["r"], routes=[RouteConfig(prefix=b"a:", backends=["s"])]
+        )
+        self.assertTrue(listener.multiplexing)
+        self.assertFalse(ListenerConfig(backends=["r"], routes=[]).multiplexing)
+
+    def test_allBackendsKeepsDuplicates(self):
+        listener = ListenerConfig(
+            backends=["r", "r"],
+            routes=[
+                RouteConfig(prefix="a:", backends=["r"]),
+                RouteConfig(prefix="b:", backends=["s", "r"]),
+            ],
+        )
+        self.assertEqual(
+            [str(b) for b in listener.allBackends],
+            ["r:6379", "r:6379", "r:6379", "s:6379", "r:6379"],
+        )
+
+    def test_duplicatePrefix(self):
+        self.assertConfigError(
+            "routes[2]: prefix 'a:' is already routed by routes[0]",
+            ListenerConfig,
+            backends=["r"],
+            routes=[
+                RouteConfig(prefix="a:", backends=["s"]),
+                RouteConfig(prefix="a", backends=["s"]),
+                RouteConfig(prefix=b"a:", backends=["t"]),
+            ],
+        )
+
+    def test_namesAcrossRoutes(self):
+        """
+        A name means one server throughout a listener: routes may share a
+        named server, but not give its name to another.
+        """
+        listener = ListenerConfig(
+            backends=["r1 a", "r2 b"],
+            distribution="ketama",
+            routes=[
+                RouteConfig(prefix="x", backends=["r1:6379:3 a", "r3 c"], distribution="ketama")
+            ],
+        )
+        self.assertEqual(listener.routes[0].backends[0].weight, 3)
+        self.assertConfigError(
+            "routes[1]: backends[0]: name 'c' already names r3:6379; "
+            "a name must mean one server throughout a listener",
+            ListenerConfig,
+            backends=["r1 a"],
+            routes=[
+                RouteConfig(prefix="x", backends=["r3 c"]),
+                RouteConfig(prefix="y", backends=["r4 c"]),
+            ],
+        )
+
+    def test_ownBackendInRoute(self):
+        self.assertConfigError(
+            "listener 1: localhost:7000 is also one of its own backends; "
+            "commands would loop through rmux",
+            RmuxConfig,
+            listeners=[
+                ListenerConfig(
+                    port=7000,
+                    backends=["r"],
+                    routes=[RouteConfig(prefix="x", backends=["localhost:7000"])],
+                )
+            ],
+        )
+
+
+class RouteConfigTests(ErrorAssertions, SynchronousTestCase):
+    """
+    Tests for L{RouteConfig} built in code.
+    """
+
+    def test_defaults(self):
+        """
+        Built in code, a route has a listener's defaults, not its
+        listener's values.
+        """
+        route = RouteConfig(prefix="a:", backends=["r"])
+        self.assertEqual(
+            (
+                route.prefix,
+                route.backends,
+                route.distribution,
+                route.hash,
+                route.hashTag,
+                route.failover,
+            ),
+            (b"a:", (tcp("r"),), "rmux", "fnv1a_64", None, False),
+        )
+
+    def test_values(self):
+        route = RouteConfig(
+            prefix="caf\u00e9:",
+            backends=["r1:1:2", "r2"],
+            distribution="ketama",
+            hash="md5",
+            hashTag="{}",
+            failover=True,
+        )
+        self.assertEqual(route.prefix, "caf\u00e9:".encode())
+        self.assertEqual((route.hash, route.hashTag, route.failover), ("md5", b"{}", True))
+
+    def test_validation(self):
+        cases = [
+            (
+                {"prefix": ""},
+                "prefix: must not be empty; keys no route matches go to the "
+                "listener's own backends",
+            ),
+            ({"prefix": 1}, "prefix: must be a string, got 1"),
+            ({"backends": []}, "at least one backend is required"),
+            ({"distribution": "random"}, "distribution: must be 'rmux' or 'ketama', got 'random'"),
+            ({"hash": "murmur"}, "hash: must be 'fnv1a_64' or 'md5', got 'murmur'"),
+            (
+                {"hashTag": "{{{"},
+                "hashTag: must be two printable ASCII characters such as '{}', got '{{{'",
+            ),
+            ({"failover": None}, "failover: must be true or false, got None"),
+            (
+                {"backends": ["r:1:2"]},
+                "backends[0]: weight 2 is only used by the ketama distribution; "
+                "with rmux's placement list a server twice instead",
+            ),
+        ]
+        for override, message in cases:
+            kwargs = {"prefix": "a:", "backends": ["r"]}
+            kwargs.update(override)
+            self.assertConfigError(message, RouteConfig, **kwargs)
+
+    def test_immutable(self):
+        route = RouteConfig(prefix="a:", backends=["r"])
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, route, "prefix", b"b")
+        self.assertRaises(TypeError, RouteConfig, "a:", ["r"])
 
 
 class RmuxConfigTests(ErrorAssertions, SynchronousTestCase):
@@ -747,6 +1184,170 @@ class FromFlagsTests(ErrorAssertions, SynchronousTestCase):
             ),
         )
 
+    def test_placementFlags(self):
+        listener = self.listener(
+            tcpConnections="r1:6380:2 r2 r3:6379:1",
+            distribution="ketama",
+            hash="md5",
+            hashTag="{}",
+        )
+        self.assertEqual(
+            (listener.distribution, listener.hash, listener.hashTag), ("ketama", "md5", b"{}")
+        )
+        self.assertEqual([b.weight for b in listener.backends], [2, 1, 1])
+        self.assertEqual([str(b) for b in listener.backends], ["r1:6380", "r2:6379", "r3:6379"])
+        listener = self.listener(distribution="rmux", hashTag="")
+        self.assertEqual((listener.distribution, listener.hashTag), ("rmux", None))
+        self.assertEqual(self.listener(distribution="ketama").hash, "fnv1a_64")
+
+    def test_placementFlagErrors(self):
+        for values, message in [
+            (
+                {"distribution": "modula"},
+                "--distribution: must be 'rmux' or 'ketama', got 'modula'",
+            ),
+            (
+                {"distribution": "ketama", "hash": "crc16"},
+                "--hash: must be 'fnv1a_64' or 'md5', got 'crc16'",
+            ),
+            (
+                {"hash": "md5"},
+                "--hash: only used by the ketama distribution "
+                "(set --distribution to ketama, or leave --hash out)",
+            ),
+            (
+                {"hash": "fnv1a_64", "distribution": "rmux"},
+                "--hash: only used by the ketama distribution "
+                "(set --distribution to ketama, or leave --hash out)",
+            ),
+            (
+                {"hashTag": "{"},
+                "--hashTag: must be two printable ASCII characters such as '{}', got '{'",
+            ),
+            ({"hashTag": 2}, "--hashTag: must be a string, got 2"),
+            ({"distribution": 1}, "--distribution: must be a string, got 1"),
+            (
+                {"tcpConnections": "r1 r2:6379:2"},
+                "--tcpConnections: 'r2:6379:2': weight 2 is only used by the ketama "
+                "distribution; with rmux's placement list a server twice instead",
+            ),
+            (
+                {"tcpConnections": "r1:1:0", "distribution": "ketama"},
+                "--tcpConnections: 'r1:1:0': weight must be a positive integer, got '0'",
+            ),
+            (
+                {"tcpConnections": "r1 r1", "distribution": "ketama"},
+                "--tcpConnections: 'r1': ketama places each entry by its name, or its "
+                "address when unnamed, and 'r1:6379' already places an earlier entry; give "
+                "the entries distinct names (or list the server once, with a weight)",
+            ),
+        ]:
+            self.assertConfigError(message, fromFlags, values)
+
+    def test_unixWeightFlags(self):
+        """
+        A flag cannot hold a JSON object, so a unix backend's weight is
+        written as a URL; a twemproxy-style path is refused.
+        """
+        listener = self.listener(
+            unixConnections="unix:///tmp/a.sock?weight=3 /tmp/b.sock", distribution="ketama"
+        )
+        self.assertEqual(
+            [(str(b), b.weight) for b in listener.backends],
+            [("/tmp/a.sock", 3), ("/tmp/b.sock", 1)],
+        )
+        self.assertConfigErrorContains(
+            ["--unixConnections: '/tmp/a.sock:3': a socket path cannot carry a weight"],
+            fromFlags,
+            {"unixConnections": "/tmp/a.sock:3", "distribution": "ketama"},
+        )
+
+    def test_healthFlags(self):
+        listener = self.listener(
+            healthInterval="250",
+            healthTimeout="40",
+            healthFailures="5",
+            healthSuccesses="4",
+            startupWait="3000",
+        )
+        self.assertEqual(
+            (
+                listener.healthInterval,
+                listener.healthTimeout,
+                listener.healthFailures,
+                listener.healthSuccesses,
+                listener.startupWait,
+            ),
+            (250, 40, 5, 4, 3000),
+        )
+
+    def test_healthFlagZeros(self):
+        """
+        0 means the default for the health settings, and the connect timeout
+        for C{healthTimeout}; for C{startupWait} it means "do not wait".
+        """
+        listener = self.listener(
+            healthInterval="0",
+            healthTimeout="0",
+            healthFailures="0",
+            healthSuccesses="0",
+            startupWait="0",
+            remoteTimeout="900",
+        )
+        self.assertEqual(
+            (
+                listener.healthInterval,
+                listener.healthTimeout,
+                listener.healthFailures,
+                listener.healthSuccesses,
+                listener.startupWait,
+            ),
+            (100, 900, 3, 2, 0),
+        )
+        self.assertEqual(self.listener(remoteConnectTimeout="60").healthTimeout, 60)
+        self.assertEqual(self.listener().startupWait, 1000)
+
+    def test_healthFlagErrors(self):
+        for name, what in [
+            ("healthInterval", "a positive integer (ms; 0 means 100)"),
+            ("healthTimeout", "a positive integer (ms; 0 means remoteConnectTimeout)"),
+            ("healthFailures", "a positive integer (0 means 3)"),
+            ("healthSuccesses", "a positive integer (0 means 2)"),
+            ("startupWait", "a non-negative integer (ms)"),
+        ]:
+            for value in ("-1", "1.5", "soon"):
+                self.assertConfigError(
+                    f"--{name}: must be {what}, got {value!r}", fromFlags, {name: value}
+                )
+
+    def test_allowFlush(self):
+        self.assertFalse(self.listener().allowFlush)
+        self.assertTrue(self.listener(allowFlush=1).allowFlush)
+        self.assertTrue(self.listener(allowFlush="true").allowFlush)
+        self.assertFalse(self.listener(allowFlush="F").allowFlush)
+        self.assertConfigError(
+            "--allowFlush: must be true or false, got 'yes'", fromFlags, {"allowFlush": "yes"}
+        )
+
+    def test_configWinsOverNewFlags(self):
+        """
+        The new listener flags are pool-related: C{--config} replaces them.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(b'[{"socket": "/tmp/a.sock", "tcpConnections": ["r1", "r2"]}]')
+        listener = fromFlags(
+            {
+                "config": path.path,
+                "distribution": "ketama",
+                "hash": "md5",
+                "hashTag": "{}",
+                "healthInterval": "5",
+                "startupWait": "0",
+                "allowFlush": 1,
+            }
+        ).listeners[0]
+        self.assertEqual(listener, ListenerConfig(socket="/tmp/a.sock", backends=["r1", "r2"]))
+
     def test_configMissing(self):
         path = self.mktemp()
         self.assertConfigError(
@@ -937,17 +1538,35 @@ class FromJSONTests(ErrorAssertions, SynchronousTestCase):
             ("socket", [], "expected a string, got an array"),
             ("remoteTimeout", {}, "expected an integer, got an object"),
             ("unixConnections", "/u", "expected an array of strings, got a string"),
-            (
-                "tcpConnections",
-                ["r", 1],
-                "expected an array of strings, got an array containing an integer",
-            ),
             ("socketMode", 660, 'expected an octal string such as "0660", got an integer'),
+            ("distribution", 1, "expected a string, got an integer"),
+            ("hash", ["md5"], "expected a string, got an array"),
+            ("hashTag", 2, "expected a string, got an integer"),
+            ("routes", {}, "expected an array of objects, got an object"),
+            ("healthInterval", "100", "expected an integer, got a string"),
+            ("healthTimeout", 1.5, "expected an integer, got a number"),
+            ("healthFailures", True, "expected an integer, got a boolean"),
+            ("healthSuccesses", [], "expected an integer, got an array"),
+            ("startupWait", "0", "expected an integer, got a string"),
+            ("allowFlush", "true", "expected a boolean, got a string"),
         ]
         for name, value, problem in cases:
             listener = {"port": 1, "tcpConnections": ["r"]}
             listener[name] = value
             self.assertConfigError(f"listener 1: {name}: {problem}", self.load, [listener])
+
+    def test_backendElementTypes(self):
+        """
+        A backend list holds address strings or objects; anything else is
+        named by its index.
+        """
+        for value, got in [(1, "an integer"), (["r"], "an array"), (True, "a boolean")]:
+            self.assertConfigError(
+                "listener 1: tcpConnections[1]: "
+                f"expected an address string or an object, got {got}",
+                self.load,
+                [{"port": 1, "tcpConnections": ["r", value]}],
+            )
 
     def test_badValues(self):
         cases = [
@@ -1058,4 +1677,528 @@ class FromJSONTests(ErrorAssertions, SynchronousTestCase):
         os.mkdir(directory)
         self.assertConfigErrorContains(
             [f"{directory}: cannot read config file"], loadConfigFile, directory
+        )
+
+
+class NewFieldsFromJSONTests(ErrorAssertions, SynchronousTestCase):
+    """
+    Tests for the listener fields Go rmux does not have, in the JSON file:
+    placement, weighted and named backends, health checks, C{allowFlush}.
+    """
+
+    def load(self, document):
+        return fromJSON(json.dumps(document))
+
+    def listener(self, **fields):
+        document = dict({"port": 1, "tcpConnections": ["r1", "r2"]}, **fields)
+        return self.load([document]).listeners[0]
+
+    def test_placement(self):
+        listener = self.listener(distribution="ketama", hash="md5", hashTag="{}")
+        self.assertEqual(
+            (listener.distribution, listener.hash, listener.hashTag), ("ketama", "md5", b"{}")
+        )
+        listener = self.listener(distribution="rmux", hashTag="")
+        self.assertEqual(
+            (listener.distribution, listener.hash, listener.hashTag), ("rmux", "fnv1a_64", None)
+        )
+
+    def test_placementErrors(self):
+        cases = [
+            ({"distribution": "modula"}, "distribution: must be 'rmux' or 'ketama', got 'modula'"),
+            (
+                {"distribution": "ketama", "hash": "MD5"},
+                "hash: must be 'fnv1a_64' or 'md5', got 'MD5'",
+            ),
+            (
+                {"hash": "md5"},
+                "hash: only used by the ketama distribution "
+                "(set distribution to ketama, or leave hash out)",
+            ),
+            (
+                {"hashTag": "{}{}"},
+                "hashTag: must be two printable ASCII characters such as '{}', got '{}{}'",
+            ),
+        ]
+        for fields, problem in cases:
+            self.assertConfigError(f"listener 1: {problem}", self.listener, **fields)
+
+    def test_twemproxyStrings(self):
+        listener = self.listener(
+            distribution="ketama",
+            tcpConnections=["10.0.0.1:6379:2 cache-a", "[::1]:6380:1 cache-b", "r3 cache-c"],
+        )
+        self.assertEqual(
+            [(str(b), b.weight, b.name) for b in listener.backends],
+            [
+                ("10.0.0.1:6379", 2, "cache-a"),
+                ("[::1]:6380", 1, "cache-b"),
+                ("r3:6379", 1, "cache-c"),
+            ],
+        )
+
+    def test_backendObjects(self):
+        listener = self.listener(
+            distribution="ketama",
+            tcpConnections=[
+                {"address": "r1:6380", "weight": 2, "name": "cache-a"},
+                {"address": "redis://:pw@r2/3"},
+                "r3",
+                {"address": "r4", "weight": None, "name": None},
+            ],
+            unixConnections=[{"address": "/tmp/odd:1 path.sock", "weight": 3, "name": "u"}],
+        )
+        self.assertEqual(
+            [(str(b), b.weight, b.name, b.db) for b in listener.backends],
+            [
+                ("r1:6380", 2, "cache-a", None),
+                ("r2:6379", 1, None, 3),
+                ("r3:6379", 1, None, None),
+                ("r4:6379", 1, None, None),
+                ("/tmp/odd:1 path.sock", 3, "u", None),
+            ],
+        )
+
+    def test_backendObjectErrors(self):
+        cases = [
+            ({"weight": 2}, 'address: required, as in {"address": "host:port", "weight": 2}'),
+            ({"address": None}, 'address: required, as in {"address": "host:port", "weight": 2}'),
+            ({"address": 6379}, "address: expected a string, got an integer"),
+            ({"address": "r", "weight": "2"}, "weight: expected an integer, got a string"),
+            ({"address": "r", "weight": 0}, "weight: must be a positive integer, got 0"),
+            ({"address": "r", "name": 1}, "name: expected a string, got an integer"),
+            (
+                {"address": "r", "name": "a b"},
+                "name: must be a non-empty name without spaces or control characters, "
+                "got 'a b'",
+            ),
+            ({"address": "r", "wieght": 2}, "wieght: unknown field (did you mean weight?)"),
+            ({"address": "r", "db": 2}, "db: unknown field"),
+            (
+                {"address": "r:1:2"},
+                "address: 'r:1:2': an object's \"address\" cannot carry a weight; "
+                'use the object\'s "weight" field',
+            ),
+            (
+                {"address": "r:1 a"},
+                "address: 'r:1 a': an object's \"address\" cannot carry a name; "
+                'use the object\'s "name" field',
+            ),
+            (
+                {"address": "redis://r?weight=2"},
+                "address: 'redis://r?weight=2': an object's \"address\" cannot carry a "
+                'weight; use the object\'s "weight" field',
+            ),
+            (
+                {"address": "/tmp/r.sock"},
+                "address: '/tmp/r.sock': looks like a socket path; list it in unixConnections",
+            ),
+        ]
+        for obj, problem in cases:
+            self.assertConfigError(
+                f"listener 1: tcpConnections[1]: {problem}",
+                self.listener,
+                distribution="ketama",
+                tcpConnections=["r0", obj],
+            )
+
+    def test_backendObjectDuplicateField(self):
+        self.assertConfigError(
+            "listener 1: unixConnections[0]: weight: given more than once",
+            fromJSON,
+            '[{"port": 1, "distribution": "ketama",'
+            ' "unixConnections": [{"address": "/s", "weight": 1, "weight": 2}]}]',
+        )
+
+    def test_pooledChecksNameTheEntry(self):
+        """
+        Checks that need the whole pool name the list and index.
+        """
+        self.assertConfigError(
+            "listener 1: unixConnections[0]: weight 4 is only used by the ketama "
+            "distribution; with rmux's placement list a server twice instead",
+            self.listener,
+            unixConnections=[{"address": "/s", "weight": 4}],
+        )
+        self.assertConfigError(
+            "listener 1: tcpConnections[2]: name 'a' is already used by r1:6379 in this pool",
+            self.listener,
+            tcpConnections=["r1 a", "r2 b", {"address": "r3", "name": "a"}],
+        )
+
+    def test_health(self):
+        listener = self.listener(
+            healthInterval=250,
+            healthTimeout=40,
+            healthFailures=5,
+            healthSuccesses=4,
+            startupWait=3000,
+            allowFlush=True,
+        )
+        self.assertEqual(
+            (
+                listener.healthInterval,
+                listener.healthTimeout,
+                listener.healthFailures,
+                listener.healthSuccesses,
+                listener.startupWait,
+                listener.allowFlush,
+            ),
+            (250, 40, 5, 4, 3000, True),
+        )
+
+    def test_healthZeros(self):
+        listener = self.listener(
+            healthInterval=0,
+            healthTimeout=0,
+            healthFailures=0,
+            healthSuccesses=0,
+            startupWait=0,
+            remoteConnectTimeout=80,
+        )
+        self.assertEqual(
+            (
+                listener.healthInterval,
+                listener.healthTimeout,
+                listener.healthFailures,
+                listener.healthSuccesses,
+                listener.startupWait,
+            ),
+            (100, 80, 3, 2, 0),
+        )
+        self.assertEqual(self.listener(remoteTimeout=700).healthTimeout, 700)
+        self.assertEqual(self.listener(startupWait=None).startupWait, 1000)
+
+    def test_healthErrors(self):
+        for name, what in [
+            ("healthInterval", "a positive integer (ms; 0 means 100)"),
+            ("healthTimeout", "a positive integer (ms; 0 means remoteConnectTimeout)"),
+            ("healthFailures", "a positive integer (0 means 3)"),
+            ("healthSuccesses", "a positive integer (0 means 2)"),
+            ("startupWait", "a non-negative integer (ms)"),
+        ]:
+            self.assertConfigError(
+                f"listener 1: {name}: must be {what}, got -1", self.listener, **{name: -1}
+            )
+
+    def test_defaults(self):
+        self.assertEqual(self.listener(), ListenerConfig(port=1, backends=["r1", "r2"]))
+
+
+class RoutesFromJSONTests(ErrorAssertions, SynchronousTestCase):
+    """
+    Tests for C{routes} in the JSON file.
+    """
+
+    def load(self, document):
+        return fromJSON(json.dumps(document))
+
+    def listener(self, routes, **fields):
+        document = dict({"port": 1, "tcpConnections": ["r1", "r2"], "routes": routes}, **fields)
+        return self.load([document]).listeners[0]
+
+    def test_route(self):
+        listener = self.listener(
+            [
+                {
+                    "prefix": "session:",
+                    "unixConnections": ["/s.sock"],
+                    "tcpConnections": ["s1:6380", {"address": "s2", "weight": 2}],
+                    "distribution": "ketama",
+                    "hash": "md5",
+                    "hashTag": "{}",
+                    "failover": True,
+                },
+                {"prefix": "cache:", "tcpConnections": ["c1"]},
+            ]
+        )
+        session, cache = listener.routes
+        self.assertEqual(
+            session,
+            RouteConfig(
+                prefix=b"session:",
+                backends=[
+                    tcp("s1", 6380),
+                    BackendAddress(kind="tcp", host="s2", port=6379, weight=2),
+                    unix("/s.sock"),
+                ],
+                distribution="ketama",
+                hash="md5",
+                hashTag=b"{}",
+                failover=True,
+            ),
+        )
+        self.assertEqual(cache, RouteConfig(prefix="cache:", backends=["c1"]))
+        self.assertTrue(listener.multiplexing)
+        self.assertEqual(len(listener.allBackends), 6)
+
+    def test_inherits(self):
+        """
+        Fields a route leaves out (or sets to null) are the listener's.
+        """
+        listener = self.listener(
+            [
+                {"prefix": "a:", "tcpConnections": ["s1", "s2"]},
+                {
+                    "prefix": "b:",
+                    "tcpConnections": ["s1"],
+                    "distribution": None,
+                    "hashTag": None,
+                    "failover": None,
+                },
+            ],
+            distribution="ketama",
+            hash="md5",
+            hashTag="<>",
+            failover=True,
+        )
+        for route in listener.routes:
+            self.assertEqual(
+                (route.distribution, route.hash, route.hashTag, route.failover),
+                ("ketama", "md5", b"<>", True),
+            )
+
+    def test_overrides(self):
+        """
+        A route's own values win; C{"hashTag": ""} turns an inherited tag
+        off.
+        """
+        route = self.listener(
+            [
+                {
+                    "prefix": "a:",
+                    "tcpConnections": ["s1"],
+                    "distribution": "ketama",
+                    "hash": "fnv1a_64",
+                    "hashTag": "",
+                    "failover": False,
+                }
+            ],
+            distribution="ketama",
+            hash="md5",
+            hashTag="{}",
+            failover=True,
+        ).routes[0]
+        self.assertEqual(
+            (route.distribution, route.hash, route.hashTag, route.failover),
+            ("ketama", "fnv1a_64", None, False),
+        )
+        route = self.listener(
+            [{"prefix": "a:", "tcpConnections": ["s1"], "distribution": "rmux"}],
+            distribution="ketama",
+            hash="md5",
+        ).routes[0]
+        self.assertEqual((route.distribution, route.hash), ("rmux", "md5"))
+
+    def test_listenerHashForRoutes(self):
+        """
+        A listener's C{hash} is accepted when only a ketama route uses it,
+        and refused when nothing does.
+        """
+        listener = self.listener(
+            [{"prefix": "a:", "tcpConnections": ["s1"], "distribution": "ketama"}], hash="md5"
+        )
+        self.assertEqual((listener.distribution, listener.routes[0].hash), ("rmux", "md5"))
+        message = (
+            "listener 1: hash: only used by the ketama distribution "
+            "(set distribution to ketama, or leave hash out)"
+        )
+        self.assertConfigError(
+            message, self.listener, [{"prefix": "a:", "tcpConnections": ["s1"]}], hash="md5"
+        )
+        self.assertConfigError(
+            message,
+            self.listener,
+            [
+                {
+                    "prefix": "a:",
+                    "tcpConnections": ["s1"],
+                    "distribution": "ketama",
+                    "hash": "fnv1a_64",
+                }
+            ],
+            hash="md5",
+        )
+        self.assertConfigError(
+            "listener 1: routes[0]: hash: only used by the ketama distribution "
+            "(set distribution to ketama, or leave hash out)",
+            self.listener,
+            [{"prefix": "a:", "tcpConnections": ["s1"], "hash": "md5"}],
+        )
+
+    def test_errors(self):
+        cases = [
+            ("x", "routes[0]: expected an object, got a string"),
+            ({"tcpConnections": ["s"]}, 'routes[0]: prefix: required, as in "prefix": "session:"'),
+            (
+                {"prefix": None, "tcpConnections": ["s"]},
+                'routes[0]: prefix: required, as in "prefix": "session:"',
+            ),
+            (
+                {"prefix": 1, "tcpConnections": ["s"]},
+                "routes[0]: prefix: expected a string, got an integer",
+            ),
+            (
+                {"prefix": "", "tcpConnections": ["s"]},
+                "routes[0]: prefix: must not be empty; keys no route matches go to the "
+                "listener's own backends",
+            ),
+            (
+                {"prefix": "a:"},
+                "routes[0]: at least one backend is required (tcpConnections or unixConnections)",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": [], "unixConnections": []},
+                "routes[0]: at least one backend is required (tcpConnections or unixConnections)",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": "s"},
+                "routes[0]: tcpConnections: expected an array of strings, got a string",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": ["s", 2]},
+                "routes[0]: tcpConnections[1]: expected an address string or an object, "
+                "got an integer",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": ["s:0"]},
+                "routes[0]: tcpConnections[0]: 's:0': port must be an integer from 1 to 65535, "
+                "got '0'",
+            ),
+            (
+                {
+                    "prefix": "a:",
+                    "unixConnections": [{"address": "/s", "weight": -1}],
+                    "distribution": "ketama",
+                },
+                "routes[0]: unixConnections[0]: weight: must be a positive integer, got -1",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": ["s1", "s2:6379:2"]},
+                "routes[0]: tcpConnections[1]: weight 2 is only used by the ketama "
+                "distribution; with rmux's placement list a server twice instead",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": ["s1", "s1"], "distribution": "ketama"},
+                "routes[0]: tcpConnections[1]: ketama places each entry by its name, or its "
+                "address when unnamed, and 's1:6379' already places an earlier entry; give "
+                "the entries distinct names (or list the server once, with a weight)",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": ["s"], "distribution": "maglev"},
+                "routes[0]: distribution: must be 'rmux' or 'ketama', got 'maglev'",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": ["s"], "hashTag": "{"},
+                "routes[0]: hashTag: must be two printable ASCII characters such as '{}', "
+                "got '{'",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": ["s"], "failover": "yes"},
+                "routes[0]: failover: expected a boolean, got a string",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": ["s"], "poolSize": 3},
+                "routes[0]: poolSize: unknown field (poolSize is set for the whole listener)",
+            ),
+            (
+                {"prefix": "a:", "tcpConnection": ["s"]},
+                "routes[0]: tcpConnection: unknown field (did you mean tcpConnections?)",
+            ),
+            (
+                {"prefix": "a:", "tcpConnections": ["s"], "removePrefix": True},
+                "routes[0]: removePrefix: unknown field",
+            ),
+        ]
+        for route, problem in cases:
+            self.assertConfigError(f"listener 1: {problem}", self.listener, [route])
+
+    def test_secondRouteNamed(self):
+        self.assertConfigError(
+            "listener 1: routes[1]: tcpConnections[0]: 's:0': port must be an integer "
+            "from 1 to 65535, got '0'",
+            self.listener,
+            [
+                {"prefix": "a:", "tcpConnections": ["s"]},
+                {"prefix": "b:", "tcpConnections": ["s:0"]},
+            ],
+        )
+
+    def test_routesType(self):
+        self.assertConfigError(
+            "listener 1: routes: expected an array of objects, got a string",
+            self.listener,
+            "session:",
+        )
+        self.assertEqual(self.listener([]).routes, ())
+        self.assertEqual(self.listener(None).routes, ())
+
+    def test_duplicateField(self):
+        self.assertConfigError(
+            "listener 1: routes[0]: prefix: given more than once",
+            fromJSON,
+            '[{"port": 1, "tcpConnections": ["r"],'
+            ' "routes": [{"prefix": "a", "tcpConnections": ["s"], "prefix": "b"}]}]',
+        )
+
+    def test_duplicatePrefix(self):
+        self.assertConfigError(
+            "listener 1: routes[2]: prefix 'a:' is already routed by routes[0]",
+            self.listener,
+            [
+                {"prefix": "a:", "tcpConnections": ["s1"]},
+                {"prefix": "a", "tcpConnections": ["s2"]},
+                {"prefix": "a:", "tcpConnections": ["s3"]},
+            ],
+        )
+
+    def test_namesAcrossRoutes(self):
+        listener = self.listener(
+            [{"prefix": "a:", "tcpConnections": ["r1:6379:5 one"], "distribution": "ketama"}],
+            tcpConnections=["r1 one", "r2 two"],
+        )
+        self.assertEqual(listener.routes[0].backends[0].name, "one")
+        self.assertConfigError(
+            "listener 1: routes[0]: tcpConnections[1]: name 'two' already names r2:6379; "
+            "a name must mean one server throughout a listener",
+            self.listener,
+            [{"prefix": "a:", "tcpConnections": ["r1 one", "r3 two"]}],
+            tcpConnections=["r1 one", "r2 two"],
+        )
+
+    def test_catchAllRequired(self):
+        """
+        The listener's own backends take the keys no route matches, so
+        they are required even with routes.
+        """
+        self.assertConfigError(
+            "listener 1: at least one backend is required (tcpConnections or "
+            "unixConnections); with routes, they take the keys no route matches",
+            self.load,
+            [{"port": 1, "routes": [{"prefix": "a:", "tcpConnections": ["s"]}]}],
+        )
+
+    def test_prefixOnListener(self):
+        self.assertConfigError(
+            "listener 1: prefix: unknown field (prefix belongs to an element of routes)",
+            self.load,
+            [{"port": 1, "tcpConnections": ["r"], "prefix": "a:"}],
+        )
+
+    def test_utf8Prefix(self):
+        route = self.listener([{"prefix": "caf\u00e9:", "tcpConnections": ["s"]}]).routes[0]
+        self.assertEqual(route.prefix, b"caf\xc3\xa9:")
+
+    def test_ownBackendInRoute(self):
+        self.assertConfigError(
+            "listener 1: /tmp/rmux.sock is also one of its own backends; "
+            "commands would loop through rmux",
+            self.load,
+            [
+                {
+                    "socket": "/tmp/rmux.sock",
+                    "tcpConnections": ["r"],
+                    "routes": [{"prefix": "a:", "unixConnections": ["/tmp/rmux.sock"]}],
+                }
+            ],
         )

@@ -634,3 +634,23 @@ class TwistdTests(TestCase):
         with open(os.path.join(directory, "rmux.log")) as log:
             self.assertIn("Server Shut Down.", log.read())
         self.assertFalse(os.path.exists(path))
+
+
+class TacTests(TestCase):
+    """
+    rmux.tac, the embedding example, builds a working service.
+    """
+
+    def test_tacBuildsService(self):
+        from twisted.application.service import IService, loadApplication
+
+        from rmux.service import ListenerService, RmuxService
+
+        application = loadApplication(os.path.join(ROOT, "rmux.tac"), "python")
+        services = list(IService(application))
+        self.assertEqual(len(services), 1)
+        self.assertIsInstance(services[0], RmuxService)
+        (listener,) = services[0].listeners
+        self.assertIsInstance(listener, ListenerService)
+        self.assertEqual(listener.listener.socket, "/tmp/rmux.sock")
+        self.assertEqual(str(listener.pools[0].address), "localhost:6379")

@@ -75,10 +75,22 @@ PARAMETER_CASES = [
     ("remoteWriteTimeout", "203", lambda c: c.listeners[0].remoteWriteTimeout, 203),
     ("graphite", "stats:8125", lambda c: c.graphite, "stats:8125"),
     ("cpuProfile", "/tmp/cpu.prof", lambda c: c.cpuProfile, "/tmp/cpu.prof"),
+    ("distribution", "ketama", lambda c: c.listeners[0].distribution, "ketama"),
+    ("hash", "md5", lambda c: c.listeners[0].hash, "md5"),
+    ("hashTag", "{}", lambda c: c.listeners[0].hashTag, b"{}"),
+    ("healthInterval", "250", lambda c: c.listeners[0].healthInterval, 250),
+    ("healthTimeout", "40", lambda c: c.listeners[0].healthTimeout, 40),
+    ("healthFailures", "5", lambda c: c.listeners[0].healthFailures, 5),
+    ("healthSuccesses", "4", lambda c: c.listeners[0].healthSuccesses, 4),
+    ("startupWait", "0", lambda c: c.listeners[0].startupWait, 0),
 ]
+
+# Options a case needs besides its own: --hash is refused without ketama.
+PREREQUISITES = {"hash": ["--distribution=ketama"]}
 
 FLAG_CASES = [
     ("failover", lambda c: c.listeners[0].failover),
+    ("allowFlush", lambda c: c.listeners[0].allowFlush),
     ("debug", lambda c: c.debug),
     ("useSyslog", lambda c: c.useSyslog),
     ("timing", lambda c: c.timing),
@@ -119,7 +131,7 @@ class OptionsTests(SynchronousTestCase):
                     [f"-{spelling}={value}"],
                     [f"-{spelling}", value],
                 ):
-                    options = parse(*arguments)
+                    options = parse(*PREREQUISITES.get(name, []), *arguments)
                     self.assertEqual(read(options.config), expected, arguments)
                     self.assertEqual(options[name], value, arguments)
 
@@ -201,6 +213,29 @@ class OptionsTests(SynchronousTestCase):
                 ["--remote-read-timeout=-1"],
                 "--remoteReadTimeout: must be a non-negative integer (ms), got '-1'",
             ),
+            (
+                ["--hash=md5"],
+                "--hash: only used by the ketama distribution "
+                "(set --distribution to ketama, or leave --hash out)",
+            ),
+            (
+                ["--distribution", "modula"],
+                "--distribution: must be 'rmux' or 'ketama', got 'modula'",
+            ),
+            (
+                ["--hash-tag={"],
+                "--hashTag: must be two printable ASCII characters such as '{}', got '{'",
+            ),
+            (
+                ["--health-interval=-5"],
+                "--healthInterval: must be a positive integer (ms; 0 means 100), got '-5'",
+            ),
+            (
+                ["--tcpConnections=r1:6379:2 r2"],
+                "--tcpConnections: 'r1:6379:2': weight 2 is only used by the ketama "
+                "distribution; with rmux's placement list a server twice instead",
+            ),
+            (["-allowFlush=maybe"], "--allowFlush: must be true or false, got 'maybe'"),
         ]:
             error = self.assertRaises(usage.UsageError, parse, *arguments)
             self.assertEqual(str(error), message)
@@ -236,6 +271,84 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("Backend read timeout (ms); 0 = --remoteTimeout.", text)
         self.assertIn("0 = 500", text)
         self.assertIn("localhost:6380 localhost:6381", text)
+
+    def test_helpNewOptions(self):
+        """
+        The placement, health and flush options say their defaults, what 0
+        means, and where routes and names are set.
+        """
+        text = " ".join(tap.Options().getUsage(width=2000).split())
+        for alias in ("--hash-tag", "--health-interval", "--startup-wait", "--allow-flush"):
+            self.assertNotIn(alias + "=", text)
+        self.assertIn("--distribution= Key placement when multiplexing", text)
+        self.assertIn("[default: rmux]", text)
+        self.assertIn(
+            "Key hash for --distribution=ketama: fnv1a_64 or md5. Default: fnv1a_64.", text
+        )
+        self.assertIn("--hashTag= Two characters, such as '{}'", text)
+        self.assertIn("(ms); 0 = 100. [default: 100]", text)
+        self.assertIn("Time a health check may take (ms); 0 = --remoteConnectTimeout.", text)
+        self.assertIn("take a backend down; 0 = 3. [default: 3]", text)
+        self.assertIn("bring a backend back; 0 = 2. [default: 2]", text)
+        self.assertIn("0 = fail at once, as Go rmux does. [default: 1000]", text)
+        self.assertIn("--allowFlush When multiplexing, send FLUSHDB and FLUSHALL", text)
+        self.assertIn("host:port:weight", text)
+        self.assertIn("unix:///path?weight=N&name=NAME", text)
+        self.assertIn("Prefix routes are set in the --config file only.", text)
+        self.assertIn("0 means 'not set' (for --startupWait: do not wait)", text)
+
+    def test_ketamaCommandLine(self):
+        """
+        A twemproxy-style pool on the command line: weights in the backend
+        list, a hash tag, and Go's single-dash spelling.
+        """
+        config = parse(
+            "-distribution=ketama",
+            "--tcp-connections=r1:6379:3 r2:6379:1",
+            "--unix-connections",
+            "unix:///tmp/r.sock?weight=2",
+            "-hashTag={}",
+            "--allow-flush",
+            "-startupWait=0",
+        ).config
+        listener = config.listeners[0]
+        self.assertEqual(
+            [(str(b), b.weight) for b in listener.backends],
+            [("r1:6379", 3), ("r2:6379", 1), ("/tmp/r.sock", 2)],
+        )
+        self.assertEqual(
+            (
+                listener.distribution,
+                listener.hash,
+                listener.hashTag,
+                listener.allowFlush,
+                listener.startupWait,
+            ),
+            ("ketama", "fnv1a_64", b"{}", True, 0),
+        )
+
+    def test_newDefaults(self):
+        """
+        The defaults shown in C{--help} are the configuration's.
+        """
+        listener = parse().config.listeners[0]
+        self.assertEqual(
+            (
+                listener.distribution,
+                listener.hash,
+                listener.hashTag,
+                listener.healthInterval,
+                listener.healthTimeout,
+                listener.healthFailures,
+                listener.healthSuccesses,
+                listener.startupWait,
+                listener.allowFlush,
+            ),
+            ("rmux", "fnv1a_64", None, 100, 500, 3, 2, 1000, False),
+        )
+        self.assertEqual(
+            parse("--remote-connect-timeout=70").config.listeners[0].healthTimeout, 70
+        )
 
 
 class MakeServiceTests(SynchronousTestCase):

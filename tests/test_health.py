@@ -1,0 +1,130 @@
+"""
+Tests for L{rmux.health}, driven by a L{MemoryReactorClock}: the checks'
+schedule, hysteresis and the startup wait, with no real time passing.
+"""
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from rmux.config import BackendAddress
+from rmux.health import DOWN, UNKNOWN, UP, BackendHealth, HealthMonitor
+from rmux.pool import BackendPool
+
+PONG = b"+PONG\r\n"
+FAILED = b"-ERR rmux: backend x did not reply within 500 ms\r\n"
+
+
+def makeHealth(fall=3, rise=2):
+    reactor = MemoryReactorClock()
+    changes = []
+    address = BackendAddress(kind="unix", path="/nonexistent/redis.sock")
+    health = BackendHealth(
+        reactor, address, 0.5, fall, rise,
+        lambda check, previous, state: changes.append((previous, state)),
+    )
+    return health, changes
+
+
+class HysteresisTests(SynchronousTestCase):
+    def test_firstVerdictIsImmediate(self):
+        health, changes = makeHealth()
+        health.fill(PONG)
+        self.assertEqual(health.state, UP)
+        health2, changes2 = makeHealth()
+        health2.fill(FAILED)
+        self.assertEqual(health2.state, DOWN)
+
+    def test_downAfterConsecutiveFailures(self):
+        """
+        One or two failed checks move no key; the third in a row does.
+        """
+        health, changes = makeHealth(fall=3)
+        health.fill(PONG)
+        health.fill(FAILED)
+        health.fill(FAILED)
+        health.fill(PONG)
+        health.fill(FAILED)
+        health.fill(FAILED)
+        self.assertEqual(health.state, UP)
+        health.fill(FAILED)
+        self.assertEqual(health.state, DOWN)
+        self.assertEqual(changes, [(UNKNOWN, UP), (UP, DOWN)])
+
+    def test_upAfterConsecutiveSuccesses(self):
+        health, changes = makeHealth(rise=2)
+        health.fill(FAILED)
+        health.fill(PONG)
+        health.fill(FAILED)
+        health.fill(PONG)
+        self.assertEqual(health.state, DOWN)
+        health.fill(PONG)
+        self.assertEqual(health.state, UP)
+        self.assertEqual(changes, [(UNKNOWN, DOWN), (DOWN, UP)])
+
+    def test_anythingButPongFails(self):
+        for reply in (b"-LOADING Redis is loading\r\n", b"-NOAUTH x\r\n", b"$4\r\nPONG\r\n"):
+            health, changes = makeHealth(fall=1)
+            health.fill(PONG)
+            health.fill(reply)
+            self.assertEqual(health.state, DOWN, reply)
+
+
+class MonitorTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.pools = [
+            BackendPool(self.reactor, BackendAddress(kind="unix", path="/r%d.sock" % i))
+            for i in range(3)
+        ]
+        self.monitor = HealthMonitor(
+            self.reactor, self.pools, interval=0.1, timeout=0.5, startupWait=1.0
+        )
+
+    def test_checksRunConcurrently(self):
+        """
+        Every backend's check starts at once; a check still waiting for its
+        reply (a hung server) is not sent again, and delays nobody else.
+        """
+        self.monitor.start()
+        self.assertEqual(len(self.reactor.unixClients), 3)
+        checks = [self.monitor.checks[pool] for pool in self.pools]
+        self.assertTrue(all(c.inFlight for c in checks))
+        checks[1].fill(PONG)
+        checks[2].fill(PONG)
+        self.reactor.advance(0.1)
+        self.assertTrue(checks[1].inFlight and checks[2].inFlight)
+        self.assertEqual(len(self.reactor.unixClients), 3)
+
+    def test_startupWaitEndsWithVerdicts(self):
+        self.monitor.start()
+        waiter = self.monitor.whenStarted()
+        fired = []
+        waiter.addCallback(fired.append)
+        for pool in self.pools[:2]:
+            self.monitor.checks[pool].fill(PONG)
+        self.assertEqual(fired, [])
+        self.monitor.checks[self.pools[2]].fill(FAILED)
+        self.assertEqual(fired, [None])
+        self.assertFalse(self.monitor.starting)
+        self.assertIsNone(self.monitor.whenStarted())
+        self.assertFalse(self.monitor.isUp(self.pools[2]))
+
+    def test_startupWaitIsBounded(self):
+        """
+        A server that never answers holds requests at most startupWait,
+        then counts as up until a verdict says otherwise.
+        """
+        self.monitor.start()
+        fired = []
+        self.monitor.whenStarted().addCallback(fired.append)
+        self.reactor.advance(0.99)
+        self.assertEqual(fired, [])
+        self.reactor.advance(0.01)
+        self.assertEqual(fired, [None])
+        self.assertTrue(self.monitor.isUp(self.pools[0]))
+
+    def test_stop(self):
+        self.monitor.start()
+        self.monitor.stop()
+        self.assertFalse(self.monitor.starting)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
