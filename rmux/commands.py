@@ -309,8 +309,9 @@ _KEYLESS_TABLE = {
                 "MONITOR watches one Redis server; with several servers "
                 "behind rmux, run it directly on each server"),
 
-    # Pub/Sub: PUBLISH goes to every server, so a subscriber on any one
-    # server hears every message (pattern subscriptions included).
+    # Pub/Sub: PUBLISH is placed by its channel, like a key, so that every
+    # rmux host publishes a channel on the same server (the router reads
+    # the channel); pattern subscriptions will have to cover every server.
     "subscribe": (KEYLESS_ANY, None, "publishes reach every server"),
     "psubscribe": (KEYLESS_ANY, None, "publishes reach every server"),
     "ssubscribe": (KEYLESS_ANY, None, "publishes reach every server"),
@@ -319,10 +320,8 @@ _KEYLESS_TABLE = {
                      "on the subscriber's own connection"),
     "sunsubscribe": (KEYLESS_ANY, None,
                      "on the subscriber's own connection"),
-    "publish": (KEYLESS_ALL, MERGE_SUM,
-                "subscribers may be on any server; reply is receiver count"),
-    "spublish": (KEYLESS_ALL, MERGE_SUM,
-                 "subscribers may be on any server; reply is receiver count"),
+    "publish": (KEYED, None, "placed by its channel"),
+    "spublish": (KEYED, None, "placed by its channel"),
     "pubsub|channels": (KEYLESS_ALL, MERGE_UNION, "channels of all servers"),
     "pubsub|shardchannels": (KEYLESS_ALL, MERGE_UNION,
                              "channels of all servers"),

@@ -780,6 +780,11 @@ class ListenerConfig:
     @ivar startupWait: How long, in ms, a request for a backend that has
         not had its first health check yet waits for it; 0 = fail at once,
         as Go rmux, whose backends start down, does.
+    @ivar commands: Extra entries for the command table: module commands or
+        commands of a Redis newer than rmux's table, in the shape of
+        C{rmux/commands.json} rows (C{name}, C{arity}, and C{firstKey},
+        C{lastKey}, C{step} or C{keySpecs}; optionally C{flags} and rmux's
+        C{policy}/C{routing}).  JSON only.
     @ivar allowFlush: When multiplexing, send FLUSHDB and FLUSHALL to every
         server instead of refusing them.  Without multiplexing they always
         go to the one backend, as in Go rmux.
@@ -809,6 +814,7 @@ class ListenerConfig:
     healthSuccesses: int = DEFAULT_HEALTH_SUCCESSES
     startupWait: int = DEFAULT_STARTUP_WAIT
     allowFlush: bool = False
+    commands: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str):
@@ -835,6 +841,7 @@ class ListenerConfig:
             _checkInt(getattr(self, name), name, 1, None, "a positive integer")
         _checkInt(self.startupWait, "startupWait", 0, None, "a non-negative integer (ms)")
         _checkBool(self.allowFlush, "allowFlush")
+        object.__setattr__(self, "commands", _checkCommands(self.commands))
 
     @property
     def multiplexing(self) -> bool:
@@ -1095,7 +1102,7 @@ def _buildListener(raw: Mapping[str, Any], place: _Place) -> ListenerConfig:
     kwargs: dict[str, Any] = {}
     if raw.get("socket"):
         kwargs["socket"] = raw["socket"]
-    for name in ("host", "failover", "socketMode", "allowFlush"):
+    for name in ("host", "failover", "socketMode", "allowFlush", "commands"):
         if name in raw:
             kwargs[name] = raw[name]
     if "port" in raw:
@@ -1163,6 +1170,25 @@ def _buildListener(raw: Mapping[str, Any], place: _Place) -> ListenerConfig:
     except ConfigError as e:
         # Whatever the object refused still gets the place in front.
         raise _placeError(str(e), raw, place, labels, routeLabels) from None
+
+
+def _checkCommands(entries: object) -> tuple[Mapping[str, Any], ...]:
+    """
+    Check extra command-table entries by building them the way the table
+    will, so that a bad entry stops rmux at start, not at first use.
+    """
+    from rmux.commands import CommandSpec
+
+    if not isinstance(entries, (list, tuple)):
+        raise ConfigError(f"commands: expected an array of objects, got {entries!r}")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"commands[{index}]: expected an object, got {entry!r}")
+        try:
+            CommandSpec.fromJSON(dict(entry))
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"commands[{index}]: {e}") from None
+    return tuple(dict(entry) for entry in entries)
 
 
 def _unusedHash(place: _Place) -> str:
@@ -1620,6 +1646,7 @@ _LISTENER_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "healthSuccesses": _jsonInteger,
     "startupWait": _jsonInteger,
     "allowFlush": _jsonBoolean,
+    "commands": _jsonObjectList,
 }
 """
 The fields of one listener object in the JSON file and their type checks.

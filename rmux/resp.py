@@ -749,7 +749,8 @@ def scanReplies(buf, pos, stack, limit=0):
         complete top-level reply; where the scan stopped (the start of an
         incomplete item, or the end of the last reply found); and the
         length C{buf} must reach before scanning again is worthwhile, or -1
-        if that is not known (a line is incomplete).
+        if what is missing is the end of a line, so that only a LF is
+        news.
     @rtype: C{tuple} of (C{list} of C{int}, C{int}, C{int})
 
     @raise ProtocolError: if the bytes are not RESP.
@@ -882,7 +883,7 @@ def scanReplies(buf, pos, stack, limit=0):
             elif kind == _END:
                 # . the end of a streamed aggregate.
                 if n - pos < 3:
-                    return ends, start, -1
+                    return ends, start, pos + 3
                 if (buf[pos + 1] != 13 or buf[pos + 2] != 10
                         or not stack or stack[-1] != 0):
                     raise ProtocolError(
@@ -916,7 +917,8 @@ def scanReplies(buf, pos, stack, limit=0):
     except ValueError:
         raise ProtocolError("Protocol error: invalid length in %r"
                             % (bytes(buf[start:start + 24]),))
-    return ends, pos, -1
+    # Stopped between two items: any byte may be news, even a bad one.
+    return ends, pos, pos + 1
 
 
 

@@ -68,9 +68,11 @@ class ListenerService(MultiService):
             startupWait=_seconds(listener.startupWait),
         )
         self.router = Router(default, routes, self.health, listener.allowFlush)
-        self.factory = ProxyFactory(
-            reactor, self.router, table or CommandTable.default(), listener, self.health
-        )
+        table = table or CommandTable.default()
+        if listener.commands:
+            table = CommandTable.load()
+            table.extend(listener.commands)
+        self.factory = ProxyFactory(reactor, self.router, table, listener, self.health)
         self.endpointService = StreamServerEndpointService(
             self.endpoint(), self.factory
         )

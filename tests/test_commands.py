@@ -745,10 +745,17 @@ class RoutingTests(SynchronousTestCase):
                             ("pubsub|channels", commands.MERGE_UNION),
                             ("pubsub|numsub", commands.MERGE_PAIRS_SUM),
                             ("pubsub|numpat", commands.MERGE_SUM),
-                            ("publish", commands.MERGE_SUM),
                             ("randomkey", commands.MERGE_ANY_NON_NIL),
                             ("flushdb", commands.MERGE_ALL_OK)]:
             self.assertEqual(self.routing(name), (KEYLESS_ALL, merge), name)
+
+    def test_publishPlacedByChannel(self):
+        """
+        PUBLISH is routed like a keyed command (the router places it by
+        its channel), so a channel lives on one server.
+        """
+        for name in ("publish", "spublish"):
+            self.assertEqual(self.routing(name), (KEYED, None), name)
 
     def test_keylessAny(self):
         for name in ["time", "lolwut", "command", "command|count",

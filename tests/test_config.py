@@ -2202,3 +2202,44 @@ class RoutesFromJSONTests(ErrorAssertions, SynchronousTestCase):
                 }
             ],
         )
+
+
+class CommandsFieldTests(SynchronousTestCase):
+    """
+    The C{commands} field extends the command table for module commands.
+    """
+
+    def listener(self, commands):
+        return fromJSON(
+            json.dumps(
+                [{"socket": "/tmp/x.sock", "tcpConnections": ["localhost:6379"],
+                  "commands": commands}]
+            )
+        ).listeners[0]
+
+    def test_accepted(self):
+        entry = {"name": "json.get", "arity": -2, "firstKey": 1, "lastKey": 1,
+                 "step": 1, "flags": ["readonly"]}
+        self.assertEqual(self.listener([entry]).commands, (entry,))
+
+    def test_badEntryNamed(self):
+        e = self.assertRaises(ConfigError, self.listener, [{"name": "json.get"}])
+        self.assertIn("listener 1: commands[0]:", str(e))
+        self.assertIn("arity", str(e))
+
+    def test_notAnArray(self):
+        e = self.assertRaises(ConfigError, self.listener, {"name": "x"})
+        self.assertIn("commands", str(e))
+
+    def test_serviceTableHasThem(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from rmux.commands import CommandTable
+        from rmux.service import ListenerService
+
+        entry = {"name": "json.get", "arity": -2, "firstKey": 1, "lastKey": 1, "step": 1}
+        service = ListenerService(self.listener([entry]), MemoryReactorClock())
+        spec = service.factory.table.lookup([b"JSON.GET", b"doc", b"$"])
+        self.assertEqual((spec.policy, spec.keyIndexes([b"JSON.GET", b"doc", b"$"])),
+                         ("forward", [1]))
+        self.assertIsNone(CommandTable.default().lookup([b"JSON.GET", b"doc"]))

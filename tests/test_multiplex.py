@@ -156,6 +156,29 @@ class PlacementTests(MultiplexTestCase):
                 self.assertEqual(result, [b"%d" % (base + 1), None, None])
 
 
+class PublishTests(MultiplexTestCase):
+    @inlineCallbacks
+    def test_publishGoesToTheChannelsServer(self):
+        """
+        PUBLISH is placed by its channel, so a subscriber on that server
+        (as every rmux host would pick) receives it.
+        """
+        channel = b"news"
+        home = RmuxRing(4).backendOf(channel)
+        pubsub = self.direct(home).pubsub()
+        self.addCleanup(pubsub.close)
+
+        def run():
+            pubsub.subscribe(channel)
+            pubsub.get_message(timeout=1)
+            receivers = self.client().publish(channel, "hello")
+            return receivers, pubsub.get_message(timeout=2)
+
+        receivers, message = yield self.inThread(run)
+        self.assertEqual(receivers, 1)
+        self.assertEqual(message["data"], b"hello")
+
+
 class FanOutTests(MultiplexTestCase):
     @inlineCallbacks
     def test_sameAsOneServer(self):

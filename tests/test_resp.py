@@ -1,0 +1,972 @@
+"""
+Tests for L{rmux.resp}.
+
+Expected bytes and error texts were taken from a real redis-server 7.0.15
+(inline quoting, protocol errors) or from the RESP2/RESP3 specifications.
+Every L{RequestParser} test runs twice: with hiredis as the accelerator,
+and with the pure-Python parser alone; they must agree to the byte.
+"""
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from rmux import resp
+from rmux.resp import (
+    ProtocolError, ReplyFramer, RequestParser, encodeCommand,
+    encodeCommandParts, isError, isPush, splitArgs,
+)
+
+
+class PureRequestParser(RequestParser):
+    """
+    The parser without hiredis.
+    """
+    useHiredis = False
+
+
+
+def feedAll(parser, chunks):
+    """
+    Feed C{chunks} one by one.
+
+    @return: all commands returned.
+    """
+    commands = []
+    for chunk in chunks:
+        commands.extend(parser.feed(chunk))
+    return commands
+
+
+
+def byteByByte(data):
+    return [data[i:i + 1] for i in range(len(data))]
+
+
+
+def splitAt(data, points):
+    points = sorted(set(p for p in points if 0 < p < len(data)))
+    return [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+
+
+
+class ProtocolErrorTests(SynchronousTestCase):
+    """
+    L{ProtocolError} carries Redis's text.
+    """
+
+    def test_message(self):
+        e = ProtocolError("Protocol error: invalid bulk length")
+        self.assertEqual(str(e), "Protocol error: invalid bulk length")
+        self.assertEqual(e.message, "Protocol error: invalid bulk length")
+
+
+    def test_asReply(self):
+        """
+        The reply is Redis's, offending byte included verbatim.
+        """
+        e = ProtocolError("Protocol error: expected '$', got '\xff'")
+        self.assertEqual(e.asReply(),
+                         b"-ERR Protocol error: expected '$', got '\xff'\r\n")
+
+
+
+class SplitArgsTests(SynchronousTestCase):
+    """
+    L{splitArgs} splits like Redis's C{sdssplitargs}; every row of the table
+    below was checked against redis-server 7.0.15 with
+    C{EVAL "return ARGV" 0 ...}.
+    """
+
+    table = [
+        (b"", []),
+        (b"   \t ", []),
+        (b"SET a b", [b"SET", b"a", b"b"]),
+        (b"  SET \t a    b  ", [b"SET", b"a", b"b"]),
+        (b"get Key", [b"get", b"Key"]),
+        (b'ECHO "a\\x41\\x4g\\n\\z"', [b"ECHO", b"aAx4g\nz"]),
+        (b'ECHO "\\xZZ"', [b"ECHO", b"xZZ"]),
+        (b'ECHO "\\xfF\\x00"', [b"ECHO", b"\xff\x00"]),
+        (b'ECHO "\\r\\t\\b\\a\\\\\\"q"', [b"ECHO", b"\r\t\x08\x07\\\"q"]),
+        (b"ECHO 'a\\'b\\\"'", [b"ECHO", b"a'b\\\""]),
+        (b"ECHO 'a\\nb'", [b"ECHO", b"a\\nb"]),
+        (b"ECHO 'a\"b' \"c'd\"", [b"ECHO", b'a"b', b"c'd"]),
+        (b'ECHO ""', [b"ECHO", b""]),
+        (b"ECHO ''", [b"ECHO", b""]),
+        (b'ECHO a"b c"', [b"ECHO", b"ab c"]),
+        (b'ECHO "a"\tb', [b"ECHO", b"a", b"b"]),
+        (b'ECHO "a"\x0b', [b"ECHO", b"a"]),
+        (b"ECHO a\x0bb", [b"ECHO", b"a\x0bb"]),
+        (b"\x0bECHO\x0cx", [b"ECHO\x0cx"]),
+        (b"ECHO a\rb", [b"ECHO", b"a", b"b"]),
+        (b"ECHO a\x00b", [b"ECHO", b"a\x00b"]),
+        (b'ECHO "a"b', None),
+        (b"ECHO 'a'b", None),
+        (b'ECHO "abc', None),
+        (b"ECHO 'abc", None),
+        (b'ECHO "x\\"', None),
+        (b"ECHO 'x\\'", None),
+    ]
+
+    def test_table(self):
+        for line, expected in self.table:
+            self.assertEqual(splitArgs(line), expected, line)
+
+
+    def test_nulIsOrdinary(self):
+        """
+        Unlike Redis, which works on C strings, a NUL is a plain character,
+        inside quotes too.
+        """
+        self.assertEqual(splitArgs(b'"a\x00b" c'), [b"a\x00b", b"c"])
+
+
+
+class RequestParserTestsMixin(object):
+    """
+    Tests for L{RequestParser}, run once per C{parserClass}.
+    """
+
+    parserClass = None
+
+    def parser(self, **kwargs):
+        return self.parserClass(**kwargs)
+
+
+    def assertParses(self, data, commands, **kwargs):
+        """
+        C{data} gives C{commands}, fed whole, byte by byte, and split in two
+        at every point, with nothing left buffered.
+        """
+        parser = self.parser(**kwargs)
+        self.assertEqual(parser.feed(data), commands)
+        self.assertIsNone(parser.error)
+        self.assertEqual(parser.buffered, 0)
+        parser = self.parser(**kwargs)
+        self.assertEqual(feedAll(parser, byteByByte(data)), commands)
+        self.assertEqual(parser.buffered, 0)
+        for i in range(1, len(data)):
+            parser = self.parser(**kwargs)
+            self.assertEqual(feedAll(parser, [data[:i], data[i:]]), commands)
+            self.assertIsNone(parser.error)
+
+
+    def assertFails(self, data, message, commands=(), **kwargs):
+        """
+        C{data} gives C{commands}, then the protocol error C{message}, fed
+        whole or byte by byte; the parser is dead afterwards.
+        """
+        for chunks in [[data], byteByByte(data)]:
+            parser = self.parser(**kwargs)
+            self.assertEqual(feedAll(parser, chunks), list(commands))
+            self.assertIsInstance(parser.error, ProtocolError)
+            self.assertEqual(parser.error.message, message)
+            self.assertEqual(parser.feed(b"*1\r\n$4\r\nPING\r\nPING\r\n"), [])
+            self.assertEqual(parser.buffered, 0)
+
+
+    def test_array(self):
+        self.assertParses(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n", [[b"GET", b"a"]])
+
+
+    def test_nameNotFolded(self):
+        self.assertParses(b"*1\r\n$4\r\npInG\r\n", [[b"pInG"]])
+
+
+    def test_binaryArguments(self):
+        """
+        Bulk strings may hold anything, CRLF and NUL included.
+        """
+        self.assertParses(
+            b"*3\r\n$3\r\nSET\r\n$2\r\n\r\n$5\r\n\x00*1\r\n\r\n",
+            [[b"SET", b"\r\n", b"\x00*1\r\n"]])
+
+
+    def test_emptyArgument(self):
+        self.assertParses(b"*2\r\n$4\r\nECHO\r\n$0\r\n\r\n",
+                          [[b"ECHO", b""]])
+
+
+    def test_pipeline(self):
+        data = encodeCommand([b"SET", b"k", b"v"]) * 3
+        self.assertParses(data, [[b"SET", b"k", b"v"]] * 3)
+
+
+    def test_emptyArraysSkipped(self):
+        """
+        C{*0} and C{*-1} are skipped silently, as Redis does.
+        """
+        self.assertParses(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n*0\r\n",
+                          [[b"PING"]])
+
+
+    def test_inline(self):
+        self.assertParses(b"SET a b\r\nGET a\n", [[b"SET", b"a", b"b"],
+                                                  [b"GET", b"a"]])
+
+
+    def test_inlineCR(self):
+        """
+        One CR before the LF is stripped; that matters inside quotes.
+        """
+        self.assertParses(b'ECHO "a\r"\r\n', [[b"ECHO", b"a\r"]])
+        self.assertParses(b"PING\r\r\n", [[b"PING"]])
+
+
+    def test_inlineBlankLines(self):
+        self.assertParses(b"\r\n\n   \r\n\t\nPING\r\n\n", [[b"PING"]])
+
+
+    def test_inlineQuotes(self):
+        self.assertParses(b"SET 'a b' \"c\\x00\\n\"\r\n",
+                          [[b"SET", b"a b", b"c\x00\n"]])
+
+
+    def test_inlineUnbalancedQuotes(self):
+        self.assertFails(b'PING\r\nECHO "a\r\nPING\r\n',
+                         "Protocol error: unbalanced quotes in request",
+                         [[b"PING"]])
+        self.assertFails(b"ECHO 'a'b\n",
+                         "Protocol error: unbalanced quotes in request")
+
+
+    def test_mixed(self):
+        """
+        Arrays and inline commands mix freely, in either order.
+        """
+        data = (b"PING\r\n" + encodeCommand([b"GET", b"a"])
+                + b"SET a 'b c'\n" + encodeCommand([b"GET", b"b"])
+                + encodeCommand([b"GET", b"c"]) + b"\r\n"
+                + b"QUIT\r\n")
+        self.assertParses(data, [[b"PING"], [b"GET", b"a"],
+                                 [b"SET", b"a", b"b c"], [b"GET", b"b"],
+                                 [b"GET", b"c"], [b"QUIT"]])
+
+
+    def test_buffered(self):
+        """
+        L{RequestParser.buffered} counts the bytes of the incomplete command,
+        and is 0 at a command boundary.
+        """
+        parser = self.parser()
+        self.assertEqual(parser.buffered, 0)
+        self.assertEqual(parser.feed(b"*2\r\n$3\r\nGET\r\n"), [])
+        self.assertEqual(parser.buffered, 13)
+        self.assertEqual(parser.feed(b"$1\r"), [])
+        self.assertEqual(parser.buffered, 16)
+        self.assertEqual(parser.feed(b"\na\r\nPI"), [[b"GET", b"a"]])
+        self.assertEqual(parser.buffered, 2)
+        self.assertEqual(parser.feed(b"NG\r\n"), [[b"PING"]])
+        self.assertEqual(parser.buffered, 0)
+
+
+    def test_bufferedBody(self):
+        parser = self.parser()
+        self.assertEqual(parser.feed(b"*2\r\n$3\r\nSET\r\n$10\r\nabc"), [])
+        self.assertEqual(parser.buffered, 21)
+        self.assertEqual(parser.feed(b"defghij\r"), [])
+        self.assertEqual(parser.buffered, 29)
+        self.assertEqual(parser.feed(b"\n"), [[b"SET", b"abcdefghij"]])
+        self.assertEqual(parser.buffered, 0)
+
+
+    def test_invalidMultibulkLength(self):
+        for header in [b"*x", b"*", b"*01", b"*+1", b"* 1", b"*1 ", b"*-0",
+                       b"*-2", b"*1.0", b"*99999999999999999999999",
+                       b"*1048577"]:
+            self.assertFails(b"PING\r\n" + header + b"\r\n$4\r\nPING\r\n",
+                             "Protocol error: invalid multibulk length",
+                             [[b"PING"]])
+
+
+    def test_headerCRWithoutLF(self):
+        """
+        Redis takes the CR as the end of a header line and skips the byte
+        after it unchecked; it must be a LF here.
+        """
+        self.assertFails(b"*1\rX$4\r\nPING\r\n",
+                         "Protocol error: invalid multibulk length")
+        self.assertFails(b"*1\r\n$4\rXPING\r\n",
+                         "Protocol error: invalid bulk length")
+
+
+    def test_expectedDollar(self):
+        """
+        An element that is not a bulk string is refused as soon as its first
+        byte arrives; CR and LF are shown as spaces, as Redis does.
+        """
+        for element, shown in [(b"+PING\r\n", "+"), (b":1\r\n", ":"),
+                               (b"*1\r\n$1\r\na\r\n", "*"), (b"\r\n", " "),
+                               (b"\n", " "), (b"x", "x"), (b"\xff", "\xff")]:
+            self.assertFails(b"*1\r\n" + element,
+                             "Protocol error: expected '$', got '%s'"
+                             % (shown,))
+        parser = self.parser()
+        parser.feed(b"*2\r\n$1\r\na\r\n")
+        parser.feed(b"-")
+        self.assertEqual(parser.error.message,
+                         "Protocol error: expected '$', got '-'")
+
+
+    def test_invalidBulkLength(self):
+        for header in [b"$-1", b"$-2", b"$x", b"$", b"$04", b"$+4", b"$ 4",
+                       b"$4.0", b"$536870913", b"$99999999999999999999999"]:
+            self.assertFails(b"*1\r\n" + header + b"\r\nPING\r\n",
+                             "Protocol error: invalid bulk length")
+
+
+    def test_missingCRLFAfterBulk(self):
+        """
+        Redis skips the two bytes after a bulk string unchecked; we refuse.
+        """
+        self.assertFails(b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPINGxx",
+                         "Protocol error: expected CRLF after bulk string",
+                         [[b"PING"]])
+        self.assertFails(b"*1\r\n$4\r\nPING\rx",
+                         "Protocol error: expected CRLF after bulk string")
+
+
+    def test_tooBigInline(self):
+        self.assertFails(b"PING\r\n" + b"a" * 65537,
+                         "Protocol error: too big inline request",
+                         [[b"PING"]])
+        self.assertParses(b"ECHO " + b"a" * (65536 - 7) + b"\r\n",
+                          [[b"ECHO", b"a" * (65536 - 7)]])
+        # The limit is on the line, however it arrives.
+        self.assertFails(b"ECHO " + b"a" * 65536 + b"\r\n",
+                         "Protocol error: too big inline request")
+
+
+    def test_tooBigCountStrings(self):
+        self.assertFails(b"*" + b"1" * 65536,
+                         "Protocol error: too big mbulk count string")
+        self.assertFails(b"*1\r\n$" + b"1" * 65536,
+                         "Protocol error: too big bulk count string")
+
+
+    def test_limitsConfigurable(self):
+        kw = dict(maxBulkLength=5, maxArguments=2, maxInlineLength=30)
+        self.assertParses(b"*2\r\n$5\r\nhello\r\n$1\r\nx\r\n",
+                          [[b"hello", b"x"]], **kw)
+        self.assertFails(b"*1\r\n$6\r\n", "Protocol error: invalid bulk length",
+                         **kw)
+        self.assertFails(b"*3\r\n", "Protocol error: invalid multibulk length",
+                         **kw)
+        self.assertFails(b"x" * 31, "Protocol error: too big inline request",
+                         **kw)
+        self.assertFails(b"*" + b"0" * 30,
+                         "Protocol error: too big mbulk count string", **kw)
+        self.assertFails(b"*1\r\n$" + b"0" * 30,
+                         "Protocol error: too big bulk count string", **kw)
+
+
+    def test_limitsAsClassAttributes(self):
+        parserClass = type("Small", (self.parserClass,),
+                           {"maxBulkLength": 3, "maxArguments": 1})
+        parser = parserClass()
+        self.assertEqual(parser.feed(b"*1\r\n$3\r\nabc\r\n"), [[b"abc"]])
+        self.assertEqual(parser.feed(b"*2\r\n"), [])
+        self.assertEqual(parser.error.message,
+                         "Protocol error: invalid multibulk length")
+
+
+    def test_limitAtHeader(self):
+        """
+        A bulk length over the limit is refused when its header arrives,
+        before any of the body.
+        """
+        parser = self.parser()
+        self.assertEqual(parser.feed(b"*1\r\n$99999999999\r\n"), [])
+        self.assertEqual(parser.error.message,
+                         "Protocol error: invalid bulk length")
+        parser = self.parser(maxBulkLength=1000)
+        self.assertEqual(parser.feed(b"*2\r\n$3\r\nSET\r\n$1001\r\n"), [])
+        self.assertEqual(parser.error.message,
+                         "Protocol error: invalid bulk length")
+
+
+    def test_largeCountNotAllocated(self):
+        """
+        A large but legal count is parsed (and waited for), not refused.
+        """
+        parser = self.parser()
+        self.assertEqual(parser.feed(b"*1048576\r\n$1\r\na\r\n"), [])
+        self.assertIsNone(parser.error)
+        self.assertEqual(parser.buffered, 18)
+
+
+    def test_nonBulkElementsAfterValidCommands(self):
+        """
+        hiredis accepts these; the strict parser decides, after the commands
+        that came first.
+        """
+        ping = encodeCommand([b"PING"])
+        for bad, message in [
+                (b"*1\r\n:1\r\n", "expected '$', got ':'"),
+                (b"*1\r\n_\r\n", "expected '$', got '_'"),
+                (b"*1\r\n|1\r\n+a\r\n+b\r\n$1\r\nx\r\n",
+                 "expected '$', got '|'"),
+                (b"*1\r\n%1\r\n+a\r\n+b\r\n", "expected '$', got '%'"),
+                (b"*1\r\n$1\r\nxyz", "expected CRLF after bulk string"),
+                (b"*2\r\n$1\r\nx\r\n*1\r\n$1\r\ny\r\n",
+                 "expected '$', got '*'")]:
+            self.assertFails(ping * 3 + bad, "Protocol error: " + message,
+                             [[b"PING"]] * 3)
+
+
+    def test_inlineAfterArrays(self):
+        ping = encodeCommand([b"PING"])
+        self.assertParses(ping * 2 + b"GET a\r\n" + ping,
+                          [[b"PING"], [b"PING"], [b"GET", b"a"], [b"PING"]])
+        # Top-level things that hiredis would take as replies are inline
+        # commands to Redis.
+        self.assertParses(ping + b"+PING\r\n$3\r\nGET\r\n:1\r\n",
+                          [[b"PING"], [b"+PING"], [b"$3"], [b"GET"], [b":1"]])
+
+
+    def test_deadAfterError(self):
+        parser = self.parser()
+        self.assertEqual(parser.feed(b"PING\r\n*x\r\nPING\r\n"), [[b"PING"]])
+        error = parser.error
+        self.assertEqual(parser.feed(b"PING\r\n"), [])
+        self.assertIs(parser.error, error)
+
+
+    def test_bytearrayInput(self):
+        parser = self.parser()
+        self.assertEqual(parser.feed(bytearray(b"*1\r\n$4\r\nPING\r\n")),
+                         [[b"PING"]])
+        self.assertIs(type(parser.feed(memoryview(b"GET a\r\n"))[0][0]),
+                      bytes)
+
+
+    def test_big(self):
+        """
+        A 64 MB argument arriving in 64 KB chunks.
+        """
+        size = 64 * 1024 * 1024
+        value = b"v" * size
+        data = encodeCommand([b"SET", b"key", value]) + b"PING\r\n"
+        del value
+        chunks = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+        del data
+        parser = self.parser()
+        commands = []
+        for chunk in chunks[:-1]:
+            commands.extend(parser.feed(chunk))
+        self.assertEqual(commands, [])
+        self.assertEqual(parser.buffered, size + 30 - 65536 + 6 + 2 - 6)
+        commands = parser.feed(chunks[-1])
+        self.assertEqual(len(commands), 2)
+        self.assertEqual(commands[0][:2], [b"SET", b"key"])
+        self.assertEqual(len(commands[0][2]), size)
+        self.assertEqual(commands[0][2].count(b"v"), size)
+        self.assertEqual(commands[1], [b"PING"])
+        self.assertEqual(parser.buffered, 0)
+
+
+    def test_bodyCRLFSplit(self):
+        """
+        The CRLF after a body may arrive in pieces.
+        """
+        for chunks in [[b"*1\r\n$3\r\nabc", b"\r", b"\n"],
+                       [b"*1\r\n$3\r\nab", b"c\r", b"\n"],
+                       [b"*1\r\n$3\r\na", b"b", b"c", b"\r\n"]]:
+            self.assertEqual(feedAll(self.parser(), chunks), [[b"abc"]])
+        parser = self.parser()
+        self.assertEqual(feedAll(parser, [b"*1\r\n$3\r\nabc\r", b"x"]), [])
+        self.assertEqual(parser.error.message,
+                         "Protocol error: expected CRLF after bulk string")
+
+
+
+class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
+    parserClass = RequestParser
+
+    if resp.hiredis is None:  # pragma: no cover
+        skip = "hiredis is not installed"
+
+
+
+class PureRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
+    parserClass = PureRequestParser
+
+
+
+# Hypothesis strategies for requests.
+
+_args = st.lists(st.binary(max_size=130), min_size=1, max_size=6)
+
+
+@st.composite
+def _encodedCommands(draw):
+    """
+    A command and one way of sending it: a RESP array, an inline line with
+    every argument quoted, or an inline line of plain words.
+    """
+    args = draw(_args)
+    how = draw(st.sampled_from(["array", "array", "quoted", "plain"]))
+    if how == "array":
+        return args, encodeCommand(args)
+    if how == "quoted":
+        words = []
+        for arg in args:
+            if draw(st.booleans()):
+                words.append(b'"' + b"".join(b"\\x%02x" % c for c in arg)
+                             + b'"')
+            else:
+                words.append(b"'" + arg.replace(b"\\", b"\\\\")
+                             .replace(b"'", b"\\'") + b"'")
+                if b"\\\\" in words[-1]:
+                    # In single quotes only \' is an escape.
+                    words[-1] = b'"' + b"".join(b"\\x%02x" % c
+                                                for c in arg) + b'"'
+        ending = draw(st.sampled_from([b"\r\n", b"\n"]))
+        return args, b" ".join(words) + ending
+    words = [draw(st.binary(min_size=1, max_size=20).filter(
+        lambda w: not set(w) & set(b" \t\r\n\x0b\x0c\"'")))
+        for _ in args]
+    return words, b" ".join(words) + b"\r\n"
+
+
+_noise = st.sampled_from([b"*0\r\n", b"*-1\r\n", b"\r\n", b"\n", b"  \r\n"])
+
+
+@st.composite
+def _requestStreams(draw):
+    commands = []
+    data = []
+    for _ in range(draw(st.integers(1, 8))):
+        if draw(st.integers(0, 5)) == 0:
+            data.append(draw(_noise))
+        args, encoded = draw(_encodedCommands())
+        commands.append(args)
+        data.append(encoded)
+    return commands, b"".join(data)
+
+
+_respish = st.lists(
+    st.one_of(st.sampled_from([b"*", b"$", b"\r\n", b"\r", b"\n", b"1",
+                               b"2", b"-1", b"0", b"'", b'"', b"\\", b" ",
+                               b"+", b":", b"a"]),
+              st.binary(max_size=4)),
+    max_size=40).map(b"".join)
+
+_limits = st.sampled_from([{}, dict(maxBulkLength=4, maxArguments=3,
+                                    maxInlineLength=24)])
+
+
+def _outcome(parser, chunks):
+    commands = feedAll(parser, chunks)
+    return (commands, parser.error and parser.error.message, parser.buffered)
+
+
+
+class RequestParserPropertyTests(SynchronousTestCase):
+    """
+    Properties of L{RequestParser}, with and without hiredis.
+    """
+
+    @settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(_requestStreams(), st.lists(st.integers(1, 3000), max_size=8))
+    def test_validStreams(self, stream, points):
+        """
+        A valid stream parses to its commands however it is split.
+        """
+        commands, data = stream
+        for parserClass in [RequestParser, PureRequestParser]:
+            for chunks in [[data], splitAt(data, points)]:
+                parser = parserClass()
+                self.assertEqual(feedAll(parser, chunks), commands)
+                self.assertIsNone(parser.error)
+                self.assertEqual(parser.buffered, 0)
+
+
+    @settings(max_examples=600, deadline=None)
+    @given(_respish, st.lists(st.integers(1, 60), max_size=6), _limits)
+    def test_anyBytes(self, data, points, limits):
+        """
+        Any bytes parse, or stop at a protocol error, the same way however
+        they are split and whether hiredis is used or not; nothing else is
+        raised.
+        """
+        expected = _outcome(PureRequestParser(**limits), [data])
+        for commands in expected[0]:
+            self.assertTrue(commands)
+            for arg in commands:
+                self.assertIs(type(arg), bytes)
+        if expected[1] is not None:
+            self.assertTrue(expected[1].startswith("Protocol error: "))
+        for parserClass in [RequestParser, PureRequestParser]:
+            for chunks in [[data], splitAt(data, points), byteByByte(data)]:
+                self.assertEqual(_outcome(parserClass(**limits), chunks),
+                                 expected)
+
+
+
+class EncoderTests(SynchronousTestCase):
+    """
+    The encoders produce what Redis sends.
+    """
+
+    def test_encodeCommand(self):
+        self.assertEqual(encodeCommand([b"GET", b"a"]),
+                         b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n")
+        self.assertEqual(encodeCommand([b"SET", b"k", b""]),
+                         b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n")
+        self.assertEqual(encodeCommand([b"x" * 2000])[:9], b"*1\r\n$2000")
+
+
+    def test_encodeCommandParts(self):
+        big = b"b" * 100000
+        args = [b"SET", b"k" * 1500, big, b"v"]
+        parts = encodeCommandParts(args)
+        self.assertEqual(b"".join(parts), encodeCommand(args))
+        self.assertIn(big, parts)
+        self.assertIs([p for p in parts if p == big][0], big)
+        self.assertEqual(encodeCommandParts([b"PING"]), [b"*1\r\n$4\r\nPING\r\n"])
+
+
+    def test_constants(self):
+        self.assertEqual(resp.OK, b"+OK\r\n")
+        self.assertEqual(resp.PONG, b"+PONG\r\n")
+
+
+    def test_simple(self):
+        self.assertEqual(resp.simpleString(b"OK"), b"+OK\r\n")
+        self.assertEqual(resp.error(b"ERR unknown command 'FOO'"),
+                         b"-ERR unknown command 'FOO'\r\n")
+        self.assertEqual(resp.error(b"ERR a\r\nb"), b"-ERR a  b\r\n")
+        self.assertEqual(resp.integer(0), b":0\r\n")
+        self.assertEqual(resp.integer(-12), b":-12\r\n")
+        self.assertEqual(resp.bulkString(b"bar"), b"$3\r\nbar\r\n")
+        self.assertEqual(resp.bulkString(b""), b"$0\r\n\r\n")
+
+
+    def test_null(self):
+        self.assertEqual(resp.nullReply(), b"$-1\r\n")
+        self.assertEqual(resp.nullReply(2), b"$-1\r\n")
+        self.assertEqual(resp.nullReply(3), b"_\r\n")
+
+
+    def test_aggregates(self):
+        items = [resp.bulkString(b"a"), resp.integer(1)]
+        self.assertEqual(resp.arrayReply(items), b"*2\r\n$1\r\na\r\n:1\r\n")
+        self.assertEqual(resp.arrayReply([]), b"*0\r\n")
+        self.assertEqual(resp.setReply(items, 3), b"~2\r\n$1\r\na\r\n:1\r\n")
+        self.assertEqual(resp.setReply(items, 2), b"*2\r\n$1\r\na\r\n:1\r\n")
+
+
+    def test_map(self):
+        """
+        HELLO's reply, as Redis 7 sends it in RESP3 and RESP2.
+        """
+        pairs = [(resp.bulkString(b"server"), resp.bulkString(b"redis")),
+                 (resp.bulkString(b"proto"), resp.integer(3))]
+        self.assertEqual(resp.mapReply(pairs, 3),
+                         b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n"
+                         b"$5\r\nproto\r\n:3\r\n")
+        self.assertEqual(resp.mapReply(pairs, 2),
+                         b"*4\r\n$6\r\nserver\r\n$5\r\nredis\r\n"
+                         b"$5\r\nproto\r\n:3\r\n")
+
+
+    def test_verbatim(self):
+        """
+        Redis 7 answers INFO with a verbatim string in RESP3, a bulk string
+        in RESP2.
+        """
+        self.assertEqual(resp.verbatimString(b"# Server\r\n", 3),
+                         b"=14\r\ntxt:# Server\r\n\r\n")
+        self.assertEqual(resp.verbatimString(b"# Server\r\n", 2),
+                         b"$10\r\n# Server\r\n\r\n")
+        self.assertEqual(resp.verbatimString(b"*x*", 3, b"mkd"),
+                         b"=7\r\nmkd:*x*\r\n")
+
+
+
+# Replies for the framer: (bytes, isPush, isError), one top-level reply each.
+REPLIES = [
+    (b"+OK\r\n", False, False),
+    (b"-ERR unknown command 'x'\r\n", False, True),
+    (b"-WRONGTYPE Operation\r\n", False, True),
+    (b":0\r\n", False, False),
+    (b":-1234\r\n", False, False),
+    (b"$3\r\nbar\r\n", False, False),
+    (b"$0\r\n\r\n", False, False),
+    (b"$-1\r\n", False, False),
+    (b"$4\r\n\r\n\r\n\r\n", False, False),
+    (b"$150\r\n" + b"x" * 150 + b"\r\n", False, False),
+    (b"*-1\r\n", False, False),
+    (b"*0\r\n", False, False),
+    (b"*2\r\n$1\r\na\r\n$-1\r\n", False, False),
+    (b"*3\r\n:1\r\n*2\r\n+a\r\n$150\r\n" + b"y" * 150
+     + b"\r\n*0\r\n", False, False),
+    (b"_\r\n", False, False),
+    (b",3.14\r\n", False, False),
+    (b",-inf\r\n", False, False),
+    (b"#t\r\n", False, False),
+    (b"(3492890328409238509324850943850943825024385\r\n", False, False),
+    (b"!21\r\nSYNTAX invalid syntax\r\n", False, True),
+    (b"=15\r\ntxt:Some string\r\n", False, False),
+    (b"%2\r\n+first\r\n:1\r\n+second\r\n:2\r\n", False, False),
+    (b"~3\r\n+a\r\n+b\r\n:1\r\n", False, False),
+    (b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n", True, False),
+    (b"|1\r\n+key-popularity\r\n%2\r\n$1\r\na\r\n,0.19\r\n$1\r\nb\r\n"
+     b",0.05\r\n*2\r\n:2039123\r\n:9543892\r\n", False, False),
+    (b"|1\r\n+ttl\r\n:3\r\n>2\r\n+invalidate\r\n*1\r\n$1\r\nk\r\n",
+     True, False),
+    (b"|1\r\n+a\r\n+b\r\n-ERR x\r\n", False, True),
+    (b"|0\r\n+OK\r\n", False, False),
+    (b"*3\r\n:1\r\n|1\r\n+a\r\n+b\r\n:2\r\n:3\r\n", False, False),
+    (b"$?\r\n;4\r\nHell\r\n;5\r\no wor\r\n;1\r\nd\r\n;0\r\n", False, False),
+    (b"*?\r\n:1\r\n:2\r\n:3\r\n.\r\n", False, False),
+    (b"~?\r\n+a\r\n*?\r\n.\r\n.\r\n", False, False),
+    (b"%?\r\n+a\r\n:1\r\n+b\r\n:2\r\n.\r\n", False, False),
+    (b"*2\r\n$?\r\n;1\r\na\r\n;0\r\n:1\r\n", False, False),
+]
+
+
+
+class ReplyFramerTests(SynchronousTestCase):
+    """
+    Tests for L{ReplyFramer}.
+    """
+
+    def assertFrames(self, data, replies):
+        """
+        C{data} frames to C{replies}, whole, byte by byte, and split in two
+        at every point.
+        """
+        framer = ReplyFramer()
+        self.assertEqual(framer.feed(data), replies)
+        self.assertEqual(framer.buffered, 0)
+        framer = ReplyFramer()
+        out = []
+        for i, chunk in enumerate(byteByByte(data)):
+            out.extend(framer.feed(chunk))
+            self.assertEqual(framer.buffered,
+                             i + 1 - sum(len(r) for r in out))
+        self.assertEqual(out, replies)
+        for i in range(1, len(data)):
+            framer = ReplyFramer()
+            self.assertEqual(framer.feed(data[:i]) + framer.feed(data[i:]),
+                             replies)
+
+
+    def test_eachType(self):
+        for reply, _, _ in REPLIES:
+            self.assertFrames(reply, [reply])
+
+
+    def test_stream(self):
+        """
+        All the replies in one stream, split anywhere.
+        """
+        replies = [r for r, _, _ in REPLIES]
+        self.assertFrames(b"".join(replies), replies)
+
+
+    def test_isPushAndIsError(self):
+        for reply, push, error in REPLIES:
+            self.assertEqual(isPush(reply), push, reply)
+            self.assertEqual(isError(reply), error, reply)
+
+
+    def test_wholeChunkNotCopied(self):
+        """
+        A chunk that is exactly one reply is returned as it is.
+        """
+        for data in [b"+OK\r\n", b"$3\r\nbar\r\n", b"*1\r\n:1\r\n",
+                     b"$200\r\n" + b"z" * 200 + b"\r\n"]:
+            self.assertIs(ReplyFramer().feed(data)[0], data)
+
+
+    def test_common(self):
+        """
+        Many small replies, and an LRANGE-like array, in one chunk.
+        """
+        small = [b"+OK\r\n", b"$3\r\nbar\r\n", b":7\r\n", b"$-1\r\n"] * 250
+        lrange = b"*100\r\n" + b"".join(b"$%d\r\n%s\r\n" % (i, b"v" * i)
+                                        for i in range(100))
+        replies = small + [lrange] + small
+        self.assertEqual(ReplyFramer().feed(b"".join(replies)), replies)
+
+
+    def test_lineOddities(self):
+        """
+        Simple strings and bulk bodies are cut at CRLF only.
+        """
+        self.assertFrames(b"+a\nb\rc\r\n$3\r\n\r\n\n\r\n",
+                          [b"+a\nb\rc\r\n", b"$3\r\n\r\n\n\r\n"])
+
+
+    def test_incomplete(self):
+        framer = ReplyFramer()
+        self.assertEqual(framer.feed(b"*2\r\n$3\r\nfoo\r\n$3\r\nba"), [])
+        self.assertEqual(framer.buffered, 20)
+        self.assertEqual(framer.feed(b"r\r\n+O"),
+                         [b"*2\r\n$3\r\nfoo\r\n$3\r\nbar\r\n"])
+        self.assertEqual(framer.buffered, 2)
+        self.assertEqual(framer.feed(b"K\r\n"), [b"+OK\r\n"])
+        self.assertEqual(framer.buffered, 0)
+
+
+    def test_bigBulk(self):
+        """
+        A 64 MB bulk reply arriving in 64 KB chunks, followed by more.
+        """
+        size = 64 * 1024 * 1024
+        data = b"$%d\r\n" % size + b"r" * size + b"\r\n+OK\r\n"
+        chunks = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+        del data
+        framer = ReplyFramer()
+        for chunk in chunks[:-1]:
+            self.assertEqual(framer.feed(chunk), [])
+        self.assertEqual(framer.buffered, 65536 * (len(chunks) - 1))
+        replies = framer.feed(chunks[-1])
+        self.assertEqual(len(replies), 2)
+        self.assertEqual(len(replies[0]), size + 12)
+        self.assertEqual(replies[0][:12], b"$67108864\r\nr")
+        self.assertTrue(replies[0].endswith(b"rr\r\n"))
+        self.assertEqual(replies[1], b"+OK\r\n")
+
+
+    def test_bigArray(self):
+        """
+        A 200,000-element array in 64 KB chunks.
+        """
+        elements = [b"$5\r\nhello\r\n", b":12\r\n",
+                    b"$150\r\n" + b"w" * 150 + b"\r\n", b"*2\r\n+a\r\n_\r\n"]
+        data = (b"*200000\r\n" + b"".join(elements) * 50000 + b":1\r\n")
+        chunks = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+        framer = ReplyFramer()
+        replies = []
+        for chunk in chunks:
+            replies.extend(framer.feed(chunk))
+        self.assertEqual(replies, [data[:-4], b":1\r\n"])
+
+
+    def test_bigBulkCRLFChecked(self):
+        framer = ReplyFramer()
+        framer.feed(b"$100000\r\n" + b"x" * 99999)
+        self.assertRaises(ProtocolError, framer.feed, b"xxx")
+
+
+    def test_protocolErrors(self):
+        for data in [b"?\r\n", b"x", b"*1\r\n?", b"$x\r\n", b"$-2\r\n",
+                     b"*-2\r\n", b">-1\r\n", b"$3\r\nabcd\r\n",
+                     b"*1\r\n$3\r\nabcd\r\n", b".\r\n", b";3\r\nabc\r\n",
+                     b"*1\r\n.\r\n", b"$?\r\n+a\r\n", b"*?\r\n.x\r\n",
+                     b"!-1\r\n", b"%-1\r\n"]:
+            framer = ReplyFramer()
+            self.assertRaises(ProtocolError, framer.feed, data)
+            # The stream cannot be trusted any more.
+            self.assertRaises(ProtocolError, framer.feed, b"+OK\r\n")
+
+
+    def test_errorWithoutNewline(self):
+        """
+        A bad type byte is noticed at once, even without a LF after it.
+        """
+        framer = ReplyFramer()
+        self.assertEqual(framer.feed(b"*2\r\n:1\r\n"), [])
+        self.assertRaises(ProtocolError, framer.feed, b"x")
+
+
+
+# Hypothesis strategies for replies.
+
+_line = st.binary(max_size=12).filter(lambda b: b"\r" not in b
+                                      and b"\n" not in b)
+_blob = st.binary(max_size=140)
+
+_scalars = st.one_of(
+    _line.map(lambda b: b"+" + b + b"\r\n"),
+    _line.map(lambda b: b"-ERR " + b + b"\r\n"),
+    st.integers(-2 ** 63, 2 ** 63).map(lambda i: b":%d\r\n" % i),
+    _blob.map(lambda b: b"$%d\r\n%s\r\n" % (len(b), b)),
+    st.sampled_from([b"$-1\r\n", b"*-1\r\n", b"_\r\n", b"#t\r\n", b"#f\r\n",
+                     b",1.5\r\n", b",inf\r\n", b"(12345678901234567890\r\n"]),
+    _blob.map(lambda b: b"!%d\r\n%s\r\n" % (len(b), b)),
+    _blob.map(lambda b: b"=%d\r\ntxt:%s\r\n" % (len(b) + 4, b)),
+    st.lists(st.binary(min_size=1, max_size=20), max_size=3).map(
+        lambda cs: b"$?\r\n" + b"".join(b";%d\r\n%s\r\n" % (len(c), c)
+                                         for c in cs) + b";0\r\n"),
+)
+
+
+def _aggregates(children):
+    return st.one_of(
+        st.lists(children, max_size=5).map(
+            lambda xs: b"*%d\r\n" % len(xs) + b"".join(xs)),
+        st.lists(children, max_size=5).map(
+            lambda xs: b"~%d\r\n" % len(xs) + b"".join(xs)),
+        st.lists(st.tuples(children, children), max_size=3).map(
+            lambda ps: b"%%%d\r\n" % len(ps)
+            + b"".join(k + v for k, v in ps)),
+        st.lists(children, max_size=4).map(
+            lambda xs: b"*?\r\n" + b"".join(xs) + b".\r\n"),
+        st.tuples(st.lists(st.tuples(children, children), max_size=2),
+                  children).map(
+            lambda a: b"|%d\r\n" % len(a[0])
+            + b"".join(k + v for k, v in a[0]) + a[1]),
+    )
+
+
+_values = st.recursive(_scalars, _aggregates, max_leaves=12)
+_topLevel = st.one_of(
+    _values,
+    st.lists(_values, max_size=3).map(
+        lambda xs: b">%d\r\n" % len(xs) + b"".join(xs)))
+
+
+
+class ReplyFramerPropertyTests(SynchronousTestCase):
+    """
+    Properties of L{ReplyFramer}.
+    """
+
+    @settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(_topLevel, min_size=1, max_size=6),
+           st.lists(st.integers(1, 4000), max_size=8))
+    def test_validStreams(self, replies, points):
+        """
+        A stream of valid replies frames to exactly those replies, however
+        it is split.
+        """
+        data = b"".join(replies)
+        for chunks in [[data], splitAt(data, points)]:
+            framer = ReplyFramer()
+            out = []
+            for chunk in chunks:
+                out.extend(framer.feed(chunk))
+            self.assertEqual(out, replies)
+            self.assertEqual(framer.buffered, 0)
+
+
+    @settings(max_examples=600, deadline=None)
+    @given(_respish, st.lists(st.integers(1, 60), max_size=6))
+    def test_anyBytes(self, data, points):
+        """
+        Any bytes either frame into replies that are a prefix of the stream
+        (the same however it is split), or raise L{ProtocolError}.
+        """
+        try:
+            whole = ReplyFramer().feed(data)
+        except ProtocolError:
+            whole = None
+        else:
+            self.assertTrue(data.startswith(b"".join(whole)))
+        for chunks in [splitAt(data, points), byteByByte(data)]:
+            framer = ReplyFramer()
+            out = []
+            try:
+                for chunk in chunks:
+                    out.extend(framer.feed(chunk))
+            except ProtocolError:
+                self.assertIsNone(whole)
+            else:
+                self.assertEqual(out, whole)
