@@ -72,6 +72,7 @@ class BackendProtocol(Protocol):
     clock = None
     readTimeout = 0.5
     writeTimeout = 0.5
+    dedicated = False
 
     def __init__(self):
         self.framer = ReplyFramer()
@@ -191,14 +192,33 @@ class BackendProtocol(Protocol):
             command = [b"SELECT", b"%d" % (db,)]
             self._write(encodeCommand(command), _StateSwitch(self, "SELECT"))
 
+    def authenticate(self, username, password):
+        """
+        Send AUTH before anything else, holding every request until the
+        server has accepted it.
+        """
+        command = [b"AUTH"]
+        if username is not None:
+            command.append(username.encode("utf-8"))
+        command.append(password.encode("utf-8"))
+        if self.held is None:
+            self.held = deque()
+        self._write(encodeCommand(command), _StateSwitch(self, "AUTH"))
+
     def _switchDone(self, what, reply):
-        if (what == "SELECT" and reply != b"+OK\r\n") or reply[:1] in (b"-", b"!"):
+        if reply[:1] in (b"-", b"!") or (what != "HELLO" and reply != b"+OK\r\n"):
             # The state is now unknown: fail what was held and retire the
-            # connection rather than guess.
+            # connection rather than guess.  AUTH's own error text is not
+            # passed on, so nothing about the credentials leaks.
+            if what == "AUTH":
+                reply = errorReply(
+                    "rmux: backend %s refused rmux's credentials" % (self.pool.address,)
+                )
+            elif reply[:1] != b"-":
+                reply = errorReply("rmux: backend %s refused %s" % (self.pool.address, what))
             held, self.held = self.held, None
-            for payload, waiter, db, protocolVersion in held:
-                waiter.fill(reply if reply[:1] == b"-" else errorReply(
-                    "rmux: backend %s refused %s" % (self.pool.address, what)))
+            for payload, waiter, db, protocolVersion in held or ():
+                waiter.fill(reply)
             self.fail("refused an internal %s" % (what,))
             return
         held, self.held = self.held, None
@@ -295,6 +315,8 @@ class BackendPool:
         connectTimeout=0.5,
         readTimeout=0.5,
         writeTimeout=0.5,
+        maxPinned=32,
+        pinnedWait=1.0,
     ):
         self.reactor = reactor
         self.address = address
@@ -302,6 +324,12 @@ class BackendPool:
         self.connectTimeout = connectTimeout
         self.readTimeout = readTimeout
         self.writeTimeout = writeTimeout
+        self.fixedDb = getattr(address, "db", None)
+        self.maxPinned = maxPinned
+        self.pinnedWait = pinnedWait
+        self.pinned = 0
+        self.idlePinned = []
+        self.pinnedWaiters = deque()
         self.connections = []
         self.open = set()
         self.attempts = set()
@@ -328,6 +356,8 @@ class BackendPool:
         @return: the connection the request went on, or L{None} if it is
             waiting for one (or failed).
         """
+        if self.fixedDb is not None:
+            db = self.fixedDb
         if after is not None and not after.broken:
             after.send(payload, waiter, db, protocolVersion)
             return after
@@ -370,6 +400,15 @@ class BackendPool:
         ):
             return
         self.connecting += 1
+        self._open().addCallbacks(self._connected, self._connectFailed)
+
+    def _open(self):
+        """
+        Open one connection with L{ClientCreator}, cancellable by L{stop}.
+
+        @return: a L{Deferred} firing with the ready L{BackendProtocol}:
+            authenticated first when the address has credentials.
+        """
         creator = ClientCreator(self.reactor, self.protocolClass)
         address = self.address
         if address.kind == "unix":
@@ -378,7 +417,18 @@ class BackendPool:
             d = creator.connectTCP(address.host, address.port, timeout=self.connectTimeout)
         self.attempts.add(d)
         d.addBoth(self._attemptDone, d)
-        d.addCallbacks(self._connected, self._connectFailed)
+        d.addCallback(self._opened)
+        return d
+
+    def _opened(self, protocol):
+        self.stats.connects += 1
+        self.prepareProtocol(protocol)
+        self.open.add(protocol)
+        protocol.closed.addCallback(lambda _: self.open.discard(protocol))
+        password = getattr(self.address, "password", None)
+        if password is not None:
+            protocol.authenticate(self.address.username, password)
+        return protocol
 
     def _attemptDone(self, result, attempt):
         self.attempts.discard(attempt)
@@ -395,10 +445,6 @@ class BackendPool:
 
     def _connected(self, protocol):
         self.connecting -= 1
-        self.stats.connects += 1
-        self.prepareProtocol(protocol)
-        self.open.add(protocol)
-        protocol.closed.addCallback(lambda _: self.open.discard(protocol))
         if self.stopped:
             protocol.transport.loseConnection()
             return
@@ -442,6 +488,81 @@ class BackendPool:
     def connectionGone(self, protocol):
         if protocol in self.connections:
             self.connections.remove(protocol)
+        if protocol.dedicated:
+            protocol.dedicated = False
+            self.pinned -= 1
+            if protocol in self.idlePinned:
+                self.idlePinned.remove(protocol)
+            self._servePinnedWaiters()
+
+    # Dedicated connections
+
+    def checkout(self):
+        """
+        Take a connection of this server for one client alone: a transaction
+        after WATCH or MULTI, or a blocking command, must not share it.
+
+        At most C{maxPinned} exist at once; past that a client waits up to
+        C{pinnedWait} seconds.
+
+        @return: a L{Deferred} firing with a L{BackendProtocol}, or failing
+            with L{PoolExhausted} or the connect error.
+        """
+        while self.idlePinned:
+            protocol = self.idlePinned.pop()
+            if not protocol.broken:
+                return succeed(protocol)
+        if self.pinned < self.maxPinned:
+            self.pinned += 1
+            d = self._open()
+
+            def mark(protocol):
+                protocol.dedicated = True
+                return protocol
+
+            def failed(reason):
+                self.pinned -= 1
+                self._servePinnedWaiters()
+                return reason
+
+            return d.addCallbacks(mark, failed)
+        waiter = Deferred()
+        timer = self.reactor.callLater(self.pinnedWait, self._pinnedTimedOut, waiter)
+        self.pinnedWaiters.append((waiter, timer))
+        return waiter
+
+    def _pinnedTimedOut(self, waiter):
+        for entry in self.pinnedWaiters:
+            if entry[0] is waiter:
+                self.pinnedWaiters.remove(entry)
+                break
+        waiter.errback(PoolExhausted(self.address, self.maxPinned, self.pinnedWait))
+
+    def checkin(self, protocol, clean=True):
+        """
+        Give back a connection from L{checkout}.
+
+        @param clean: whether the connection is in no client-specific state
+            (no WATCH, no blocked command); otherwise it is closed.
+        """
+        if protocol.broken or not protocol.dedicated:
+            return
+        if not clean or protocol.load or self.stopped:
+            protocol.transport.abortConnection()
+            return
+        protocol.readTimeout = self.readTimeout
+        if self.pinnedWaiters:
+            waiter, timer = self.pinnedWaiters.popleft()
+            timer.cancel()
+            waiter.callback(protocol)
+        else:
+            self.idlePinned.append(protocol)
+
+    def _servePinnedWaiters(self):
+        while self.pinnedWaiters and self.pinned < self.maxPinned:
+            waiter, timer = self.pinnedWaiters.popleft()
+            timer.cancel()
+            self.checkout().chainDeferred(waiter)
 
     def stop(self):
         """
@@ -452,11 +573,28 @@ class BackendPool:
         self.stopped = True
         for attempt in list(self.attempts):
             attempt.cancel()
+        waiters, self.pinnedWaiters = self.pinnedWaiters, deque()
+        for waiter, timer in waiters:
+            timer.cancel()
+            waiter.errback(PoolExhausted(self.address, self.maxPinned, 0))
         closing = []
         for connection in list(self.open):
             closing.append(connection.closed)
             connection.transport.loseConnection()
         return DeferredList(closing) if closing else succeed(None)
+
+
+class PoolExhausted(Exception):
+    """
+    Every dedicated connection of a server stayed in use for the whole wait.
+    """
+
+    def __init__(self, address, cap, wait):
+        Exception.__init__(
+            self,
+            "rmux: all %d dedicated connections to backend %s are in use "
+            "(waited %d ms)" % (cap, address, round(wait * 1000)),
+        )
 
 
 class PoolStats:

@@ -8,6 +8,7 @@ parsed, whether it is answered locally or by a backend; replies leave strictly
 in request order, so a fast reply never overtakes a slow one.
 """
 
+import hashlib
 import os
 import sys
 from collections import deque
@@ -23,6 +24,201 @@ import rmux
 from rmux import commands as C
 from rmux import resp
 from rmux.pool import errorReply
+from rmux.resp import encodeCommand
+
+
+NOAUTH = b"-NOAUTH Authentication required.\r\n"
+WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+NO_PASSWORD_CONFIGURED = (
+    b"-ERR AUTH <password> called without any password configured for the "
+    b"default user. Are you sure your configuration is correct?\r\n"
+)
+HELLO_NOAUTH = (
+    b"-NOAUTH HELLO must be called with the client already authenticated, "
+    b"otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
+    b"authenticate the client and select the RESP protocol version at the "
+    b"same time\r\n"
+)
+QUEUED = b"+QUEUED\r\n"
+EXECABORT = b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+EXECABORT_SPREAD = (
+    b"-EXECABORT Transaction discarded because its keys live on different "
+    b"servers behind rmux\r\n"
+)
+
+#: What a client may send before it has authenticated.
+_WITHOUT_AUTH = frozenset(["auth", "hello", "quit"])
+#: What a client may send while subscribed in RESP2, as in Redis.
+_WHILE_SUBSCRIBED = frozenset(
+    ["subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe",
+     "sunsubscribe", "ping", "quit", "reset"]
+)
+#: Commands that act on a transaction rather than being queued in it.
+_TRANSACTION_CONTROL = frozenset(["exec", "discard", "multi", "quit", "reset"])
+#: Stateful commands rmux implements; the others (CLIENT REPLY, TRACKING,
+#: MONITOR, ...) are refused.
+_STATEFUL_HANDLERS = frozenset(["multi", "exec", "discard", "watch", "unwatch", "reset"])
+#: Commands that carry a script body rmux remembers for EVALSHA's sake.
+_SCRIPT_SOURCES = frozenset(["script|load", "eval", "eval_ro"])
+_SHA_COMMANDS = frozenset(["evalsha", "evalsha_ro"])
+
+#: Where each blocking command keeps its timeout: (argument index, unit in
+#: seconds); an index of -1 is the last argument.
+_BLOCKING_TIMEOUTS = {
+    "blpop": (-1, 1.0), "brpop": (-1, 1.0), "brpoplpush": (-1, 1.0),
+    "blmove": (-1, 1.0), "bzpopmin": (-1, 1.0), "bzpopmax": (-1, 1.0),
+    "blmpop": (1, 1.0), "bzmpop": (1, 1.0), "wait": (-1, 0.001),
+    "waitaof": (-1, 0.001),
+}
+
+
+def blockingReadTimeout(args, name, margin):
+    """
+    How long rmux waits for a blocking command's reply: its own timeout plus
+    the remote read timeout as a margin, or forever (0) for a timeout of 0.
+
+    @param margin: the remote read timeout, in seconds.
+    """
+    if name in ("xread", "xreadgroup"):
+        upper = [a.upper() for a in args]
+        try:
+            seconds = float(args[upper.index(b"BLOCK") + 1]) / 1000.0
+        except (ValueError, IndexError):
+            return margin
+    else:
+        index, unit = _BLOCKING_TIMEOUTS.get(name, (None, 1.0))
+        if index is None:
+            return 0
+        try:
+            seconds = float(args[index]) * unit
+        except (ValueError, IndexError):
+            return margin
+    if seconds <= 0:
+        return 0
+    return seconds + margin
+
+
+class _Pin:
+    """
+    A client's dedicated connection while it WATCHes keys.
+    """
+
+    __slots__ = ("pool", "connection")
+
+    def __init__(self, pool, connection):
+        self.pool = pool
+        self.connection = connection
+
+
+class _Ignore:
+    """
+    Waiter for replies nobody needs (MULTI's +OK, each +QUEUED).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self):
+        self.data = None
+
+    def fill(self, reply):
+        pass
+
+
+class _Executed:
+    """
+    Waiter for EXEC: the client's reply; then the connection goes back.
+    """
+
+    __slots__ = ("client", "slot", "connection", "data")
+
+    def __init__(self, client, slot, connection):
+        self.client = client
+        self.slot = slot
+        self.connection = connection
+        self.data = None
+
+    def fill(self, reply):
+        self.data = reply
+        self.slot.fill(reply)
+        self.connection.pool.checkin(self.connection)
+        self.client.release()
+
+
+class _Unwatched:
+    """
+    Waiter for the UNWATCH that cleans a dedicated connection before it
+    goes back.
+    """
+
+    __slots__ = ("slot", "connection", "data")
+
+    def __init__(self, slot, connection):
+        self.slot = slot
+        self.connection = connection
+        self.data = None
+
+    def fill(self, reply):
+        self.data = reply
+        if self.slot is not None:
+            self.slot.fill(reply)
+        self.connection.pool.checkin(self.connection, clean=reply == b"+OK\r\n")
+
+
+class _Blocked:
+    """
+    Waiter for a blocking command on a dedicated connection.
+    """
+
+    __slots__ = ("client", "slot", "connection", "giveBack", "data")
+
+    def __init__(self, client, slot, connection, giveBack):
+        self.client = client
+        self.slot = slot
+        self.connection = connection
+        self.giveBack = giveBack
+        self.data = None
+
+    def fill(self, reply):
+        self.data = reply
+        client = self.client
+        client.blockedOn = None
+        connection = self.connection
+        connection.readTimeout = connection.pool.readTimeout
+        if self.giveBack:
+            connection.pool.checkin(connection)
+        self.slot.fill(reply)
+        client.release()
+
+
+class _NoScriptRetry:
+    """
+    Waiter for EVALSHA: if the server does not know the script but rmux saw
+    its body go through (SCRIPT LOAD or EVAL), load it there and try once
+    more (the server restarted, or the script was loaded on another one).
+    """
+
+    __slots__ = ("client", "slot", "args", "spec", "data", "retried")
+
+    def __init__(self, client, slot, args, spec):
+        self.client = client
+        self.slot = slot
+        self.args = args
+        self.spec = spec
+        self.data = None
+        self.retried = False
+
+    def fill(self, reply):
+        if not self.retried and reply.startswith(b"-NOSCRIPT"):
+            client = self.client
+            body = client.factory.scripts.get(self.args[1].lower())
+            if body is not None and not client.disconnected:
+                self.retried = True
+                load = [b"SCRIPT", b"LOAD", body]
+                client.forwardInternal(load, self.args, self.spec, _Ignore())
+                client.forwardInternal(self.args, self.args, self.spec, self)
+                return
+        self.data = reply
+        self.slot.fill(reply)
 
 
 class ReplySlot:
@@ -81,6 +277,13 @@ class ClientProtocol(Protocol):
     def __init__(self):
         self.queue = deque()
         self.affinity = {}
+        self.held = None
+        self.pin = None
+        self.multi = None
+        self.multiFailed = False
+        self.blockedOn = None
+        self.authenticated = True
+        self.authFailures = 0
         self.db = 0
         self.protocolVersion = 2
         self.name = None
@@ -106,6 +309,7 @@ class ClientProtocol(Protocol):
         self.router = factory.router
         self.clock = factory.reactor
         self.createdAt = self.lastActivity = self.clock.seconds()
+        self.authenticated = not factory.auth.required
         factory.clientConnected(self)
         self.transport.registerProducer(self, True)
         self._armTimer()
@@ -114,6 +318,14 @@ class ClientProtocol(Protocol):
         self.disconnected = True
         self.closing = True
         self.queue.clear()
+        self.held = None
+        if self.blockedOn is not None:
+            # It may stay blocked forever: nobody else may have it.
+            self.blockedOn.transport.abortConnection()
+        if self.pin is not None:
+            self._unpin(None)
+        if self.factory.hub is not None:
+            self.factory.hub.clientGone(self)
         for timer in (self._timer, self._writeTimer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -186,33 +398,333 @@ class ClientProtocol(Protocol):
         """
         Answer one parsed request locally, refuse it, or forward it.
         """
+        if self.held is not None:
+            # An earlier command must finish first (a blocking command, a
+            # transaction, a delayed AUTH failure): Redis would not read on.
+            self.held.append(args)
+            return
         self.factory.stats.commands += 1
         spec = self.table.lookup(args)
         if spec is None:
+            self._transactionError()
             self.reply(self._unknown(args))
             return
         if not spec.checkArity(len(args)):
+            self._transactionError()
             self.reply(C.wrongArityError(spec.name))
+            return
+        name = spec.name
+        if not self.authenticated and name not in _WITHOUT_AUTH:
+            self._transactionError()
+            self.reply(NOAUTH)
+            return
+        if self.multi is not None and name not in _TRANSACTION_CONTROL:
+            self._queueInTransaction(args, spec)
+            return
+        if self.subscribedResp2 and name not in _WHILE_SUBSCRIBED:
+            self.reply(
+                errorReply(
+                    "Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / "
+                    "PING / QUIT / RESET are allowed in this context" % (name,)
+                )
+            )
             return
         policy = spec.policy
         if policy == C.FORWARD:
-            slot = ReplySlot(self)
-            self.queue.append(slot)
-            self.router.route(args, spec, slot, self.db, self.protocolVersion)
+            self.forward(args, spec)
         elif policy == C.LOCAL:
-            self.lastCommand = spec.name
-            handler = getattr(self, "local_" + spec.name.replace("|", "_"), None)
-            if handler is None:
-                self.reply(errorReply("rmux cannot answer '%s' yet" % (spec.name,)))
+            self.lastCommand = name
+            getattr(self, "local_" + name.replace("|", "_").replace("-", "_"))(args)
+        elif policy == C.BLOCKING:
+            if spec.isBlocking(args):
+                self.blocking(args, spec)
             else:
-                handler(args)
-        elif policy == C.BLOCKING and not spec.isBlocking(args):
-            slot = ReplySlot(self)
-            self.queue.append(slot)
-            self.router.route(args, spec, slot, self.db, self.protocolVersion)
+                self.forward(args, spec)
+        elif policy == C.STATEFUL and name in _STATEFUL_HANDLERS:
+            self.lastCommand = name
+            getattr(self, "stateful_" + name)(args, spec)
+        elif policy == C.PUBSUB and self.factory.hub is not None:
+            self.lastCommand = name
+            self.factory.hub.command(self, name, args)
         else:
             self.factory.stats.refused += 1
             self.reply(self.refusal(spec))
+
+    def newSlot(self):
+        """
+        A place in the reply queue for a reply that will be ready later.
+        """
+        slot = ReplySlot(self)
+        self.queue.append(slot)
+        return slot
+
+    @property
+    def subscribedResp2(self):
+        hub = self.factory.hub
+        return (
+            self.protocolVersion == 2 and hub is not None and hub.isSubscribed(self)
+        )
+
+    def forward(self, args, spec):
+        """
+        Send a command to the server that holds its keys: on the client's
+        dedicated connection if it is pinned to that server, else through
+        the router.
+        """
+        slot = ReplySlot(self)
+        self.queue.append(slot)
+        name = spec.name
+        if name in _SCRIPT_SOURCES:
+            self.factory.rememberScript(args[2] if name == "script|load" else args[1])
+        elif name in _SHA_COMMANDS:
+            slot = _NoScriptRetry(self, slot, args, spec)
+        pin = self.pin
+        if pin is not None:
+            pool = self.router.poolForCommand(args, spec)
+            if pool is None or pool is pin.pool:
+                self.sendDedicated(pin.connection, args, slot)
+                return
+        self.router.route(args, spec, slot, self.db, self.protocolVersion)
+
+    def forwardInternal(self, args, placeBy, spec, waiter):
+        """
+        Send C{args} to the server C{placeBy} (a command of C{spec}) goes
+        to, for rmux's own purposes (EVALSHA's retry).
+        """
+        pin = self.pin
+        pool = self.router.poolForCommand(placeBy, spec)
+        if pool is None:
+            pool = self.router.anyPool()
+        if isinstance(pool, bytes):
+            waiter.fill(pool)
+        elif pin is not None and pool is pin.pool:
+            self.sendDedicated(pin.connection, args, waiter)
+        else:
+            self.router.send(pool, args, waiter, self, self.db, self.protocolVersion)
+
+    def sendDedicated(self, connection, args, waiter):
+        pool = connection.pool
+        db = self.db if pool.fixedDb is None else pool.fixedDb
+        connection.send(encodeCommand(args), waiter, db, self.protocolVersion)
+
+    # Holding later commands while one must finish first
+
+    def hold(self):
+        if self.held is None:
+            self.held = deque()
+
+    def release(self):
+        """
+        Carry on with the commands that arrived while one was in progress.
+        """
+        held, self.held = self.held, None
+        while held and not self.closing:
+            self.handleCommand(held.popleft())
+            if self.held is not None:
+                # Held again: keep the rest, in order, behind the new hold.
+                self.held.extend(held)
+                return
+
+    # Dedicated connections: transactions and blocking commands
+
+    def _checkout(self, pool, slot, then):
+        """
+        Take a dedicated connection of C{pool} for this client, holding its
+        later commands meanwhile; C{then(connection)} runs once it is ours.
+        """
+        self.hold()
+
+        def got(connection):
+            if self.disconnected:
+                pool.checkin(connection)
+                return
+            then(connection)
+
+        def failed(reason):
+            slot.fill(errorReply(reason.getErrorMessage()))
+            self.release()
+
+        pool.checkout().addCallbacks(got, failed)
+
+    def _targetPool(self, args, spec):
+        pool = self.router.poolForCommand(args, spec)
+        if pool is None:
+            pool = self.router.anyPool()
+        return pool
+
+    def blocking(self, args, spec):
+        """
+        Run a blocking command on a dedicated connection, with its own
+        timeout instead of the remote read timeout; the client's later
+        commands wait for it, as they would on Redis.
+        """
+        pin = self.pin
+        pool = self._targetPool(args, spec)
+        if isinstance(pool, bytes):
+            self.reply(pool)
+            return
+        slot = self.newSlot()
+
+        def run(connection):
+            connection.readTimeout = blockingReadTimeout(args, spec.name, pool.readTimeout)
+            self.blockedOn = connection
+            self.sendDedicated(
+                connection, args, _Blocked(self, slot, connection, pin is None)
+            )
+
+        if pin is not None and pin.pool is pool:
+            self.hold()
+            run(pin.connection)
+        else:
+            self._checkout(pool, slot, run)
+
+    def stateful_watch(self, args, spec):
+        pool = self._targetPool(args, spec)
+        if isinstance(pool, bytes):
+            self.reply(pool)
+            return
+        pin = self.pin
+        slot = self.newSlot()
+        if pin is not None:
+            if pool is not pin.pool:
+                slot.fill(
+                    errorReply(
+                        "rmux: WATCH keys must live on the server of the keys "
+                        "already watched"
+                    )
+                )
+                return
+            self.sendDedicated(pin.connection, args, slot)
+            return
+
+        def run(connection):
+            self.pin = _Pin(pool, connection)
+            self.sendDedicated(connection, args, slot)
+            self.release()
+
+        self._checkout(pool, slot, run)
+
+    def stateful_unwatch(self, args, spec):
+        if self.pin is None:
+            self.reply(resp.OK)
+            return
+        slot = self.newSlot()
+        self._unpin(slot)
+
+    def stateful_multi(self, args, spec):
+        if self.multi is not None:
+            self.reply(resp.error(b"ERR MULTI calls can not be nested"))
+            return
+        self.multi = []
+        self.multiFailed = False
+        self.reply(resp.OK)
+
+    def stateful_discard(self, args, spec):
+        if self.multi is None:
+            self.reply(resp.error(b"ERR DISCARD without MULTI"))
+            return
+        self.multi = None
+        if self.pin is not None:
+            self._unpin(None)
+        self.reply(resp.OK)
+
+    def _queueInTransaction(self, args, spec):
+        name = spec.name
+        if name == "watch":
+            self.reply(resp.error(b"ERR WATCH inside MULTI is not allowed"))
+            return
+        policy = spec.policy
+        if policy in (C.FORWARD, C.BLOCKING) or name in ("ping", "echo"):
+            self.multi.append((args, spec))
+            self.reply(QUEUED)
+            return
+        self.multiFailed = True
+        self.reply(
+            errorReply(
+                "rmux: %s cannot be queued in a transaction"
+                % (name.upper().replace("|", " "),)
+            )
+        )
+
+    def _transactionError(self):
+        if self.multi is not None:
+            self.multiFailed = True
+
+    def stateful_exec(self, args, spec):
+        """
+        Send the queued transaction, framed by MULTI and EXEC, to the one
+        server all its keys live on, on a dedicated connection.
+        """
+        if self.multi is None:
+            self.reply(resp.error(b"ERR EXEC without MULTI"))
+            return
+        queued, self.multi = self.multi, None
+        pin = self.pin
+        if self.multiFailed:
+            if pin is not None:
+                self._unpin(None)
+            self.reply(EXECABORT)
+            return
+        pool = pin.pool if pin is not None else None
+        for queuedArgs, queuedSpec in queued:
+            target = self.router.poolForCommand(queuedArgs, queuedSpec)
+            if target is None:
+                continue
+            if isinstance(target, bytes) or (pool is not None and target is not pool):
+                if pin is not None:
+                    self._unpin(None)
+                self.reply(EXECABORT_SPREAD)
+                return
+            pool = target
+        if pool is None:
+            pool = self.router.anyPool()
+            if isinstance(pool, bytes):
+                self.reply(pool)
+                return
+        slot = self.newSlot()
+        commands = [[b"MULTI"]] + [a for a, s in queued] + [args]
+
+        def run(connection):
+            self.pin = None
+            ignore = _Ignore()
+            for command in commands[:-1]:
+                self.sendDedicated(connection, command, ignore)
+            self.sendDedicated(connection, commands[-1], _Executed(self, slot, connection))
+
+        if pin is not None:
+            self.hold()
+            run(pin.connection)
+        else:
+            self._checkout(pool, slot, run)
+
+    def stateful_reset(self, args, spec):
+        """
+        RESET: leave every transaction, subscription and setting, as a new
+        connection would be.
+        """
+        self.multi = None
+        if self.pin is not None:
+            self._unpin(None)
+        if self.factory.hub is not None:
+            self.factory.hub.clientGone(self)
+        self.db = 0
+        self.protocolVersion = 2
+        self.name = None
+        self.authenticated = not self.factory.auth.required
+        self.reply(b"+RESET\r\n")
+
+    def _unpin(self, slot):
+        """
+        Give the pinned connection back after UNWATCH, whose reply goes to
+        C{slot} (or nowhere).
+        """
+        pin, self.pin = self.pin, None
+        connection = pin.connection
+        if connection.broken:
+            if slot is not None:
+                slot.fill(resp.OK)
+            return
+        self.sendDedicated(connection, [b"UNWATCH"], _Unwatched(slot, connection))
 
     def _unknown(self, args):
         container = args[0].lower()
@@ -248,6 +760,12 @@ class ClientProtocol(Protocol):
     def local_ping(self, args):
         if len(args) > 2:
             self.reply(C.wrongArityError("ping"))
+        elif self.subscribedResp2:
+            # Redis answers a subscribed RESP2 client in the push layout.
+            self.reply(
+                b"*2\r\n$4\r\npong\r\n"
+                + resp.bulkString(args[1] if len(args) == 2 else b"")
+            )
         elif len(args) == 2:
             self.reply(resp.bulkString(args[1]))
         else:
@@ -279,23 +797,48 @@ class ClientProtocol(Protocol):
 
     def local_auth(self, args):
         if len(args) == 2:
-            self.reply(
-                resp.error(
-                    b"ERR AUTH <password> called without any password configured "
-                    b"for the default user. Are you sure your configuration is correct?"
-                )
-            )
-        elif self._authenticate(args[1], args[2]):
-            self.reply(resp.OK)
+            username, password = None, args[1]
         else:
-            self.reply(self.WRONGPASS)
-
-    WRONGPASS = resp.error(b"WRONGPASS invalid username-password pair or user is disabled.")
+            username, password = args[1], args[2]
+        auth = self.factory.auth
+        if username is None and not auth.required:
+            self.reply(NO_PASSWORD_CONFIGURED)
+            return
+        reply = self._authenticate(username, password)
+        if reply is not None:
+            self.reply(reply)
 
     def _authenticate(self, username, password):
-        # No users are configured yet: like Redis's default user with
-        # 'nopass', any password is accepted for 'default' only.
-        return username == b"default"
+        """
+        Check credentials in constant time.  A failure's reply is delayed
+        more for each consecutive failure on this connection, and the
+        client's later commands wait for it, so a pipeline of guesses is as
+        slow as guessing one by one.
+
+        @return: C{+OK}, or L{None} when a delayed WRONGPASS is queued.
+        """
+        auth = self.factory.auth
+        if auth.check(
+            None if username is None else username.decode("utf-8", "replace"),
+            password.decode("utf-8", "replace"),
+        ):
+            self.authenticated = True
+            self.authFailures = 0
+            return resp.OK
+        self.authFailures += 1
+        self.factory.stats.authFailures += 1
+        delay = auth.failureDelay(self.authFailures)
+        if not delay:
+            return WRONGPASS
+        slot = self.newSlot()
+        self.hold()
+
+        def answer():
+            slot.fill(WRONGPASS)
+            self.release()
+
+        self.clock.callLater(delay, answer)
+        return None
 
     def local_hello(self, args):
         version = self.protocolVersion
@@ -312,13 +855,12 @@ class ClientProtocol(Protocol):
                 return
             position = 2
         name = None
+        credentials = None
         while position < len(args):
             option = args[position].lower()
             remaining = len(args) - position - 1
             if option == b"auth" and remaining >= 2:
-                if not self._authenticate(args[position + 1], args[position + 2]):
-                    self.reply(self.WRONGPASS)
-                    return
+                credentials = (args[position + 1], args[position + 2])
                 position += 3
             elif option == b"setname" and remaining >= 1:
                 name = args[position + 1]
@@ -334,6 +876,16 @@ class ClientProtocol(Protocol):
                     )
                 )
                 return
+        if credentials is not None:
+            reply = self._authenticate(*credentials)
+            if reply is None:
+                return
+            if reply != resp.OK:
+                self.reply(reply)
+                return
+        elif not self.authenticated:
+            self.reply(HELLO_NOAUTH)
+            return
         if name is not None:
             self.name = name or None
         self.protocolVersion = version
@@ -487,6 +1039,28 @@ class ClientProtocol(Protocol):
         self.transport.abortConnection()
 
 
+class _NoAuthentication:
+    """
+    What a listener without passwords authenticates with: Redis's default
+    user with C{nopass}.
+    """
+
+    required = False
+
+    def check(self, username, password):
+        return username in (None, "default")
+
+    def failureDelay(self, failures):
+        return 0.0
+
+
+def _authenticatorFor(listener):
+    make = getattr(listener, "authenticator", None)
+    if make is None:
+        return _NoAuthentication()
+    return make() if callable(make) else make
+
+
 def _addressText(address):
     host = getattr(address, "host", None)
     if host is not None:
@@ -508,12 +1082,18 @@ class ProxyFactory(Factory):
     protocol = ClientProtocol
     log = Logger()
 
-    def __init__(self, reactor, router, table, listener=None, health=None):
+    #: How many script bodies rmux remembers for EVALSHA's retry.
+    maxScripts = 10000
+
+    def __init__(self, reactor, router, table, listener=None, health=None, hub=None):
         self.reactor = reactor
         self.router = router
         self.table = table
         self.listener = listener
         self.health = health
+        self.hub = hub
+        self.auth = _authenticatorFor(listener)
+        self.scripts = {}
         self.clients = set()
         self._drained = None
         self.stats = ListenerStats()
@@ -523,6 +1103,18 @@ class ProxyFactory(Factory):
         self.localReadTimeout = ms("localReadTimeout")
         self.localWriteTimeout = ms("localWriteTimeout")
         self.idleTimeout = ms("idleTimeout")
+
+    def rememberScript(self, body):
+        """
+        Remember a script body by its SHA1, as Redis names it, so that an
+        EVALSHA that meets NOSCRIPT can load it and retry.
+        """
+        sha = hashlib.sha1(body).hexdigest().encode()
+        scripts = self.scripts
+        if sha not in scripts:
+            if len(scripts) >= self.maxScripts:
+                del scripts[next(iter(scripts))]
+            scripts[sha] = body
 
     def nextClientId(self):
         return next(self._ids)
@@ -683,6 +1275,7 @@ class ListenerStats:
         "bytesOut",
         "refused",
         "protocolErrors",
+        "authFailures",
     )
 
     def __init__(self):

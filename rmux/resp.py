@@ -670,6 +670,9 @@ _KINDS[ord(";")] = _CHUNK
 _KINDS[ord(".")] = _END
 _KINDS = tuple(_KINDS)
 _NO_CRLF = "Protocol error: expected CRLF after bulk string"
+# The stack entry of a streamed string: not a count, and not 0 (a streamed
+# aggregate) either.
+_STREAMED_STRING = 0.5
 
 # Python pays per item, the regular expression engine per byte, so short
 # replies are cut out by regular expressions: a bulk string of known length
@@ -734,8 +737,9 @@ def scanReplies(buf, pos, stack, limit=0):
     C{stack} holds one entry per open aggregate, innermost last: a positive
     count of elements still to come; a negative count of attribute elements
     still to come (an attribute is not an element of its parent: it belongs
-    to the value after it, for which it pushes a 1 below its own entry); or
-    0 for a streamed aggregate or string, which ends with C{.} or C{;0}.
+    to the value after it, for which it pushes a 1 below its own entry); 0
+    for a streamed aggregate, which ends with C{.}; or C{_STREAMED_STRING}
+    for a streamed string, which holds C{;n} chunks up to C{;0}.
 
     @param buf: the bytes received.
     @type buf: C{bytes} or C{bytearray}
@@ -814,7 +818,7 @@ def scanReplies(buf, pos, stack, limit=0):
                 except ValueError:
                     if t == 36 and buf[pos + 1:end] == b"?":
                         # A streamed string: ;n chunks up to ;0.
-                        push(0)
+                        push(_STREAMED_STRING)
                         pos = end + 2
                         continue
                     raise
@@ -868,7 +872,7 @@ def scanReplies(buf, pos, stack, limit=0):
                 if end < 0:
                     return ends, start, -1
                 length = int(buf[pos + 1:end])
-                if not stack or stack[-1] != 0 or length < 0:
+                if not stack or stack[-1] != _STREAMED_STRING or length < 0:
                     raise ProtocolError(
                         "Protocol error: unexpected streamed string chunk")
                 if length:
@@ -909,6 +913,9 @@ def scanReplies(buf, pos, stack, limit=0):
                     stack[-1] = count + 1
                 elif count == -1:
                     pop()
+                elif count:
+                    raise ProtocolError(
+                        "Protocol error: streamed string interrupted")
                 break
             else:
                 ends.append(pos)

@@ -167,6 +167,47 @@ class Router:
             return errorReply("rmux: every backend is down")
         return pools[index]
 
+    def poolForCommand(self, args, spec):
+        """
+        The one server that must run C{args} when it cannot be split: in a
+        transaction, or as a blocking command on a dedicated connection.
+
+        @return: a pool; L{None} when any server will do (no keys); or an
+            error reply (C{bytes}).
+        """
+        if self.single is not None:
+            return self.single
+        if spec.name in _CHANNEL_COMMANDS:
+            keys = [args[1]]
+        elif spec.routing in (C.KEYED, C.SPLIT):
+            keys = [args[i] for i in spec.keyIndexes(args)]
+        elif spec.routing == C.KEYLESS_ANY:
+            return None
+        else:
+            return errorReply(
+                "%s cannot run on a single server's connection through rmux "
+                "with several servers" % (spec.name.upper().replace("|", " "),)
+            )
+        return self._poolForKeys(keys)
+
+    def _poolForKeys(self, keys):
+        if not keys:
+            return None
+        pool = self.poolForKey(keys[0])
+        for key in keys[1:]:
+            if isinstance(pool, bytes):
+                break
+            other = self.poolForKey(key)
+            if other is not pool:
+                pool = other if isinstance(other, bytes) else CROSSSLOT
+        return pool
+
+    def anyPool(self):
+        """
+        A live server of the catch-all group, or an error reply.
+        """
+        return self._anyPool()
+
     def _anyPool(self):
         health = self.health
         for pool in self.default.pools:
@@ -175,16 +216,9 @@ class Router:
         return errorReply("rmux: every backend is down")
 
     def _keyed(self, args, spec, slot, keys, db, protocolVersion):
-        if not keys:
+        pool = self._poolForKeys(keys)
+        if pool is None:
             pool = self._anyPool()
-        else:
-            pool = self.poolForKey(keys[0])
-            for key in keys[1:]:
-                if isinstance(pool, bytes):
-                    break
-                other = self.poolForKey(key)
-                if other is not pool:
-                    pool = other if isinstance(other, bytes) else CROSSSLOT
         if isinstance(pool, bytes):
             slot.fill(pool)
         else:

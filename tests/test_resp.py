@@ -145,7 +145,11 @@ class RequestParserTestsMixin(object):
         parser = self.parser(**kwargs)
         self.assertEqual(feedAll(parser, byteByByte(data)), commands)
         self.assertEqual(parser.buffered, 0)
-        for i in range(1, len(data)):
+        points = range(1, len(data))
+        if len(data) > 1000:
+            points = list(range(1, 300)) + list(range(len(data) - 300,
+                                                      len(data)))
+        for i in points:
             parser = self.parser(**kwargs)
             self.assertEqual(feedAll(parser, [data[:i], data[i:]]), commands)
             self.assertIsNone(parser.error)
@@ -178,7 +182,7 @@ class RequestParserTestsMixin(object):
         Bulk strings may hold anything, CRLF and NUL included.
         """
         self.assertParses(
-            b"*3\r\n$3\r\nSET\r\n$2\r\n\r\n$5\r\n\x00*1\r\n\r\n",
+            b"*3\r\n$3\r\nSET\r\n$2\r\n\r\n\r\n$5\r\n\x00*1\r\n\r\n",
             [[b"SET", b"\r\n", b"\x00*1\r\n"]])
 
 
@@ -392,7 +396,7 @@ class RequestParserTestsMixin(object):
         parser = self.parser()
         self.assertEqual(parser.feed(b"*1048576\r\n$1\r\na\r\n"), [])
         self.assertIsNone(parser.error)
-        self.assertEqual(parser.buffered, 18)
+        self.assertEqual(parser.buffered, 17)
 
 
     def test_nonBulkElementsAfterValidCommands(self):
@@ -455,7 +459,7 @@ class RequestParserTestsMixin(object):
         for chunk in chunks[:-1]:
             commands.extend(parser.feed(chunk))
         self.assertEqual(commands, [])
-        self.assertEqual(parser.buffered, size + 30 - 65536 + 6 + 2 - 6)
+        self.assertEqual(parser.buffered, 65536 * (len(chunks) - 1))
         commands = parser.feed(chunks[-1])
         self.assertEqual(len(commands), 2)
         self.assertEqual(commands[0][:2], [b"SET", b"key"])
@@ -486,6 +490,53 @@ class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
     if resp.hiredis is None:  # pragma: no cover
         skip = "hiredis is not installed"
 
+    def recordFeeds(self):
+        """
+        Record what the parsers created from now on feed to hiredis.
+        """
+        fed = []
+        original = resp.hiredis.Reader
+
+        class Reader(original):
+            def feed(self, data, offset=0, length=-1):
+                if length < 0:
+                    length = len(data) - offset
+                fed.append(data[offset:offset + length])
+                return original.feed(self, data, offset, length)
+
+        self.patch(resp.hiredis, "Reader", Reader)
+        return fed
+
+
+    def test_hiredisUsed(self):
+        """
+        Arrays at a command boundary go to hiredis, in one piece.
+        """
+        fed = self.recordFeeds()
+        data = encodeCommand([b"GET", b"a"]) * 10
+        self.assertEqual(RequestParser().feed(b"PING\r\n" + data),
+                         [[b"PING"]] + [[b"GET", b"a"]] * 10)
+        self.assertEqual(fed, [data])
+
+
+    def test_bigCountsAvoidHiredis(self):
+        """
+        hiredis allocates a list of the announced size when it reads an
+        array header, so a large count, nested or not, never reaches it.
+        """
+        fed = self.recordFeeds()
+        parser = RequestParser()
+        self.assertEqual(parser.feed(b"*1\r\n$1\r\na\r\n*2\r\n$1\r\na\r\n"
+                                     b"*4000000000\r\n"), [[b"a"]])
+        self.assertEqual(parser.error.message,
+                         "Protocol error: expected '$', got '*'")
+        self.assertEqual(parser.feed(b"*1\r\n$1\r\na\r\n"), [])
+        for header in [b"*10000\r\n", b"~10000\r\n", b">10000\r\n",
+                       b"|10000\r\n"]:
+            parser = RequestParser()
+            parser.feed(b"*1\r\n$1\r\na\r\n*1\r\n" + header)
+        self.assertEqual(fed, [])
+
 
 
 class PureRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
@@ -514,18 +565,20 @@ def _encodedCommands(draw):
             if draw(st.booleans()):
                 words.append(b'"' + b"".join(b"\\x%02x" % c for c in arg)
                              + b'"')
+            elif not arg.endswith(b"\\") and b"\n" not in arg:
+                # In single quotes only \' is an escape.  (No quotes save a
+                # LF: the line ends there.)
+                words.append(b"'" + arg.replace(b"'", b"\\'") + b"'")
             else:
-                words.append(b"'" + arg.replace(b"\\", b"\\\\")
-                             .replace(b"'", b"\\'") + b"'")
-                if b"\\\\" in words[-1]:
-                    # In single quotes only \' is an escape.
-                    words[-1] = b'"' + b"".join(b"\\x%02x" % c
-                                                for c in arg) + b'"'
+                words.append(b'"' + b"".join(b"\\x%02x" % c for c in arg)
+                             + b'"')
         ending = draw(st.sampled_from([b"\r\n", b"\n"]))
         return args, b" ".join(words) + ending
     words = [draw(st.binary(min_size=1, max_size=20).filter(
         lambda w: not set(w) & set(b" \t\r\n\x0b\x0c\"'")))
         for _ in args]
+    if words[0].startswith(b"*"):
+        words[0] = b"x" + words[0]
     return words, b" ".join(words) + b"\r\n"
 
 
@@ -805,7 +858,7 @@ class ReplyFramerTests(SynchronousTestCase):
     def test_incomplete(self):
         framer = ReplyFramer()
         self.assertEqual(framer.feed(b"*2\r\n$3\r\nfoo\r\n$3\r\nba"), [])
-        self.assertEqual(framer.buffered, 20)
+        self.assertEqual(framer.buffered, 19)
         self.assertEqual(framer.feed(b"r\r\n+O"),
                          [b"*2\r\n$3\r\nfoo\r\n$3\r\nbar\r\n"])
         self.assertEqual(framer.buffered, 2)
@@ -827,7 +880,7 @@ class ReplyFramerTests(SynchronousTestCase):
         self.assertEqual(framer.buffered, 65536 * (len(chunks) - 1))
         replies = framer.feed(chunks[-1])
         self.assertEqual(len(replies), 2)
-        self.assertEqual(len(replies[0]), size + 12)
+        self.assertEqual(len(replies[0]), size + 13)
         self.assertEqual(replies[0][:12], b"$67108864\r\nr")
         self.assertTrue(replies[0].endswith(b"rr\r\n"))
         self.assertEqual(replies[1], b"+OK\r\n")

@@ -1,0 +1,299 @@
+"""
+Stateful Redis features through rmux, against real servers: transactions
+(MULTI/EXEC, WATCH), blocking commands on dedicated connections, and
+EVALSHA's NOSCRIPT retry; with one backend and with several.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+import redis
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from rmux.config import fromFlags
+from rmux.hashing import RmuxRing
+from rmux.service import ListenerService
+from tests.redisserver import RedisServer
+from tests.test_integration import ThreadedClients, rawExchange
+
+
+class StatefulTestCase(TestCase):
+    timeout = 60
+    servers = 1
+    flags = {}
+
+    def setUp(self):
+        self.redis = []
+        for _ in range(self.servers):
+            server = RedisServer()
+            self.addCleanup(server.cleanup)
+            self.redis.append(server.start())
+        self.clients = ThreadedClients(self)
+        directory = tempfile.mkdtemp(prefix="rmux-st-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.path = os.path.join(directory, "rmux.sock")
+        values = {
+            "socket": self.path,
+            "unixConnections": " ".join(s.path for s in self.redis),
+            "remoteReadTimeout": "300",
+        }
+        values.update(self.flags)
+        self.service = ListenerService(fromFlags(values).listeners[0], reactor)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        return deferLater(reactor, 0.05, lambda: None)
+
+    def client(self, **kwargs):
+        client = redis.Redis(unix_socket_path=self.path, **kwargs)
+        self.addCleanup(client.close)
+        return client
+
+    def direct(self, index=0):
+        client = redis.Redis(unix_socket_path=self.redis[index].path)
+        self.addCleanup(client.close)
+        return client
+
+    def inThread(self, f, *args, **kwargs):
+        return self.clients.run(f, *args, **kwargs)
+
+
+class TransactionTests(StatefulTestCase):
+    @inlineCallbacks
+    def test_pipelineTransaction(self):
+        client = self.client()
+
+        def run():
+            pipe = client.pipeline(transaction=True)
+            pipe.set("a", 1).incr("a").get("a").ping()
+            return pipe.execute()
+
+        self.assertEqual((yield self.inThread(run)), [True, 2, b"2", True])
+
+    @inlineCallbacks
+    def test_watchDetectsConcurrentWrite(self):
+        """
+        WATCH pins the client to a connection of its own, so a write by
+        another client between WATCH and EXEC aborts the transaction.
+        """
+        client, other = self.client(), self.client()
+
+        def run():
+            client.set("balance", 10)
+            outcomes = []
+            for interfere in (False, True):
+                with client.pipeline() as pipe:
+                    pipe.watch("balance")
+                    value = int(pipe.get("balance"))
+                    if interfere:
+                        other.set("balance", 999)
+                    pipe.multi()
+                    pipe.set("balance", value + 1)
+                    try:
+                        outcomes.append(pipe.execute())
+                    except redis.WatchError:
+                        outcomes.append("aborted")
+            return outcomes, client.get("balance")
+
+        outcomes, balance = yield self.inThread(run)
+        self.assertEqual(outcomes, [[True], "aborted"])
+        self.assertEqual(balance, b"999")
+
+    @inlineCallbacks
+    def test_protocolLevel(self):
+        """
+        Redis's own answers for misuse: nested MULTI, EXEC/DISCARD without
+        MULTI, WATCH inside MULTI, a queued error aborting EXEC.
+        """
+        payload = (
+            b"EXEC\r\nDISCARD\r\nMULTI\r\nMULTI\r\nWATCH k\r\nSET k 1\r\nDISCARD\r\n"
+            b"GET k\r\nMULTI\r\nSET k 1\r\nNOSUCH\r\nEXEC\r\nGET k\r\nQUIT\r\n"
+        )
+        got = yield self.inThread(rawExchange, self.path, payload)
+        self.assertEqual(
+            got,
+            b"-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n+OK\r\n"
+            b"-ERR MULTI calls can not be nested\r\n"
+            b"-ERR WATCH inside MULTI is not allowed\r\n+QUEUED\r\n+OK\r\n$-1\r\n"
+            b"+OK\r\n+QUEUED\r\n"
+            b"-ERR unknown command 'NOSUCH', with args beginning with: \r\n"
+            b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+            b"$-1\r\n+OK\r\n",
+        )
+
+    @inlineCallbacks
+    def test_pinnedCapIsBounded(self):
+        """
+        With the dedicated connections of a server all taken, a client waits
+        at most pinnedWait, then gets an error; it stays connected.
+        """
+        self.service.pools[0].maxPinned = 1
+        self.service.pools[0].pinnedWait = 0.2
+        first, second = self.client(), self.client()
+
+        def run():
+            first.execute_command("WATCH", "x")
+            started = time.monotonic()
+            try:
+                second.execute_command("WATCH", "y")
+            except redis.ResponseError as e:
+                error = str(e)
+            waited = time.monotonic() - started
+            first.execute_command("UNWATCH")
+            return error, waited, second.execute_command("WATCH", "y")
+
+        error, waited, ok = yield self.inThread(run)
+        self.assertIn("dedicated connections", error)
+        self.assertGreaterEqual(waited, 0.2)
+        self.assertIs(ok, True)
+
+    @inlineCallbacks
+    def test_disconnectGivesConnectionBack(self):
+        pool = self.service.pools[0]
+        pool.maxPinned = 1
+        client = self.client()
+        yield self.inThread(client.execute_command, "WATCH", "x")
+        self.assertEqual(pool.pinned, 1)
+        yield self.inThread(client.close)
+        for _ in range(50):
+            if pool.idlePinned:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(len(pool.idlePinned), 1)
+        again = self.client()
+        self.assertIs((yield self.inThread(again.execute_command, "WATCH", "x")), True)
+
+
+class BlockingTests(StatefulTestCase):
+    @inlineCallbacks
+    def test_blpopWokenByAnotherClient(self):
+        waiter, pusher = self.client(), self.client()
+        d = self.inThread(waiter.blpop, ["queue"], 5)
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual((yield self.inThread(pusher.rpush, "queue", "job")), 1)
+        self.assertEqual((yield d), (b"queue", b"job"))
+
+    @inlineCallbacks
+    def test_ownTimeoutNotTheReadTimeout(self):
+        """
+        BLPOP with a 1 s timeout outlives the 300 ms remote read timeout and
+        returns nil after its own timeout, while other clients carry on.
+        """
+        blocked, busy = self.client(), self.client()
+
+        def work():
+            done = 0
+            deadline = time.monotonic() + 0.8
+            while time.monotonic() < deadline:
+                busy.set("k", done)
+                done += 1
+            return done
+
+        started = time.monotonic()
+        pop = self.inThread(blocked.blpop, ["empty"], 1)
+        done = yield self.inThread(work)
+        self.assertIsNone((yield pop))
+        self.assertGreaterEqual(time.monotonic() - started, 1.0)
+        self.assertGreater(done, 100)
+
+    @inlineCallbacks
+    def test_laterCommandsWait(self):
+        """
+        Commands pipelined after a blocking one run after it, as on Redis:
+        the LPUSH does not wake the BLPOP sent before it.
+        """
+        got = yield self.inThread(
+            rawExchange, self.path, b"BLPOP l 0.3\r\nLPUSH l x\r\nQUIT\r\n"
+        )
+        self.assertEqual(got, b"*-1\r\n:1\r\n+OK\r\n")
+
+    @inlineCallbacks
+    def test_xreadBlock(self):
+        reader, writer = self.client(), self.client()
+        d = self.inThread(reader.xread, {"s": "$"}, block=2000)
+        yield deferLater(reactor, 0.2, lambda: None)
+        yield self.inThread(writer.xadd, "s", {"f": "v"}, id="5-1")
+        self.assertEqual((yield d), [[b"s", [(b"5-1", {b"f": b"v"})]]])
+
+
+class ScriptTests(StatefulTestCase):
+    @inlineCallbacks
+    def test_evalshaAfterScriptLoad(self):
+        client = self.client()
+        sha = yield self.inThread(client.script_load, "return ARGV[1]")
+        self.assertEqual((yield self.inThread(client.evalsha, sha, 0, "hi")), b"hi")
+
+    @inlineCallbacks
+    def test_noscriptRetried(self):
+        """
+        The server forgot the script (SCRIPT FLUSH, or a restart): rmux loads
+        the body it saw and retries once.
+        """
+        client = self.client()
+        sha = yield self.inThread(client.script_load, "return 42")
+        yield self.inThread(self.direct().script_flush)
+        self.assertEqual((yield self.inThread(client.evalsha, sha, 0)), 42)
+        unknown = "0" * 40
+        try:
+            yield self.inThread(client.evalsha, unknown, 0)
+        except redis.exceptions.NoScriptError:
+            pass
+        else:
+            self.fail("an unknown script did not give NOSCRIPT")
+
+
+class MultiServerTests(StatefulTestCase):
+    servers = 3
+    flags = {"hashTag": "{}"}
+
+    @inlineCallbacks
+    def test_transactionOnTheKeysServer(self):
+        client = self.client()
+
+        def run():
+            pipe = client.pipeline(transaction=True)
+            pipe.set("{u1}.a", 1).set("{u1}.b", 2).mget("{u1}.a", "{u1}.b")
+            return pipe.execute()
+
+        self.assertEqual((yield self.inThread(run)), [True, True, [b"1", b"2"]])
+        home = RmuxRing(3).backendOf(b"u1")
+        self.assertEqual((yield self.inThread(self.direct(home).get, "{u1}.a")), b"1")
+
+    @inlineCallbacks
+    def test_spreadKeysAbortExec(self):
+        ring = RmuxRing(3)
+        keys = [b"k%d" % i for i in range(20)]
+        a = keys[0]
+        b = next(k for k in keys if ring.backendOf(k) != ring.backendOf(a))
+        got = yield self.inThread(
+            rawExchange, self.path,
+            b"MULTI\r\nSET " + a + b" 1\r\nSET " + b + b" 2\r\nEXEC\r\nGET " + a + b"\r\nQUIT\r\n",
+        )
+        self.assertEqual(
+            got,
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT Transaction discarded because "
+            b"its keys live on different servers behind rmux\r\n$-1\r\n+OK\r\n",
+        )
+
+    @inlineCallbacks
+    def test_blockingOnTheKeysServer(self):
+        waiter, pusher = self.client(), self.client()
+        d = self.inThread(waiter.blpop, ["{q}.jobs"], 5)
+        yield deferLater(reactor, 0.2, lambda: None)
+        yield self.inThread(pusher.rpush, "{q}.jobs", "x")
+        self.assertEqual((yield d), (b"{q}.jobs", b"x"))
+
+    @inlineCallbacks
+    def test_evalshaRoutedByKey(self):
+        client = self.client()
+
+        def run():
+            sha = client.script_load("return redis.call('GET', KEYS[1])")
+            client.set("{s}.k", "v")
+            return client.evalsha(sha, 1, "{s}.k")
+
+        self.assertEqual((yield self.inThread(run)), b"v")
