@@ -27,15 +27,26 @@ Beyond Go rmux's fields, a listener has (see L{ListenerConfig} for each):
     taking the keys no prefix matches;
   - health checks: C{healthInterval}, C{healthTimeout}, C{healthFailures},
     C{healthSuccesses} and C{startupWait};
-  - C{allowFlush}, which lets FLUSHDB/FLUSHALL reach every server.
+  - C{allowFlush}, which lets FLUSHDB/FLUSHALL reach every server;
+  - client authentication, checked by rmux itself (L{rmux.auth}):
+    C{requirepass}, Redis's name for the C{default} user's password, and
+    (JSON only) C{users}, ACL-style C{{"name": ..., "password": ...}}
+    objects;
+  - dedicated connections for transactions and blocking commands:
+    C{maxPinned} per backend server and C{pinnedWait}.
+
+Passwords, the clients' and the backends', never appear in a C{repr()}, a
+L{ConfigError} or C{--help}.  A backend's credentials go in its URL
+(C{redis://user:password@host/db}) or, in the JSON file, in the
+C{username}, C{password} and C{db} fields of a backend object.
 
 The three layers, from the outside in:
 
   - L{fromFlags}, L{fromJSON} and L{loadConfigFile} read rmux's spellings:
     strings, C{0} for "use the default", C{remoteTimeout} as a fallback for
     the three individual remote timeouts, two backend lists.
-  - L{RmuxConfig}, L{ListenerConfig}, L{RouteConfig} and L{BackendAddress}
-    hold the I{effective} values (a pool size of 20, not 0) and validate
+  - L{RmuxConfig}, L{ListenerConfig}, L{RouteConfig}, L{UserConfig} and
+    L{BackendAddress} hold the I{effective} values (a pool size of 20, not 0) and validate
     themselves when constructed, so a configuration built in code (a
     C{.tac} file) is checked exactly like one read from a file.
   - L{ConfigError} is the one exception all of them raise.
@@ -55,11 +66,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from twisted.python.filepath import FilePath
 
+from rmux.auth import Authenticator
+
 __all__ = [
     "ConfigError",
     "BackendAddress",
     "ListenerConfig",
     "RouteConfig",
+    "UserConfig",
     "RmuxConfig",
     "fromFlags",
     "fromJSON",
@@ -76,6 +90,8 @@ __all__ = [
     "DEFAULT_HEALTH_FAILURES",
     "DEFAULT_HEALTH_SUCCESSES",
     "DEFAULT_STARTUP_WAIT",
+    "DEFAULT_MAX_PINNED",
+    "DEFAULT_PINNED_WAIT",
 ]
 
 
@@ -121,6 +137,18 @@ Milliseconds a request for a backend not yet checked waits for its first
 verdict.
 """
 
+DEFAULT_MAX_PINNED = 32
+"""
+Connections per backend server that rmux may dedicate each to one client
+at a time (a transaction, a blocking command).
+"""
+
+DEFAULT_PINNED_WAIT = 1000
+"""
+Milliseconds a client waits for a dedicated connection when
+L{DEFAULT_MAX_PINNED} (or the listener's C{maxPinned}) are in use.
+"""
+
 _MAX_SOCKET_MODE = 0o777
 _WILDCARD_HOSTS = frozenset(["", "0.0.0.0", "::"])
 
@@ -136,7 +164,8 @@ class ConfigError(Exception):
         listener 2: tcpConnections: expected an array of strings, got a string
         --poolSize: must be a positive integer (0 means 20), got '-3'
 
-    It never contains a backend password.
+    It never contains a password: neither a backend's nor a client's
+    (C{requirepass}, C{users}).
     """
 
     def __str__(self) -> str:
@@ -178,6 +207,21 @@ def _checkOptionalStr(value: object, label: str) -> str | None:
     return value
 
 
+def _checkPassword(value: object, label: str) -> str:
+    """
+    A client password: a non-empty string.  Unlike Redis, where
+    C{requirepass ""} means "no password", an empty one is refused: an
+    empty value is more often a template or environment variable that
+    was not filled in than a wish to let everyone in.  Errors name the type
+    of a bad value, never the value.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{label}: must be a string, got {type(value).__name__}")
+    if not value:
+        raise ConfigError(f"{label}: must not be empty (leave it out for no password)")
+    return value
+
+
 def _isIPv6(host: str) -> bool:
     return ":" in host
 
@@ -188,19 +232,82 @@ def _joinHostPort(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _redact(text: str) -> str:
+def _secretSpan(text: str, halves: bool = False) -> tuple[int, int] | None:
     """
-    Hide the password in a C{scheme://user:password@...} URL so that the
-    text can be quoted in an error message or a log line.
+    Where a password may be in a backend address as the operator wrote it,
+    as C{(start, end)}, or C{None}.
+
+    That is the C{secret} of C{scheme://user:secret@host} up to the
+    I{last} C{@}, so that an unencoded C{@} in a password stays hidden, and
+    of C{user:secret@host} written without a scheme.  It is also the
+    C{secret} of C{secret@host}, which may be what is left of
+    C{redis://user:pass word@host} after a flag's backend list was split on
+    whitespace.
+
+    A socket path (C{unix:///...}, or without a scheme one that starts with
+    C{/}, C{./} or C{../}) may contain C{@} and C{:}; it is not a secret.
+
+    @param halves: Whether C{text} comes from a flag's list in which some
+        entry has an C{@}, so that it may be a piece of a split password:
+        then the non-numeric "port" of C{redis://user:pass} or C{user:pass}
+        is hidden too, and so is what comes before an C{@} even in a socket
+        path (C{/ss@host} is what C{pa /ss} leaves).  Only then, because a
+        mistyped port (C{r1:638O}) is far more common, and better shown.
     """
     scheme, sep, rest = text.partition("://")
-    if not sep or "@" not in rest:
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        # "user:pa://ss@host" has no scheme but a "://" in its password.
+        scheme, sep, rest = "", "", text
+    start = len(scheme) + len(sep)
+    if not halves and (rest.startswith("/") or (not sep and rest.startswith(("./", "../")))):
+        return None
+    at = rest.rfind("@")
+    if at >= 0:
+        colon = rest.find(":", 0, at)
+        if colon >= 0:
+            return start + colon + 1, start + at
+        # A user name alone is not a secret; a scheme-less "secret@host"
+        # may be what is left of one.
+        return None if sep else (start, start + at)
+    if not halves or rest.startswith("["):
+        return None
+    if sep:
+        authority = re.split(r"[/?#\s]", rest, maxsplit=1)[0]
+        port = authority.partition(":")[2]
+        looksLikePort = port.isdigit()
+    else:
+        # twemproxy's host:port:weight is not a secret.  (An IPv6 address
+        # without brackets, refused anyway, may show only in part here.)
+        authority = (rest.split(None, 1) or [""])[0]
+        port = authority.partition(":")[2]
+        looksLikePort = re.fullmatch(r"[0-9]*(:[0-9]*)?", port) is not None
+    if port and not looksLikePort:
+        return start + len(authority) - len(port), start + len(authority)
+    return None
+
+
+def _redact(text: str, halves: bool = False) -> str:
+    """
+    Hide the password (see L{_secretSpan}) in a backend address so that the
+    text can be quoted in an error message or a log line.
+    """
+    span = _secretSpan(text, halves)
+    if span is None:
         return text
-    userinfo, _, hostpart = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    if not colon:
-        return text
-    return f"{scheme}://{user}:***@{hostpart}"
+    return text[: span[0]] + "***" + text[span[1] :]
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+"""A C{repr}'d string in an error message."""
+
+
+def _scrub(message: str) -> str:
+    """
+    Replace every quoted value in C{message} with C{'***'}: what a parser
+    quotes from an address that holds a password may be a piece of it
+    (the "port" of C{redis://user:pass}).
+    """
+    return _QUOTED.sub("'***'", message)
 
 
 # ---------------------------------------------------------------------------
@@ -261,7 +368,13 @@ class BackendAddress:
         if self.kind == "tcp":
             if not isinstance(self.host, str) or not self.host:
                 raise ConfigError(f"host: a TCP backend needs a host, got {self.host!r}")
-            if any(c.isspace() or c in "/@[]" for c in self.host):
+            if "@" in self.host:
+                # Not quoted: what comes before an "@" may be a password.
+                raise ConfigError(
+                    "host: invalid host name: it contains an @ "
+                    "(credentials go in username and password)"
+                )
+            if any(c.isspace() or c in "/[]" for c in self.host):
                 raise ConfigError(f"host: invalid host name {self.host!r}")
             _checkInt(self.port, "port", 1, 65535, "an integer from 1 to 65535")
             if self.path is not None:
@@ -340,11 +453,15 @@ class BackendAddress:
         return cls._fromText(text, kind, extras=True)
 
     @classmethod
-    def _fromText(cls, text: object, kind: str | None, extras: bool) -> BackendAddress:
+    def _fromText(
+        cls, text: object, kind: str | None, extras: bool, halves: bool = False
+    ) -> BackendAddress:
         """
         L{fromString}, or with C{extras} false the C{address} of a JSON
         backend object, which must not carry a weight or name of its own
         (the object has fields for them) and so may be any socket path.
+
+        @param halves: See L{_secretSpan}.
         """
         if not isinstance(text, str):
             raise ConfigError(f"expected a string, got {text!r}")
@@ -352,10 +469,15 @@ class BackendAddress:
             address = cls._parse(text.strip(), kind, extras)
         except (ConfigError, ValueError) as e:
             # ValueError: urlsplit's, e.g. for an unbalanced "[".
-            raise ConfigError(f"{_redact(text)!r}: {e}") from None
+            detail = str(e)
+            if _secretSpan(text, halves) is not None:
+                detail = _scrub(detail)
+            raise ConfigError(f"{_redact(text, halves)!r}: {detail}") from None
         if kind is not None and address.kind != kind:
             other = {"tcp": "tcpConnections", "unix": "unixConnections"}[address.kind]
-            raise ConfigError(f"{_redact(text)!r} is a {address.kind} address; list it in {other}")
+            raise ConfigError(
+                f"{_redact(text, halves)!r} is a {address.kind} address; list it in {other}"
+            )
         return address
 
     @classmethod
@@ -365,9 +487,17 @@ class BackendAddress:
         scheme = text.partition("://")[0].lower() if "://" in text else None
         if scheme is None and text.lower().startswith("unix:/"):
             scheme = "unix"
+        if scheme in ("redis", "unix"):
+            _checkCredentialsEncoded(text)
         # Guessing the kind looks at the address alone, not at a name after it.
         guessUnix = kind is None and "/" in text.split(None, 1)[0]
         if scheme is None and (kind == "unix" or guessUnix):
+            if "@" in text and _secretSpan(text) is not None:
+                raise ConfigError(
+                    "looks like credentials, not a socket path; a backend with a password "
+                    "is written redis://user:password@host or unix://user:password@/path "
+                    "(and a relative socket path with an @ as ./path)"
+                )
             if extras and (re.search(r":[0-9]+$", text) or any(c.isspace() for c in text)):
                 raise ConfigError(
                     "a socket path cannot carry a weight or name here (a path may contain "
@@ -451,6 +581,27 @@ class BackendAddress:
                 raise ConfigError("the database is given both in the path and as ?db=")
             common["db"] = _parseDB(dbPath)
         return cls(kind="tcp", host=host, port=port, **common)
+
+
+def _checkCredentialsEncoded(text: str) -> None:
+    """
+    Refuse a URL whose C{user:password} (everything between C{://} and the
+    last C{@}, as L{_redact} hides it) holds a character that ends the
+    user information in a URL, or a name, for a URL parser.  Parsed as
+    written, a piece of the password would become the host, port, path or
+    query, and could then be quoted by a later error or, worse, the
+    address could be wrong without any error.
+    """
+    rest = text.partition("://")[2]
+    if rest.startswith("/"):
+        return
+    userinfo, at, _ = rest.rpartition("@")
+    if at and ":" in userinfo and re.search(r"[/?#@\s]", userinfo):
+        raise ConfigError(
+            "the user name and password (everything between :// and the last @) "
+            "must be percent-encoded: %40 for @, %2F for /, %3F for ?, %23 for #, "
+            "%20 for a space"
+        )
 
 
 def _noExtras(what: str) -> ConfigError:
@@ -717,6 +868,81 @@ def _placementFields(config: ListenerConfig | RouteConfig) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
+class UserConfig:
+    """
+    An ACL-style user a client of a listener can log in as, with C{AUTH
+    name password} (or C{HELLO 3 AUTH name password}), as Redis 6's users.
+    rmux gives users no per-command rules: a user is a name and a password,
+    so that an application's credentials can be told apart and changed
+    one at a time.
+
+    C{repr()} shows the name and hides the password.
+
+    @ivar name: The user name: non-empty, without spaces or control
+        characters (Redis's C{AUTH} takes it as one argument).  The name
+        C{"default"} is the user of C{requirepass} and of the
+        one-argument C{AUTH password}.
+    @ivar password: The password, a non-empty string, sent by the client
+        as UTF-8.
+    """
+
+    name: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _checkName(self.name, "name")
+        _checkPassword(self.password, "password")
+
+    def __repr__(self) -> str:
+        return f"UserConfig(name={self.name!r}, password=<hidden>)"
+
+
+def _checkUsers(users: object, requirepass: str | None) -> tuple[UserConfig, ...]:
+    """
+    Normalize a listener's users to a tuple of L{UserConfig}: from such a
+    sequence, or from a mapping of names to passwords (handier in a
+    C{.tac} file).  Names must be distinct, and C{"default"} may not be
+    given both as a user and as C{requirepass}.
+
+    Errors name a user by its index; they quote names but never passwords,
+    not even a value of the wrong type (it may be a password in the wrong
+    place).
+    """
+    if isinstance(users, Mapping):
+        result = []
+        for index, (name, password) in enumerate(users.items()):
+            try:
+                result.append(UserConfig(name=name, password=password))
+            except ConfigError as e:
+                raise ConfigError(f"users[{index}]: {e}") from None
+    elif isinstance(users, (list, tuple)):
+        result = list(users)
+        for index, user in enumerate(result):
+            if not isinstance(user, UserConfig):
+                raise ConfigError(
+                    f"users[{index}]: expected a UserConfig, got {type(user).__name__}"
+                )
+    else:
+        raise ConfigError(
+            "users: expected a sequence of UserConfig or a mapping of names to "
+            f"passwords, got {type(users).__name__}"
+        )
+    seen: dict[str, int] = {}
+    for index, user in enumerate(result):
+        if user.name in seen:
+            raise ConfigError(
+                f"users[{index}]: name {user.name!r} is already used by users[{seen[user.name]}]"
+            )
+        seen[user.name] = index
+        if user.name == "default" and requirepass is not None:
+            raise ConfigError(
+                f"users[{index}]: 'default' is the user requirepass sets the password of; "
+                "give that password once, as requirepass or as this user"
+            )
+    return tuple(result)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ListenerConfig:
     """
     One rmux instance: where clients connect, and the backends (each with
@@ -788,6 +1014,27 @@ class ListenerConfig:
     @ivar allowFlush: When multiplexing, send FLUSHDB and FLUSHALL to every
         server instead of refusing them.  Without multiplexing they always
         go to the one backend, as in Go rmux.
+    @ivar requirepass: The password of Redis's C{default} user, which the
+        one-argument C{AUTH password} logs in as, or C{None}.  Redis's
+        name, so that an operator's Redis habits carry over.  Clients
+        authenticate to rmux with it, not to the backends, which have
+        their own credentials (L{BackendAddress.password}).  Never shown
+        by C{repr()} or in an error.
+    @ivar users: L{UserConfig}s, ACL-style users for C{AUTH name password}
+        (a mapping of names to passwords is accepted too).  With
+        C{requirepass} or any user, clients must authenticate before
+        anything but AUTH, HELLO and QUIT; a listener with users and no
+        C{requirepass} has its C{default} user disabled (see
+        L{rmux.auth}).  JSON only: a password on the command line is seen
+        by every local user through C{ps}.
+    @ivar maxPinned: Per backend server, how many connections rmux may
+        dedicate each to one client at a time: a client that runs a
+        transaction (after WATCH or MULTI) or a blocking command (BLPOP,
+        ...) holds one until it is done.  The cap keeps a crowd of such
+        clients from using up the server's C{maxclients}.
+    @ivar pinnedWait: How long, in ms, a client waits for a dedicated
+        connection when C{maxPinned} are in use, before it gets an error;
+        0 = fail at once.
     """
 
     host: str = "localhost"
@@ -815,6 +1062,10 @@ class ListenerConfig:
     startupWait: int = DEFAULT_STARTUP_WAIT
     allowFlush: bool = False
     commands: tuple[Mapping[str, Any], ...] = ()
+    requirepass: str | None = field(default=None, repr=False)
+    users: tuple[UserConfig, ...] = ()
+    maxPinned: int = DEFAULT_MAX_PINNED
+    pinnedWait: int = DEFAULT_PINNED_WAIT
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str):
@@ -842,6 +1093,35 @@ class ListenerConfig:
         _checkInt(self.startupWait, "startupWait", 0, None, "a non-negative integer (ms)")
         _checkBool(self.allowFlush, "allowFlush")
         object.__setattr__(self, "commands", _checkCommands(self.commands))
+        if self.requirepass is not None:
+            _checkPassword(self.requirepass, "requirepass")
+        object.__setattr__(self, "users", _checkUsers(self.users, self.requirepass))
+        _checkInt(self.maxPinned, "maxPinned", 1, None, "a positive integer")
+        _checkInt(self.pinnedWait, "pinnedWait", 0, None, "a non-negative integer (ms)")
+
+    def __repr__(self) -> str:
+        """
+        The dataclass's C{repr}, but saying C{requirepass=<hidden>} when
+        there is one, as L{BackendAddress} does for its password, so that
+        whether authentication is on still shows.
+        """
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "requirepass":
+                if value is not None:
+                    parts.append("requirepass=<hidden>")
+            else:
+                parts.append(f"{f.name}={value!r}")
+        return f"ListenerConfig({', '.join(parts)})"
+
+    def authenticator(self) -> Authenticator:
+        """
+        The L{Authenticator} that checks this listener's clients: built
+        from L{requirepass} and L{users}, and not required when neither
+        is set.  A new one each call; the listener's service keeps one.
+        """
+        return Authenticator(self.requirepass, [(u.name, u.password) for u in self.users])
 
     @property
     def multiplexing(self) -> bool:
@@ -1082,6 +1362,7 @@ _INTEGER_RULES: dict[str, tuple[int | None, str]] = {
     "healthTimeout": (None, "a positive integer (ms; 0 means remoteConnectTimeout)"),
     "healthFailures": (None, f"a positive integer (0 means {DEFAULT_HEALTH_FAILURES})"),
     "healthSuccesses": (None, f"a positive integer (0 means {DEFAULT_HEALTH_SUCCESSES})"),
+    "maxPinned": (None, f"a positive integer (0 means {DEFAULT_MAX_PINNED})"),
 }
 """
 The upper bound and the description in errors of each integer field that
@@ -1097,7 +1378,8 @@ def _buildListener(raw: Mapping[str, Any], place: _Place) -> ListenerConfig:
     @param raw: camelCase field name to value, for the fields given.
         Integers are already C{int}, backend lists lists of C{str} (and,
         from a file, backend objects), C{socketMode} an C{int}, C{routes}
-        (file only) a list of route objects.
+        (file only) a list of route objects, C{users} (file only) a tuple
+        of L{UserConfig}.
     """
     kwargs: dict[str, Any] = {}
     if raw.get("socket"):
@@ -1128,6 +1410,15 @@ def _buildListener(raw: Mapping[str, Any], place: _Place) -> ListenerConfig:
     kwargs["healthSuccesses"] = place.integer(raw, "healthSuccesses") or DEFAULT_HEALTH_SUCCESSES
     if "startupWait" in raw:
         kwargs["startupWait"] = place.integer(raw, "startupWait")
+
+    # Client authentication and dedicated connections.  As for startupWait,
+    # a pinnedWait of 0 means "do not wait".
+    for name in ("requirepass", "users"):
+        if name in raw:
+            kwargs[name] = raw[name]
+    kwargs["maxPinned"] = place.integer(raw, "maxPinned") or DEFAULT_MAX_PINNED
+    if "pinnedWait" in raw:
+        kwargs["pinnedWait"] = place.integer(raw, "pinnedWait")
 
     # Checked here, before the routes that inherit them, so that an error
     # names the listener's field rather than a route.
@@ -1239,14 +1530,18 @@ def _backendsFromRaw(
     backends = []
     labels = []
     for listName, kind in (("tcpConnections", "tcp"), ("unixConnections", "unix")):
-        for index, element in enumerate(raw.get(listName, ())):
+        elements = raw.get(listName, ())
+        # A flag's list was split on whitespace, and so was a password
+        # with a space in it: see _secretSpan.
+        halves = not place.arrays and any("@" in str(element) for element in elements)
+        for index, element in enumerate(elements):
             if place.arrays:
                 label = f"{place.field(listName)}[{index}]"
             else:
-                label = f"{place.field(listName)}: {_redact(str(element))!r}"
+                label = f"{place.field(listName)}: {_redact(str(element), halves)!r}"
             try:
                 if isinstance(element, str):
-                    backend = BackendAddress.fromString(element, kind)
+                    backend = BackendAddress._fromText(element, kind, extras=True, halves=halves)
                 elif isinstance(element, dict):
                     backend = _backendFromObject(element, kind)
                 else:
@@ -1304,7 +1599,10 @@ def _backendFromObject(obj: Mapping[str, Any], kind: str) -> BackendAddress:
     """
     A backend written as a JSON object, C{{"address": "r1:6379", "weight":
     2, "name": "cache-a"}}: the way to give a weight or name to a socket
-    path, or a name to anything, without the string syntax.
+    path, or a name to anything, without the string syntax.  It may also
+    carry the credentials and database a URL would (C{"username"},
+    C{"password"}, C{"db"}), which spares percent-encoding a password;
+    each must then be left out of the address.
     """
     raw = _objectFields(obj, _BACKEND_FIELDS, lambda name: name)
     if "address" not in raw:
@@ -1313,6 +1611,11 @@ def _backendFromObject(obj: Mapping[str, Any], kind: str) -> BackendAddress:
         address = BackendAddress._fromText(raw.pop("address"), kind, extras=False)
     except ConfigError as e:
         raise ConfigError(f"address: {e}") from None
+    for name in ("username", "password", "db"):
+        if name in raw and getattr(address, name) is not None:
+            raise ConfigError(f"{name}: also given in the address; give it in one place")
+    if "username" in raw and "password" not in raw and address.password is None:
+        raise ConfigError('username: a user name needs a password; add "password"')
     if raw:
         address = dataclasses.replace(address, **raw)
     return address
@@ -1406,6 +1709,9 @@ _POOL_FLAGS = (
     "healthSuccesses",
     "startupWait",
     "allowFlush",
+    "requirepass",
+    "maxPinned",
+    "pinnedWait",
 )
 _GLOBAL_FLAGS = ("config", "debug", "useSyslog", "graphite", "timing", "cpuProfile")
 _BOOLEAN_FLAGS = frozenset(["failover", "allowFlush", "debug", "useSyslog", "timing"])
@@ -1427,6 +1733,8 @@ _INTEGER_FLAGS = frozenset(
         "healthFailures",
         "healthSuccesses",
         "startupWait",
+        "maxPinned",
+        "pinnedWait",
     ]
 )
 FLAG_NAMES = _POOL_FLAGS + _GLOBAL_FLAGS
@@ -1485,11 +1793,14 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
     C{hash} (refused unless C{distribution} is C{ketama}) and C{hashTag}
     (C{""} for none); C{healthInterval}, C{healthTimeout} (0 means
     C{remoteConnectTimeout}), C{healthFailures} and C{healthSuccesses}, 0
-    meaning the default; C{startupWait}, where 0 means "do not wait"; and
-    the boolean C{allowFlush}.  A backend's weight is written
-    C{host:port:weight} (or C{?weight=N} in a URL), and since the lists are
-    split on whitespace a name only as C{?name=NAME} in a URL; prefix routes
-    need the JSON file.
+    meaning the default; C{startupWait}, where 0 means "do not wait"; the
+    boolean C{allowFlush}; C{requirepass}, which may not be empty nor
+    given with C{config} (which would replace it without a word);
+    C{maxPinned}, 0 meaning the default; and C{pinnedWait}, where 0 means
+    "do not wait".  A backend's weight is written C{host:port:weight} (or
+    C{?weight=N} in a URL), and since the lists are split on whitespace a
+    name only as C{?name=NAME} in a URL; prefix routes and users need the
+    JSON file.
 
     @param values: Flag name (rmux's camelCase, see L{FLAG_NAMES}) to value.
         Values may be the strings from the command line or already
@@ -1521,7 +1832,20 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
     ):
         if name in given and not isinstance(given[name], str):
             raise ConfigError(f"--{name}: must be a string, got {given[name]!r}")
+    if "requirepass" in given and not isinstance(given["requirepass"], str):
+        # The type only: the value is a password.
+        raise ConfigError(
+            f"--requirepass: must be a string, got {type(given['requirepass']).__name__}"
+        )
 
+    if "config" in given and "requirepass" in given:
+        # The file replaces every listener flag, silently as in Go rmux;
+        # silently dropping a password would leave the listener open to an
+        # operator who believes it is protected.
+        raise ConfigError(
+            "--requirepass: not used with --config, which replaces every listener "
+            'option; set "requirepass" in the listener objects of the file'
+        )
     if "config" in given:
         listeners = loadConfigFile(given["config"]).listeners
     else:
@@ -1614,6 +1938,35 @@ def _jsonSocketMode(value: object, label: str) -> int:
     return _parseSocketMode(value, label)
 
 
+def _jsonUsers(value: object, label: str) -> tuple[UserConfig, ...]:
+    """
+    Read C{users}: an array of C{{"name": ..., "password": ...}} objects.
+    Errors name the element and field and, since the element may be a
+    password in the wrong place, say only the JSON type of a bad value.
+    """
+    if not isinstance(value, list):
+        raise ConfigError(f"{label}: expected an array of objects, got {_jsonType(value)}")
+    users = []
+    for index, obj in enumerate(value):
+        itemLabel = f"{label}[{index}]"
+        if not isinstance(obj, dict):
+            raise ConfigError(
+                f'{itemLabel}: expected an object such as {{"name": "app", '
+                f'"password": "..."}}, got {_jsonType(obj)}'
+            )
+        raw = _objectFields(obj, _USER_FIELDS, lambda name: f"{itemLabel}: {name}")
+        for name in ("name", "password"):
+            if name not in raw:
+                raise ConfigError(
+                    f'{itemLabel}: {name}: required, as in {{"name": "app", "password": "..."}}'
+                )
+        try:
+            users.append(UserConfig(**raw))
+        except ConfigError as e:
+            raise ConfigError(f"{itemLabel}: {e}") from None
+    return tuple(users)
+
+
 _jsonString = _expect(lambda v: isinstance(v, str), "a string")
 _jsonInteger = _expect(_isInt, "an integer")
 _jsonBoolean = _expect(lambda v: isinstance(v, bool), "a boolean")
@@ -1647,6 +2000,10 @@ _LISTENER_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "startupWait": _jsonInteger,
     "allowFlush": _jsonBoolean,
     "commands": _jsonObjectList,
+    "requirepass": _jsonString,
+    "users": _jsonUsers,
+    "maxPinned": _jsonInteger,
+    "pinnedWait": _jsonInteger,
 }
 """
 The fields of one listener object in the JSON file and their type checks.
@@ -1665,7 +2022,21 @@ _ROUTE_FIELDS.update(
     }
 )
 
-_BACKEND_FIELDS.update({"address": _jsonString, "weight": _jsonInteger, "name": _jsonString})
+_BACKEND_FIELDS.update(
+    {
+        "address": _jsonString,
+        "weight": _jsonInteger,
+        "name": _jsonString,
+        "username": _jsonString,
+        "password": _jsonString,
+        "db": _jsonInteger,
+    }
+)
+
+_USER_FIELDS: dict[str, Callable[[object, str], Any]] = {
+    "name": _jsonString,
+    "password": _jsonString,
+}
 
 
 class _JSONObject(dict):
@@ -1720,12 +2091,21 @@ def fromJSON(text: str | bytes) -> RmuxConfig:
     L{ListenerConfig}, a listener object may have C{distribution},
     C{hash}, C{hashTag}, C{healthInterval}, C{healthTimeout},
     C{healthFailures}, C{healthSuccesses}, C{startupWait}, C{allowFlush},
-    and two things flags cannot express:
+    C{requirepass}, C{maxPinned}, C{pinnedWait}, and three things flags
+    cannot express:
 
       - backends with a weight and a name, either as twemproxy writes them,
         C{"10.0.0.1:6379:2 cache-a"}, or as an object,
         C{{"address": "10.0.0.1:6379", "weight": 2, "name": "cache-a"}}
-        (the only way to give a plain socket path a weight or name);
+        (the only way to give a plain socket path a weight or name), which
+        may also carry C{"username"}, C{"password"} and C{"db"} instead of
+        a URL's (so a password needs no percent-encoding);
+      - C{users}, ACL-style users clients log in as with C{AUTH name
+        password}, besides (or instead of) C{requirepass}::
+
+          "users": [{"name": "app", "password": "s3cret"},
+                    {"name": "cron", "password": "0ther"}]
+
       - C{routes}, an array of prefix routes::
 
           "routes": [{"prefix": "session:",

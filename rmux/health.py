@@ -154,6 +154,7 @@ class HealthMonitor:
         self.interval = interval
         self.startupWait = startupWait
         self.starting = False
+        self.onChange = []
         self._startWaiters = []
         self._startTimer = None
         self._loop = LoopingCall(self.checkAll)
@@ -182,6 +183,8 @@ class HealthMonitor:
             check.check()
 
     def _changed(self, check, previous, state):
+        for listener in self.onChange:
+            listener(check, previous, state)
         if previous == UNKNOWN and self.starting:
             if all(c.state != UNKNOWN for c in self.checks.values()):
                 self._started()

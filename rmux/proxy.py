@@ -445,7 +445,10 @@ class ClientProtocol(Protocol):
             getattr(self, "stateful_" + name)(args, spec)
         elif policy == C.PUBSUB and self.factory.hub is not None:
             self.lastCommand = name
-            self.factory.hub.command(self, name, args)
+            hub = self.factory.hub
+            hub.command(self, name, args)
+            if hub.isBusy(self):
+                self.hold()
         else:
             self.factory.stats.refused += 1
             self.reply(self.refusal(spec))
@@ -457,6 +460,13 @@ class ClientProtocol(Protocol):
         slot = ReplySlot(self)
         self.queue.append(slot)
         return slot
+
+    def subscriptionsSettled(self):
+        """
+        The hub has finished a (un)subscribe that waited for a backend.
+        """
+        if self.held is not None:
+            self.release()
 
     @property
     def subscribedResp2(self):

@@ -557,10 +557,10 @@ class RequestParser(object):
                         return n
                     if end - pos > maxInline:
                         return self._fail("too big inline request")
-                    if end > pos and buf[end - 1] == 13:
-                        args = splitArgs(buf[pos:end - 1])
-                    else:
-                        args = splitArgs(buf[pos:end])
+                    # Redis strips a CR before the LF; no need: outside
+                    # quotes it separates arguments, inside them the line is
+                    # unbalanced anyway.
+                    args = splitArgs(buf[pos:end])
                     if args is None:
                         return self._fail("unbalanced quotes in request")
                     pos = end + 1

@@ -22,6 +22,7 @@ from rmux.commands import CommandTable
 from rmux.health import HealthMonitor
 from rmux.pool import BackendPool
 from rmux.proxy import ProxyFactory
+from rmux.pubsub import SubscriptionHub, connectAuthenticated
 from rmux.hashing import makeRing, twemproxyServerName
 from rmux.router import PoolGroup, Router
 
@@ -68,11 +69,20 @@ class ListenerService(MultiService):
             startupWait=_seconds(listener.startupWait),
         )
         self.router = Router(default, routes, self.health, listener.allowFlush)
+        self.hub = SubscriptionHub(
+            reactor,
+            self.router.poolForKey,
+            lambda: self.router.pools,
+            lambda pool, protocol: connectAuthenticated(reactor, pool, protocol),
+        )
+        self.health.onChange.append(lambda *_: self.hub.placementChanged())
         table = table or CommandTable.default()
         if listener.commands:
             table = CommandTable.load()
             table.extend(listener.commands)
-        self.factory = ProxyFactory(reactor, self.router, table, listener, self.health)
+        self.factory = ProxyFactory(
+            reactor, self.router, table, listener, self.health, self.hub
+        )
         self.endpointService = StreamServerEndpointService(
             self.endpoint(), self.factory
         )
@@ -94,6 +104,8 @@ class ListenerService(MultiService):
                 connectTimeout=_seconds(listener.remoteConnectTimeout),
                 readTimeout=_seconds(listener.remoteReadTimeout),
                 writeTimeout=_seconds(listener.remoteWriteTimeout),
+                maxPinned=getattr(listener, "maxPinned", 32),
+                pinnedWait=_seconds(getattr(listener, "pinnedWait", 1000)),
             )
             self.pools.append(pool)
         return pool
@@ -138,7 +150,8 @@ class ListenerService(MultiService):
         d.addCallback(lambda _: self.factory.disconnectAll())
         d.addCallback(
             lambda _: DeferredList(
-                [self.health.stop()] + [pool.stop() for pool in self.pools]
+                [self.health.stop(), self.hub.stop()]
+                + [pool.stop() for pool in self.pools]
             )
         )
         return d

@@ -26,6 +26,8 @@ from rmux.config import (
     DEFAULT_HEALTH_FAILURES,
     DEFAULT_HEALTH_INTERVAL,
     DEFAULT_HEALTH_SUCCESSES,
+    DEFAULT_MAX_PINNED,
+    DEFAULT_PINNED_WAIT,
     DEFAULT_POOL_SIZE,
     DEFAULT_REMOTE_TIMEOUT,
     DEFAULT_STARTUP_WAIT,
@@ -54,9 +56,15 @@ class Options(usage.Options):
     C{twistd rmux} options: Go rmux's flags, plus C{--socketMode},
     C{--idleTimeout}, key placement (C{--distribution}, C{--hash},
     C{--hashTag}), health checks (C{--healthInterval}, C{--healthTimeout},
-    C{--healthFailures}, C{--healthSuccesses}, C{--startupWait}) and
-    C{--allowFlush}.  Prefix routes exist only in the C{--config} file, and
-    so do backend names, except as C{?name=} in a backend URL.
+    C{--healthFailures}, C{--healthSuccesses}, C{--startupWait}),
+    C{--allowFlush}, client authentication (C{--requirepass}) and
+    dedicated connections (C{--maxPinned}, C{--pinnedWait}).  Prefix
+    routes and ACL-style users exist only in the C{--config} file, and so
+    do backend names, except as C{?name=} in a backend URL.
+
+    C{--requirepass} has no default, so C{--help} never prints a password;
+    its help text points to the file, because a command line is visible
+    to every local user.
 
     After parsing, L{config} holds the validated L{RmuxConfig}.
 
@@ -75,13 +83,13 @@ class Options(usage.Options):
     longdesc = (
         "A Redis connection pooler and key-hashing proxy, compatible with "
         "Pardot's Go rmux. Timeouts are integers in milliseconds, and 0 means "
-        "'not set' (for --startupWait: do not wait). Every camelCase option "
-        "may also be spelled with dashes (--tcp-connections, --pool-size, "
+        "'not set' (for --startupWait and --pinnedWait: do not wait). Every "
+        "camelCase option may also be spelled with dashes (--tcp-connections, --pool-size, "
         "--remote-read-timeout, ...), and "
         "Go rmux's single-dash spelling (-poolSize=5, -failover=true) works "
         "too. Example: twistd -n rmux --socket=/tmp/rmux.sock "
-        '--tcpConnections="redis1:6379 redis2:6379". Prefix routes are set '
-        "in the --config file only."
+        '--tcpConnections="redis1:6379 redis2:6379". Prefix routes and '
+        "ACL-style users are set in the --config file only."
     )
 
     optFlags = [
@@ -218,6 +226,31 @@ class Options(usage.Options):
             DEFAULT_STARTUP_WAIT,
             "How long a request for a backend not yet health-checked waits "
             "for its first check (ms); 0 = fail at once, as Go rmux does.",
+        ],
+        [
+            "requirepass",
+            None,
+            None,
+            "Password clients must send with AUTH, as Redis's requirepass "
+            "(the default user's). Other local users can read a command line "
+            "(ps): prefer \"requirepass\" in the --config file, which also "
+            "takes ACL-style users. Default: none, no AUTH needed.",
+        ],
+        [
+            "maxPinned",
+            None,
+            DEFAULT_MAX_PINNED,
+            "Per backend server, the most connections dedicated each to one "
+            "client at a time (transactions after WATCH/MULTI, blocking "
+            f"commands); 0 = {DEFAULT_MAX_PINNED}.",
+        ],
+        [
+            "pinnedWait",
+            None,
+            DEFAULT_PINNED_WAIT,
+            "How long a client waits for a dedicated connection when "
+            "--maxPinned are in use, before it gets an error (ms); 0 = fail "
+            "at once.",
         ],
         [
             "config",

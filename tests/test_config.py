@@ -16,7 +16,10 @@ from hypothesis import strategies as st
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
+from rmux.auth import Authenticator
 from rmux.config import (
+    DEFAULT_MAX_PINNED,
+    DEFAULT_PINNED_WAIT,
     DEFAULT_TCP_CONNECTIONS,
     FLAG_NAMES,
     BackendAddress,
@@ -24,6 +27,7 @@ from rmux.config import (
     ListenerConfig,
     RmuxConfig,
     RouteConfig,
+    UserConfig,
     fromFlags,
     fromJSON,
     loadConfigFile,
@@ -1773,7 +1777,7 @@ class NewFieldsFromJSONTests(ErrorAssertions, SynchronousTestCase):
                 "got 'a b'",
             ),
             ({"address": "r", "wieght": 2}, "wieght: unknown field (did you mean weight?)"),
-            ({"address": "r", "db": 2}, "db: unknown field"),
+            ({"address": "r", "timeout": 2}, "timeout: unknown field"),
             (
                 {"address": "r:1:2"},
                 "address: 'r:1:2': an object's \"address\" cannot carry a weight; "
@@ -2243,3 +2247,655 @@ class CommandsFieldTests(SynchronousTestCase):
         self.assertEqual((spec.policy, spec.keyIndexes([b"JSON.GET", b"doc", b"$"])),
                          ("forward", [1]))
         self.assertIsNone(CommandTable.default().lookup([b"JSON.GET", b"doc"]))
+
+
+class ClientAuthenticationTests(ErrorAssertions, SynchronousTestCase):
+    """
+    Tests for L{ListenerConfig.requirepass}, L{ListenerConfig.users},
+    L{UserConfig} and L{ListenerConfig.authenticator}.
+    """
+
+    def test_defaults(self):
+        """
+        Existing callers get no authentication and the default caps.
+        """
+        listener = ListenerConfig(backends=["r1"])
+        self.assertEqual(
+            (listener.requirepass, listener.users, listener.maxPinned, listener.pinnedWait),
+            (None, (), DEFAULT_MAX_PINNED, DEFAULT_PINNED_WAIT),
+        )
+        self.assertEqual((DEFAULT_MAX_PINNED, DEFAULT_PINNED_WAIT), (32, 1000))
+        authenticator = listener.authenticator()
+        self.assertIsInstance(authenticator, Authenticator)
+        self.assertFalse(authenticator.required)
+
+    def test_requirepass(self):
+        listener = ListenerConfig(backends=["r1"], requirepass="hunter2")
+        authenticator = listener.authenticator()
+        self.assertTrue(authenticator.required)
+        self.assertTrue(authenticator.check(None, "hunter2"))
+        self.assertFalse(authenticator.check(None, "hunter3"))
+
+    def test_users(self):
+        """
+        Users are given as L{UserConfig}s or as a mapping, which is
+        normalized to them.
+        """
+        fromMapping = ListenerConfig(backends=["r1"], users={"app": "a-pw", "cron": "c-pw"})
+        fromSequence = ListenerConfig(
+            backends=["r1"],
+            users=[UserConfig(name="app", password="a-pw"), UserConfig(name="cron", password="c-pw")],
+        )
+        self.assertEqual(fromMapping, fromSequence)
+        self.assertEqual(
+            fromMapping.users,
+            (UserConfig(name="app", password="a-pw"), UserConfig(name="cron", password="c-pw")),
+        )
+        authenticator = fromMapping.authenticator()
+        self.assertEqual(authenticator.users, ("app", "cron"))
+        self.assertTrue(authenticator.check("cron", "c-pw"))
+        self.assertFalse(authenticator.check(None, "a-pw"))
+
+    def test_defaultUser(self):
+        """
+        A user named C{default} takes the place of C{requirepass}.
+        """
+        listener = ListenerConfig(backends=["r1"], users={"default": "d-pw"})
+        self.assertTrue(listener.authenticator().check(None, "d-pw"))
+
+    def test_replaceValidates(self):
+        listener = ListenerConfig(backends=["r1"], users={"default": "d-pw"})
+        self.assertConfigError(
+            "users[0]: 'default' is the user requirepass sets the password of; "
+            "give that password once, as requirepass or as this user",
+            dataclasses.replace,
+            listener,
+            requirepass="x",
+        )
+
+    def test_repr(self):
+        """
+        C{repr} says whether there is a C{requirepass} and which users
+        exist, never a password.
+        """
+        listener = ListenerConfig(
+            backends=["redis://:b4ckend@r1"], requirepass="hunter2", users={"app": "s3cret"}
+        )
+        text = repr(listener)
+        for secret in ("hunter2", "s3cret", "b4ckend"):
+            self.assertNotIn(secret, text)
+            self.assertNotIn(secret, repr(RmuxConfig(listeners=[listener])))
+        self.assertIn("requirepass=<hidden>", text)
+        self.assertIn("users=(UserConfig(name='app', password=<hidden>),)", text)
+        self.assertIn("maxPinned=32, pinnedWait=1000", text)
+        self.assertNotIn("requirepass", repr(ListenerConfig(backends=["r1"])))
+        self.assertEqual(
+            repr(UserConfig(name="app", password="s3cret")),
+            "UserConfig(name='app', password=<hidden>)",
+        )
+
+    def test_reprIsTheDataclasses(self):
+        """
+        Apart from hiding C{requirepass}, C{repr} is the one the dataclass
+        would make, field by field.
+        """
+        listener = ListenerConfig(backends=["r1"], maxPinned=3)
+        fields = ", ".join(
+            f"{f.name}={getattr(listener, f.name)!r}"
+            for f in dataclasses.fields(listener)
+            if f.name != "requirepass"
+        )
+        self.assertEqual(repr(listener), f"ListenerConfig({fields})")
+
+    def test_userConfig(self):
+        user = UserConfig(name="app", password="s3cret")
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, user, "password", "x")
+        self.assertRaises(TypeError, UserConfig, "app", "s3cret")
+        self.assertConfigError(
+            "name: must be a non-empty name without spaces or control characters, got 'a b'",
+            UserConfig,
+            name="a b",
+            password="s3cret",
+        )
+        self.assertConfigError(
+            "password: must not be empty (leave it out for no password)",
+            UserConfig,
+            name="app",
+            password="",
+        )
+        self.assertConfigError(
+            "password: must be a string, got bytes", UserConfig, name="app", password=b"s3cret"
+        )
+
+    def test_validation(self):
+        """
+        Each field's errors name it; none shows a password, not even one of
+        the wrong type.
+        """
+        cases = [
+            ({"requirepass": ""}, "requirepass: must not be empty (leave it out for no password)"),
+            ({"requirepass": 12345678}, "requirepass: must be a string, got int"),
+            ({"requirepass": b"hunter2"}, "requirepass: must be a string, got bytes"),
+            (
+                {"users": "app:hunter2"},
+                "users: expected a sequence of UserConfig or a mapping of names to "
+                "passwords, got str",
+            ),
+            ({"users": [("app", "hunter2")]}, "users[0]: expected a UserConfig, got tuple"),
+            ({"users": {"app": 12345678}}, "users[0]: password: must be a string, got int"),
+            ({"users": {"ok": "x", "": "hunter2"}}, "users[1]: name: must be a non-empty name "
+             "without spaces or control characters, got ''"),
+            (
+                {
+                    "users": [
+                        UserConfig(name="app", password="hunter2"),
+                        UserConfig(name="app", password="hunter3"),
+                    ]
+                },
+                "users[1]: name 'app' is already used by users[0]",
+            ),
+            (
+                {"requirepass": "hunter2", "users": {"app": "x", "default": "hunter3"}},
+                "users[1]: 'default' is the user requirepass sets the password of; "
+                "give that password once, as requirepass or as this user",
+            ),
+            ({"maxPinned": 0}, "maxPinned: must be a positive integer, got 0"),
+            ({"maxPinned": True}, "maxPinned: must be a positive integer, got True"),
+            ({"maxPinned": "8"}, "maxPinned: must be a positive integer, got '8'"),
+            ({"pinnedWait": -1}, "pinnedWait: must be a non-negative integer (ms), got -1"),
+            ({"pinnedWait": 1.5}, "pinnedWait: must be a non-negative integer (ms), got 1.5"),
+        ]
+        for fields, message in cases:
+            error = self.assertConfigError(message, ListenerConfig, backends=["r1"], **fields)
+            for secret in ("hunter", "12345678"):
+                self.assertNotIn(secret, str(error))
+
+    def test_pinned(self):
+        listener = ListenerConfig(backends=["r1"], maxPinned=1, pinnedWait=0)
+        self.assertEqual((listener.maxPinned, listener.pinnedWait), (1, 0))
+
+
+class AuthenticationFlagsTests(ErrorAssertions, SynchronousTestCase):
+    """
+    Tests for C{requirepass}, C{maxPinned} and C{pinnedWait} as flags.
+    """
+
+    def listener(self, **values):
+        return fromFlags(values).listeners[0]
+
+    def test_values(self):
+        listener = self.listener(requirepass="hunter2", maxPinned="8", pinnedWait="250")
+        self.assertEqual(
+            (listener.requirepass, listener.maxPinned, listener.pinnedWait), ("hunter2", 8, 250)
+        )
+        self.assertTrue(listener.authenticator().check(None, "hunter2"))
+
+    def test_defaults(self):
+        listener = self.listener()
+        self.assertEqual(
+            (listener.requirepass, listener.users, listener.maxPinned, listener.pinnedWait),
+            (None, (), 32, 1000),
+        )
+        self.assertEqual(self.listener(requirepass=None).requirepass, None)
+
+    def test_zeros(self):
+        """
+        As for C{poolSize}, a C{maxPinned} of 0 means the default; as for
+        C{startupWait}, a C{pinnedWait} of 0 means "do not wait".
+        """
+        listener = self.listener(maxPinned="0", pinnedWait="0")
+        self.assertEqual((listener.maxPinned, listener.pinnedWait), (32, 0))
+
+    def test_spacesKept(self):
+        """
+        A password is taken as given, spaces included.
+        """
+        self.assertEqual(self.listener(requirepass=" two words ").requirepass, " two words ")
+
+    def test_errors(self):
+        cases = [
+            ({"requirepass": ""}, "--requirepass: must not be empty (leave it out for no password)"),
+            ({"requirepass": 12345678}, "--requirepass: must be a string, got int"),
+            ({"maxPinned": "-1"}, "--maxPinned: must be a positive integer (0 means 32), got '-1'"),
+            ({"maxPinned": "x"}, "--maxPinned: must be a positive integer (0 means 32), got 'x'"),
+            (
+                {"pinnedWait": "-5"},
+                "--pinnedWait: must be a non-negative integer (ms), got '-5'",
+            ),
+            ({"pinnedWait": "1s"}, "--pinnedWait: must be a non-negative integer (ms), got '1s'"),
+        ]
+        for values, message in cases:
+            error = self.assertConfigError(message, fromFlags, values)
+            self.assertNotIn("12345678", str(error))
+
+    def test_notWithConfig(self):
+        """
+        C{--config} replaces the listener flags; a password would be lost
+        without a word, so the two are refused together.  The other new
+        flags follow the rule of the rest.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(b'[{"socket": "/tmp/a.sock", "tcpConnections": ["r1"]}]')
+        error = self.assertConfigError(
+            "--requirepass: not used with --config, which replaces every listener "
+            'option; set "requirepass" in the listener objects of the file',
+            fromFlags,
+            {"config": path.path, "requirepass": "hunter2"},
+        )
+        self.assertNotIn("hunter2", str(error))
+        listener = fromFlags(
+            {"config": path.path, "maxPinned": "3", "pinnedWait": "0"}
+        ).listeners[0]
+        self.assertEqual((listener.maxPinned, listener.pinnedWait), (32, 1000))
+
+
+class AuthenticationFromJSONTests(ErrorAssertions, SynchronousTestCase):
+    """
+    Tests for C{requirepass}, C{users}, C{maxPinned} and C{pinnedWait} in
+    the JSON file.
+    """
+
+    def listener(self, **fields):
+        document = dict({"port": 1, "tcpConnections": ["r1"]}, **fields)
+        return fromJSON(json.dumps([document])).listeners[0]
+
+    def test_values(self):
+        listener = self.listener(
+            requirepass="hunter2",
+            users=[{"name": "app", "password": "s3cret"}, {"name": "cron", "password": "0ther"}],
+            maxPinned=4,
+            pinnedWait=0,
+        )
+        self.assertEqual(
+            listener,
+            ListenerConfig(
+                port=1,
+                backends=["r1"],
+                requirepass="hunter2",
+                users={"app": "s3cret", "cron": "0ther"},
+                maxPinned=4,
+                pinnedWait=0,
+            ),
+        )
+        authenticator = listener.authenticator()
+        self.assertEqual(authenticator.users, ("app", "cron", "default"))
+        self.assertTrue(authenticator.check("app", "s3cret"))
+        self.assertTrue(authenticator.check(None, "hunter2"))
+
+    def test_defaultsAndNulls(self):
+        for listener in (
+            self.listener(),
+            self.listener(requirepass=None, users=None, maxPinned=None, pinnedWait=None),
+            self.listener(users=[], maxPinned=0),
+        ):
+            self.assertEqual(
+                (listener.requirepass, listener.users, listener.maxPinned, listener.pinnedWait),
+                (None, (), 32, 1000),
+            )
+
+    def test_usersOnly(self):
+        listener = self.listener(users=[{"name": "app", "password": "s3cret"}])
+        self.assertIsNone(listener.requirepass)
+        self.assertTrue(listener.authenticator().required)
+
+    def test_errors(self):
+        """
+        Errors name the listener, the field and, for a user, its index;
+        none shows a password.
+        """
+        cases = [
+            ({"requirepass": 12345678}, "requirepass: expected a string, got an integer"),
+            ({"requirepass": ""}, "requirepass: must not be empty (leave it out for no password)"),
+            (
+                {"users": {"app": "hunter2"}},
+                "users: expected an array of objects, got an object",
+            ),
+            (
+                {"users": ["app:hunter2"]},
+                'users[0]: expected an object such as {"name": "app", "password": "..."}, '
+                "got a string",
+            ),
+            (
+                {"users": [{"name": "app"}]},
+                'users[0]: password: required, as in {"name": "app", "password": "..."}',
+            ),
+            (
+                {"users": [{"password": "hunter2"}]},
+                'users[0]: name: required, as in {"name": "app", "password": "..."}',
+            ),
+            (
+                {"users": [{"name": "app", "password": None}]},
+                'users[0]: password: required, as in {"name": "app", "password": "..."}',
+            ),
+            (
+                {"users": [{"name": "app", "password": 12345678}]},
+                "users[0]: password: expected a string, got an integer",
+            ),
+            (
+                {"users": [{"name": "app", "password": ""}]},
+                "users[0]: password: must not be empty (leave it out for no password)",
+            ),
+            (
+                {"users": [{"name": "my app", "password": "hunter2"}]},
+                "users[0]: name: must be a non-empty name without spaces or control "
+                "characters, got 'my app'",
+            ),
+            (
+                {"users": [{"name": "", "password": "hunter2"}]},
+                "users[0]: name: must be a non-empty name without spaces or control "
+                "characters, got ''",
+            ),
+            (
+                {"users": [{"name": "app", "passwd": "hunter2"}]},
+                "users[0]: passwd: unknown field (did you mean password?)",
+            ),
+            (
+                {
+                    "users": [
+                        {"name": "app", "password": "hunter2"},
+                        {"name": "cron", "password": "hunter3"},
+                        {"name": "app", "password": "hunter4"},
+                    ]
+                },
+                "users[2]: name 'app' is already used by users[0]",
+            ),
+            (
+                {"requirepass": "hunter2", "users": [{"name": "default", "password": "hunter3"}]},
+                "users[0]: 'default' is the user requirepass sets the password of; "
+                "give that password once, as requirepass or as this user",
+            ),
+            ({"maxPinned": -1}, "maxPinned: must be a positive integer (0 means 32), got -1"),
+            ({"maxPinned": "8"}, "maxPinned: expected an integer, got a string"),
+            ({"pinnedWait": -1}, "pinnedWait: must be a non-negative integer (ms), got -1"),
+            ({"pinnedWait": 0.5}, "pinnedWait: expected an integer, got a number"),
+        ]
+        for fields, problem in cases:
+            error = self.assertConfigError(f"listener 1: {problem}", self.listener, **fields)
+            for secret in ("hunter", "12345678"):
+                self.assertNotIn(secret, str(error))
+
+    def test_duplicateUserField(self):
+        error = self.assertConfigError(
+            "listener 2: users[0]: password: given more than once",
+            fromJSON,
+            '[{"port": 1, "tcpConnections": ["r1"]},'
+            ' {"port": 2, "tcpConnections": ["r1"],'
+            '  "users": [{"name": "a", "password": "hunter2", "password": "hunter3"}]}]',
+        )
+        self.assertNotIn("hunter", str(error))
+
+    def test_notInRoutes(self):
+        self.assertConfigError(
+            "listener 1: routes[0]: requirepass: unknown field "
+            "(requirepass is set for the whole listener)",
+            self.listener,
+            routes=[{"prefix": "a:", "tcpConnections": ["r2"], "requirepass": "hunter2"}],
+        )
+
+    def test_loadConfigFileError(self):
+        """
+        A file's errors start with its name and still hide the password.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(
+            json.dumps(
+                [{"port": 1, "tcpConnections": ["r1"], "users": [{"name": "a b", "password": "hunter2"}]}]
+            ).encode()
+        )
+        error = self.assertRaises(ConfigError, loadConfigFile, path)
+        self.assertTrue(str(error).startswith(f"{path.path}: listener 1: users[0]: name: "))
+        self.assertNotIn("hunter2", str(error))
+
+
+class BackendCredentialsTests(ErrorAssertions, SynchronousTestCase):
+    """
+    Backend credentials in JSON backend objects, and a backend password
+    hidden wherever an address is shown.
+    """
+
+    def listener(self, *backends, **fields):
+        document = dict({"port": 1, "tcpConnections": list(backends)}, **fields)
+        return fromJSON(json.dumps([document])).listeners[0]
+
+    def test_objectCredentials(self):
+        """
+        A backend object may carry C{username}, C{password} and C{db}: a
+        password then needs no percent-encoding.
+        """
+        listener = self.listener(
+            {"address": "r1:6380", "username": "alice", "password": "p@ss/w rd?#", "db": 2},
+            {"address": "r2", "password": "pw"},
+            unixConnections=[{"address": "/tmp/r.sock", "password": "pw", "db": 0}],
+        )
+        self.assertEqual(
+            listener.backends,
+            (
+                BackendAddress(
+                    kind="tcp", host="r1", port=6380, username="alice", password="p@ss/w rd?#", db=2
+                ),
+                BackendAddress(kind="tcp", host="r2", port=6379, password="pw"),
+                BackendAddress(kind="unix", path="/tmp/r.sock", password="pw", db=0),
+            ),
+        )
+        self.assertEqual(str(listener.backends[0]), "r1:6380")
+        self.assertNotIn("p@ss", repr(listener))
+
+    def test_objectMatchesURL(self):
+        self.assertEqual(
+            self.listener({"address": "r1", "username": "a", "password": "p/w", "db": 3}).backends,
+            self.listener("redis://a:p%2Fw@r1/3").backends,
+        )
+
+    def test_objectErrors(self):
+        cases = [
+            (
+                {"address": "redis://:hunter2@r1", "password": "hunter3"},
+                "password: also given in the address; give it in one place",
+            ),
+            (
+                {"address": "redis://alice:hunter2@r1", "username": "bob", "password": "hunter3"},
+                "username: also given in the address; give it in one place",
+            ),
+            ({"address": "redis://r1/2", "db": 3}, "db: also given in the address; give it in one place"),
+            ({"address": "redis://r1?db=2", "db": 2}, "db: also given in the address; give it in one place"),
+            (
+                {"address": "r1", "username": "alice"},
+                'username: a user name needs a password; add "password"',
+            ),
+            ({"address": "r1", "password": 12345678}, "password: expected a string, got an integer"),
+            ({"address": "r1", "username": 7, "password": "hunter2"}, "username: expected a string, got an integer"),
+            ({"address": "r1", "db": -1}, "db: must be a non-negative integer, got -1"),
+            ({"address": "r1", "db": "2"}, "db: expected an integer, got a string"),
+            ({"address": "r1", "passwrd": "hunter2"}, "passwrd: unknown field (did you mean password?)"),
+        ]
+        for obj, problem in cases:
+            error = self.assertConfigError(
+                f"listener 1: tcpConnections[1]: {problem}", self.listener, "r0", obj
+            )
+            for secret in ("hunter", "12345678"):
+                self.assertNotIn(secret, str(error))
+
+    def test_objectWithUsernameInAddressAndPassword(self):
+        """
+        A password for a user named in the address URL goes in the URL too:
+        the address alone must be a valid one.
+        """
+        self.assertConfigErrorContains(
+            ["username: a user name needs a password"],
+            self.listener,
+            {"address": "redis://alice@r1", "password": "hunter2"},
+        )
+
+    def test_percentEncodingRequired(self):
+        """
+        A URL password with a character that would end it is refused rather
+        than parsed into a wrong host or port (which an error might quote).
+        """
+        for address in (
+            "redis://alice:hunter2/x@r1",
+            "redis://alice:hunter2?x@r1",
+            "redis://alice:hunter2#x@r1",
+            "redis://alice:hunter2@x@r1",
+            "redis://alice:hunter2 x@r1",
+            "unix://alice:hunter2/x@/tmp/r.sock",
+        ):
+            error = self.assertRaises(ConfigError, BackendAddress.fromString, address)
+            self.assertIn(
+                "must be percent-encoded: %40 for @, %2F for /, %3F for ?, %23 for #, "
+                "%20 for a space",
+                str(error),
+            )
+            self.assertNotIn("hunter2", str(error))
+            self.assertIn(":***@", str(error))
+
+    def test_pathsAreNotSecrets(self):
+        """
+        A socket path may hold C{@} and C{:}; it is shown as it is.
+        """
+        for text in ("/run/redis@cache/r.sock", "unix:///run/a:b@c.sock"):
+            address = BackendAddress.fromString(text)
+            self.assertEqual(address.kind, "unix")
+        self.assertEqual(
+            str(BackendAddress.fromString("unix:///run/a:b@c.sock")), "/run/a:b@c.sock"
+        )
+        self.assertConfigError(
+            "'/run/redis@cache/r.sock:2': a socket path cannot carry a weight or name here "
+            "(a path may contain ':' and spaces); write unix:///path?weight=N&name=NAME, or in "
+            'the JSON file an object {"address": "/path", "weight": N, "name": "NAME"}',
+            BackendAddress.fromString,
+            "/run/redis@cache/r.sock:2",
+            "unix",
+        )
+
+    def test_schemelessCredentials(self):
+        """
+        C{user:password@host} without C{redis://} is an error that does not
+        show the password.
+        """
+        error = self.assertRaises(
+            ConfigError, BackendAddress.fromString, "alice:hunter2@r1:6379", "tcp"
+        )
+        self.assertNotIn("hunter2", str(error))
+        self.assertIn("'alice:***@r1:6379'", str(error))
+
+    def test_constructorHost(self):
+        error = self.assertConfigError(
+            "host: invalid host name: it contains an @ (credentials go in username and password)",
+            BackendAddress,
+            kind="tcp",
+            host="alice:hunter2@r1",
+            port=1,
+        )
+        self.assertNotIn("hunter2", str(error))
+
+    def test_flagHalves(self):
+        """
+        A flag's backend list is split on whitespace, so a password with a
+        space arrives in two pieces; neither piece shows in the error.
+        """
+        for tcpConnections in ("redis://alice:hunter two@r1", "r0 two@r1"):
+            error = self.assertRaises(ConfigError, fromFlags, {"tcpConnections": tcpConnections})
+            self.assertNotIn("hunter", str(error))
+            self.assertNotIn("two", str(error))
+        self.assertConfigError(
+            "--tcpConnections: 'redis://alice:***': port must be an integer from 1 to 65535, "
+            "got '***'",
+            fromFlags,
+            {"tcpConnections": "redis://alice:hunter two@r1"},
+        )
+
+    def test_poolErrorLabel(self):
+        """
+        An error about a backend that parsed (here, a weight without
+        ketama) names it on the command line by its text, password hidden.
+        """
+        error = self.assertConfigError(
+            "--tcpConnections: 'redis://alice:***@r1?weight=2': weight 2 is only used by the "
+            "ketama distribution; with rmux's placement list a server twice instead",
+            fromFlags,
+            {"tcpConnections": "redis://alice:hunter2@r1?weight=2 r2"},
+        )
+        self.assertNotIn("hunter2", str(error))
+
+    def test_unixListHalves(self):
+        """
+        In a unix list, scheme-less C{user:password@host} is refused as
+        credentials rather than taken as a relative socket path.  The limit
+        of what can be done: split on a space in the password, it can make
+        two valid socket paths, and a path is not a secret.
+        """
+        error = self.assertRaises(
+            ConfigError, fromFlags, {"unixConnections": "alice:hunter2@r1"}
+        )
+        self.assertEqual(
+            str(error),
+            "--unixConnections: 'alice:***@r1': looks like credentials, not a socket path; "
+            "a backend with a password is written redis://user:password@host or "
+            "unix://user:password@/path (and a relative socket path with an @ as ./path)",
+        )
+        self.assertEqual(
+            [b.path for b in fromFlags({"unixConnections": "./a:b@c"}).listeners[0].backends],
+            ["./a:b@c"],
+        )
+        listener = fromFlags({"unixConnections": "alice:hunter /2@r1"}).listeners[0]
+        self.assertEqual([b.path for b in listener.backends], ["alice:hunter", "/2@r1"])
+
+    @settings(max_examples=int(os.environ.get("RMUX_SECRET_EXAMPLES", "200")), deadline=None)
+    @given(
+        middle=st.text(
+            alphabet=string.ascii_letters + string.digits + " :/?#@%[]'\"\\.-_",
+            min_size=0,
+            max_size=12,
+        ),
+        template=st.sampled_from(
+            [
+                "redis://alice:{}@r1:6379",
+                "redis://:{}@r1/2",
+                "redis://alice:{}@r1:x",
+                "redis://alice:{}@r1/x",
+                "redis://alice:{}@[bad",
+                "redis://alice:{}@r1?timeout=1",
+                "redis://alice:{}@r1:6379:0",
+                "unix://alice:{}@/tmp/r.sock",
+                "unix://alice:{}@/tmp/r.sock?bad=1",
+                "alice:{}@r1",
+                "alice:{}@r1:6379",
+                "redis://alice:{}@r1?weight=2",
+                "redis://alice:{}@r1 cache-a",
+                "redis://alice:{}@r1 r2 r1",
+                "r0 redis://alice:{}@r1/1?name=r0",
+            ]
+        ),
+    )
+    def test_neverShown(self, middle, template):
+        """
+        Whatever the password and whatever is wrong with the address, no
+        part of the password shows in C{str}, C{repr} or an error, whether
+        the address is parsed alone, from a flag or from the file.  The
+        password starts and ends with markers that no message contains, so
+        any leaked end shows.
+        """
+        text = template.format("Zq" + middle + "Xj")
+        url = "://" in template
+
+        def check(parse):
+            try:
+                result = parse()
+            except ConfigError as e:
+                shown = str(e)
+            else:
+                shown = str(result) + repr(result)
+            self.assertNotIn("Zq", shown, text)
+            self.assertNotIn("Xj", shown, text)
+
+        check(lambda: BackendAddress.fromString(text, "tcp"))
+        check(lambda: fromFlags({"tcpConnections": text}))
+        check(lambda: fromJSON(json.dumps([{"port": 1, "tcpConnections": [text]}])))
+        check(lambda: fromJSON(json.dumps([{"port": 1, "tcpConnections": [{"address": text}]}])))
+        if url:
+            # Without a scheme, text in a unix list is a socket path, and
+            # pieces of "user:pass word@host" split on the space can be two
+            # valid paths (see test_unixListHalves).
+            check(lambda: BackendAddress.fromString(text, "unix"))
+            check(lambda: fromFlags({"unixConnections": text}))
+            check(lambda: fromJSON(json.dumps([{"port": 1, "unixConnections": [text]}])))

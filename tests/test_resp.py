@@ -272,6 +272,13 @@ class RequestParserTestsMixin(object):
         self.assertEqual(parser.buffered, 29)
         self.assertEqual(parser.feed(b"\n"), [[b"SET", b"abcdefghij"]])
         self.assertEqual(parser.buffered, 0)
+        # A body completed by a later feed, with arguments still to come.
+        self.assertEqual(parser.feed(b"*3\r\n$3\r\nSET\r\n$10\r\nabc"), [])
+        self.assertEqual(parser.feed(b"defghij\r\n$1\r\n"), [])
+        self.assertEqual(parser.buffered, 34)
+        self.assertEqual(parser.feed(b"x\r\n"),
+                         [[b"SET", b"abcdefghij", b"x"]])
+        self.assertEqual(parser.buffered, 0)
 
 
     def test_invalidMultibulkLength(self):
@@ -899,6 +906,18 @@ class ReplyFramerTests(SynchronousTestCase):
         for chunk in chunks:
             replies.extend(framer.feed(chunk))
         self.assertEqual(replies, [data[:-4], b":1\r\n"])
+
+
+    def test_bulkCRLFChecked(self):
+        """
+        The two bytes after a bulk string must be CRLF, even when what
+        follows them would frame.
+        """
+        for data in [b"$3\r\nabcXY+OK\r\n", b"*2\r\n$3\r\nabcXY:1\r\n",
+                     b"*2\r\n:1\r\n$3\r\nabcXY:1\r\n",
+                     b"$150\r\n" + b"x" * 150 + b"XY+OK\r\n",
+                     b"*3\r\n$150\r\n" + b"x" * 150 + b"XY:1\r\n:2\r\n"]:
+            self.assertRaises(ProtocolError, ReplyFramer().feed, data)
 
 
     def test_bigBulkCRLFChecked(self):

@@ -297,3 +297,125 @@ class MultiServerTests(StatefulTestCase):
             return client.evalsha(sha, 1, "{s}.k")
 
         self.assertEqual((yield self.inThread(run)), b"v")
+
+
+class PubSubTests(StatefulTestCase):
+    """
+    Pub/sub through two rmux instances in front of the same two servers,
+    as two application hosts would run them.
+    """
+
+    servers = 2
+
+    def setUp(self):
+        d = StatefulTestCase.setUp(self)
+
+        def second(_):
+            self.path2 = self.path + "2"
+            values = {
+                "socket": self.path2,
+                "unixConnections": " ".join(s.path for s in self.redis),
+            }
+            service = ListenerService(fromFlags(values).listeners[0], reactor)
+            service.startService()
+            self.addCleanup(service.stopService)
+            return deferLater(reactor, 0.05, lambda: None)
+
+        return d.addCallback(second)
+
+    def publisher(self):
+        client = redis.Redis(unix_socket_path=self.path2)
+        self.addCleanup(client.close)
+        return client
+
+    @inlineCallbacks
+    def test_subscribeAcrossHosts(self):
+        """
+        A subscriber on one rmux receives what is published through the
+        other, for plain channels and patterns, in RESP2 and RESP3.
+        """
+        for protocol in (2, 3):
+            subscriber = self.client(protocol=protocol).pubsub()
+            self.addCleanup(subscriber.close)
+            publisher = self.publisher()
+
+            def run():
+                subscriber.subscribe("news", "weather")
+                subscriber.psubscribe("user:*")
+                for _ in range(3):
+                    subscriber.get_message(timeout=1)
+                counts = [publisher.publish("news", "n%d" % i) for i in range(20)]
+                counts.append(publisher.publish("user:7", "hello"))
+                counts.append(publisher.publish("weather", "rain"))
+                messages = []
+                while len(messages) < 22:
+                    message = subscriber.get_message(timeout=2)
+                    if message is None:
+                        break
+                    messages.append((message["type"], message["channel"], message["data"]))
+                subscriber.unsubscribe()
+                subscriber.punsubscribe()
+                return counts, messages
+
+            counts, messages = yield self.inThread(run)
+            self.assertEqual(counts, [1] * 22)
+            self.assertEqual(
+                messages,
+                [("message", b"news", b"n%d" % i) for i in range(20)]
+                + [("pmessage", b"user:7", b"hello"), ("message", b"weather", b"rain")],
+            )
+
+    @inlineCallbacks
+    def test_subscribedClientRules(self):
+        got = yield self.inThread(
+            rawExchange, self.path,
+            b"SUBSCRIBE a\r\nPING\r\nGET k\r\nUNSUBSCRIBE\r\nGET k\r\nQUIT\r\n",
+        )
+        self.assertEqual(
+            got,
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"
+            b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+            b"-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / "
+            b"PING / QUIT / RESET are allowed in this context\r\n"
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n$-1\r\n+OK\r\n",
+        )
+
+    @inlineCallbacks
+    def test_txredisapiSubscriber(self):
+        """
+        txredisapi's SubscriberProtocol, a Twisted subscriber, over rmux.
+        """
+        import txredisapi
+        from twisted.internet.defer import Deferred
+        from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+
+        received = Deferred()
+
+        class Subscriber(txredisapi.SubscriberProtocol):
+            def messageReceived(self, pattern, channel, message):
+                if not received.called:
+                    received.callback((channel, message))
+
+        subscriber = yield connectProtocol(UNIXClientEndpoint(reactor, self.path), Subscriber())
+        self.addCleanup(subscriber.transport.loseConnection)
+        yield subscriber.subscribe("tx-channel")
+        yield deferLater(reactor, 0.1, lambda: None)
+        count = yield self.inThread(self.publisher().publish, "tx-channel", "payload")
+        self.assertEqual(count, 1)
+        self.assertEqual((yield received), ("tx-channel", "payload"))
+
+    @inlineCallbacks
+    def test_oneBackendSubscriptionShared(self):
+        first, second = self.client().pubsub(), self.client().pubsub()
+        self.addCleanup(first.close)
+        self.addCleanup(second.close)
+
+        def run():
+            first.subscribe("shared")
+            second.subscribe("shared")
+            first.get_message(timeout=1)
+            second.get_message(timeout=1)
+            return [dict(self.direct(i).pubsub_numsub("shared"))[b"shared"] for i in range(2)]
+
+        counts = yield self.inThread(run)
+        self.assertEqual(sorted(counts), [0, 1])

@@ -83,6 +83,9 @@ PARAMETER_CASES = [
     ("healthFailures", "5", lambda c: c.listeners[0].healthFailures, 5),
     ("healthSuccesses", "4", lambda c: c.listeners[0].healthSuccesses, 4),
     ("startupWait", "0", lambda c: c.listeners[0].startupWait, 0),
+    ("requirepass", "s3cret", lambda c: c.listeners[0].requirepass, "s3cret"),
+    ("maxPinned", "8", lambda c: c.listeners[0].maxPinned, 8),
+    ("pinnedWait", "250", lambda c: c.listeners[0].pinnedWait, 250),
 ]
 
 # Options a case needs besides its own: --hash is refused without ketama.
@@ -294,8 +297,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("--allowFlush When multiplexing, send FLUSHDB and FLUSHALL", text)
         self.assertIn("host:port:weight", text)
         self.assertIn("unix:///path?weight=N&name=NAME", text)
-        self.assertIn("Prefix routes are set in the --config file only.", text)
-        self.assertIn("0 means 'not set' (for --startupWait: do not wait)", text)
+        self.assertIn(
+            "Prefix routes and ACL-style users are set in the --config file only.", text
+        )
+        self.assertIn("0 means 'not set' (for --startupWait and --pinnedWait: do not wait)", text)
 
     def test_ketamaCommandLine(self):
         """
@@ -349,6 +354,106 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             parse("--remote-connect-timeout=70").config.listeners[0].healthTimeout, 70
         )
+
+
+class AuthenticationOptionsTests(SynchronousTestCase):
+    """
+    C{--requirepass}, C{--maxPinned} and C{--pinnedWait}, and passwords
+    kept out of C{--help} and errors.
+    """
+
+    def test_values(self):
+        listener = parse(
+            "--requirepass", "hunter2", "--max-pinned=4", "-pinnedWait=0"
+        ).config.listeners[0]
+        self.assertEqual(
+            (listener.requirepass, listener.maxPinned, listener.pinnedWait), ("hunter2", 4, 0)
+        )
+        self.assertTrue(listener.authenticator().check(None, "hunter2"))
+
+    def test_defaults(self):
+        """
+        The defaults shown in C{--help} are the configuration's; without
+        C{--requirepass} no AUTH is needed.
+        """
+        listener = parse().config.listeners[0]
+        self.assertEqual(
+            (listener.requirepass, listener.users, listener.maxPinned, listener.pinnedWait),
+            (None, (), 32, 1000),
+        )
+        self.assertFalse(listener.authenticator().required)
+
+    def test_help(self):
+        text = " ".join(tap.Options().getUsage(width=2000).split())
+        for alias in ("--max-pinned", "--pinned-wait"):
+            self.assertNotIn(alias + "=", text)
+        self.assertIn(
+            "--requirepass= Password clients must send with AUTH, as Redis's requirepass", text
+        )
+        self.assertIn('Other local users can read a command line (ps): prefer "requirepass"', text)
+        self.assertIn("Default: none, no AUTH needed. --socket=", text)
+        self.assertIn(
+            "(transactions after WATCH/MULTI, blocking commands); 0 = 32. [default: 32]", text
+        )
+        self.assertIn("before it gets an error (ms); 0 = fail at once. [default: 1000]", text)
+
+    def test_helpShowsNoPassword(self):
+        """
+        C{--help} shows the defaults, not the values given, so a password
+        given before it does not appear.
+        """
+        options = tap.Options()
+        printed = []
+        self.patch(sys, "stdout", types.SimpleNamespace(write=printed.append, flush=lambda: None))
+        self.patch(sys, "exit", lambda status=0: printed.append(f"<exit {status}>"))
+        try:
+            options.parseOptions(
+                ["--requirepass=hunter2", "--tcpConnections=redis://:s3cret@r1", "--help"]
+            )
+        except (SystemExit, usage.UsageError):
+            pass
+        shown = "".join(printed)
+        self.assertIn("--requirepass=", shown)
+        self.assertNotIn("hunter2", shown)
+        self.assertNotIn("s3cret", shown)
+
+    def test_errors(self):
+        for arguments, message in [
+            (
+                ["--requirepass="],
+                "--requirepass: must not be empty (leave it out for no password)",
+            ),
+            (["--max-pinned=-1"], "--maxPinned: must be a positive integer (0 means 32), got '-1'"),
+            (["--pinnedWait", "x"], "--pinnedWait: must be a non-negative integer (ms), got 'x'"),
+            (
+                ["--tcpConnections=redis://alice:hunter2@r1:x"],
+                "--tcpConnections: 'redis://alice:***@r1:x': port must be an integer "
+                "from 1 to 65535, got '***'",
+            ),
+        ]:
+            error = self.assertRaises(usage.UsageError, parse, *arguments)
+            self.assertEqual(str(error), message)
+
+    def test_notWithConfig(self):
+        path = FilePath(self.mktemp())
+        path.setContent(b'[{"socket": "/tmp/a.sock", "tcpConnections": ["r1"]}]')
+        error = self.assertRaises(
+            usage.UsageError, parse, f"--config={path.path}", "--requirepass=hunter2"
+        )
+        self.assertIn("--requirepass: not used with --config", str(error))
+        self.assertNotIn("hunter2", str(error))
+        path.setContent(
+            b'[{"socket": "/tmp/a.sock", "tcpConnections": ["r1"], "requirepass": "hunter2",'
+            b' "users": [{"name": "app", "password": "s3cret"}]}]'
+        )
+        listener = parse(f"--config={path.path}").config.listeners[0]
+        self.assertEqual(listener.authenticator().users, ("app", "default"))
+
+    def test_reprHidesPasswords(self):
+        options = parse("--requirepass=hunter2", "--tcpConnections=redis://:s3cret@r1 r2")
+        for secret in ("hunter2", "s3cret"):
+            self.assertNotIn(secret, repr(options.config))
+            self.assertNotIn(secret, str(options.config))
 
 
 class MakeServiceTests(SynchronousTestCase):
