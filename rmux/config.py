@@ -46,9 +46,10 @@ The three layers, from the outside in:
     strings, C{0} for "use the default", C{remoteTimeout} as a fallback for
     the three individual remote timeouts, two backend lists.
   - L{RmuxConfig}, L{ListenerConfig}, L{RouteConfig}, L{UserConfig} and
-    L{BackendAddress} hold the I{effective} values (a pool size of 20, not 0) and validate
-    themselves when constructed, so a configuration built in code (a
-    C{.tac} file) is checked exactly like one read from a file.
+    L{BackendAddress} hold the I{effective} values (a pool size of 20,
+    not 0) and validate themselves when constructed, so a configuration
+    built in code (a C{.tac} file) is checked exactly like one read from
+    a file.
   - L{ConfigError} is the one exception all of them raise.
 """
 
@@ -587,10 +588,11 @@ def _checkCredentialsEncoded(text: str) -> None:
     """
     Refuse a URL whose C{user:password} (everything between C{://} and the
     last C{@}, as L{_redact} hides it) holds a character that ends the
-    user information in a URL, or a name, for a URL parser.  Parsed as
-    written, a piece of the password would become the host, port, path or
-    query, and could then be quoted by a later error or, worse, the
-    address could be wrong without any error.
+    user information for a URL parser (C{/}, C{?}, C{#}, another C{@}) or
+    an address for rmux (whitespace, before a name).  Parsed as written, a
+    piece of the password would become the host, port, path, query or
+    name: a later error could quote it or, worse, the address could be
+    wrong without any error.
     """
     rest = text.partition("://")[2]
     if rest.startswith("/"):

@@ -23,16 +23,11 @@ from zope.interface import implementer
 import rmux
 from rmux import commands as C
 from rmux import resp
+from rmux.auth import NOAUTH, NOPASSWORD, WRONGPASS, Authenticator
 from rmux.pool import errorReply
 from rmux.resp import encodeCommand
 
 
-NOAUTH = b"-NOAUTH Authentication required.\r\n"
-WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
-NO_PASSWORD_CONFIGURED = (
-    b"-ERR AUTH <password> called without any password configured for the "
-    b"default user. Are you sure your configuration is correct?\r\n"
-)
 HELLO_NOAUTH = (
     b"-NOAUTH HELLO must be called with the client already authenticated, "
     b"otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
@@ -811,8 +806,8 @@ class ClientProtocol(Protocol):
         else:
             username, password = args[1], args[2]
         auth = self.factory.auth
-        if username is None and not auth.required:
-            self.reply(NO_PASSWORD_CONFIGURED)
+        if username is None and not auth.acceptsSingleArgument:
+            self.reply(NOPASSWORD)
             return
         reply = self._authenticate(username, password)
         if reply is not None:
@@ -828,10 +823,7 @@ class ClientProtocol(Protocol):
         @return: C{+OK}, or L{None} when a delayed WRONGPASS is queued.
         """
         auth = self.factory.auth
-        if auth.check(
-            None if username is None else username.decode("utf-8", "replace"),
-            password.decode("utf-8", "replace"),
-        ):
+        if auth.check(username, password):
             self.authenticated = True
             self.authFailures = 0
             return resp.OK
@@ -1049,26 +1041,10 @@ class ClientProtocol(Protocol):
         self.transport.abortConnection()
 
 
-class _NoAuthentication:
-    """
-    What a listener without passwords authenticates with: Redis's default
-    user with C{nopass}.
-    """
-
-    required = False
-
-    def check(self, username, password):
-        return username in (None, "default")
-
-    def failureDelay(self, failures):
-        return 0.0
-
-
 def _authenticatorFor(listener):
-    make = getattr(listener, "authenticator", None)
-    if make is None:
-        return _NoAuthentication()
-    return make() if callable(make) else make
+    if listener is None:
+        return Authenticator()
+    return listener.authenticator()
 
 
 def _addressText(address):

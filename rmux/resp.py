@@ -514,6 +514,10 @@ class RequestParser(object):
                 used += len(encoded)
                 if command:
                     out.append(command)
+            else:
+                if clean and used == n:
+                    # Only *0 or *-1 were in the way.
+                    return n, True
             self._reader = None
             return used, False
         out.extend(commands)

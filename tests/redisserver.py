@@ -66,7 +66,8 @@ class RedisServer:
             if self.process.poll() is not None:
                 raise RuntimeError("redis-server exited: see %s" % (self.directory,))
             try:
-                if self.command(b"PING\r\n") == b"+PONG\r\n":
+                # With requirepass, NOAUTH also says it is serving.
+                if self.command(b"PING\r\n")[:6] in (b"+PONG\r", b"-NOAUT"):
                     return self
             except OSError:
                 pass

@@ -2284,7 +2284,10 @@ class ClientAuthenticationTests(ErrorAssertions, SynchronousTestCase):
         fromMapping = ListenerConfig(backends=["r1"], users={"app": "a-pw", "cron": "c-pw"})
         fromSequence = ListenerConfig(
             backends=["r1"],
-            users=[UserConfig(name="app", password="a-pw"), UserConfig(name="cron", password="c-pw")],
+            users=[
+                UserConfig(name="app", password="a-pw"),
+                UserConfig(name="cron", password="c-pw"),
+            ],
         )
         self.assertEqual(fromMapping, fromSequence)
         self.assertEqual(
@@ -2383,8 +2386,11 @@ class ClientAuthenticationTests(ErrorAssertions, SynchronousTestCase):
             ),
             ({"users": [("app", "hunter2")]}, "users[0]: expected a UserConfig, got tuple"),
             ({"users": {"app": 12345678}}, "users[0]: password: must be a string, got int"),
-            ({"users": {"ok": "x", "": "hunter2"}}, "users[1]: name: must be a non-empty name "
-             "without spaces or control characters, got ''"),
+            (
+                {"users": {"ok": "x", "": "hunter2"}},
+                "users[1]: name: must be a non-empty name without spaces or control "
+                "characters, got ''",
+            ),
             (
                 {
                     "users": [
@@ -2454,7 +2460,10 @@ class AuthenticationFlagsTests(ErrorAssertions, SynchronousTestCase):
 
     def test_errors(self):
         cases = [
-            ({"requirepass": ""}, "--requirepass: must not be empty (leave it out for no password)"),
+            (
+                {"requirepass": ""},
+                "--requirepass: must not be empty (leave it out for no password)",
+            ),
             ({"requirepass": 12345678}, "--requirepass: must be a string, got int"),
             ({"maxPinned": "-1"}, "--maxPinned: must be a positive integer (0 means 32), got '-1'"),
             ({"maxPinned": "x"}, "--maxPinned: must be a positive integer (0 means 32), got 'x'"),
@@ -2639,7 +2648,13 @@ class AuthenticationFromJSONTests(ErrorAssertions, SynchronousTestCase):
         path = FilePath(self.mktemp())
         path.setContent(
             json.dumps(
-                [{"port": 1, "tcpConnections": ["r1"], "users": [{"name": "a b", "password": "hunter2"}]}]
+                [
+                    {
+                        "port": 1,
+                        "tcpConnections": ["r1"],
+                        "users": [{"name": "a b", "password": "hunter2"}],
+                    }
+                ]
             ).encode()
         )
         error = self.assertRaises(ConfigError, loadConfigFile, path)
@@ -2696,17 +2711,32 @@ class BackendCredentialsTests(ErrorAssertions, SynchronousTestCase):
                 {"address": "redis://alice:hunter2@r1", "username": "bob", "password": "hunter3"},
                 "username: also given in the address; give it in one place",
             ),
-            ({"address": "redis://r1/2", "db": 3}, "db: also given in the address; give it in one place"),
-            ({"address": "redis://r1?db=2", "db": 2}, "db: also given in the address; give it in one place"),
+            (
+                {"address": "redis://r1/2", "db": 3},
+                "db: also given in the address; give it in one place",
+            ),
+            (
+                {"address": "redis://r1?db=2", "db": 2},
+                "db: also given in the address; give it in one place",
+            ),
             (
                 {"address": "r1", "username": "alice"},
                 'username: a user name needs a password; add "password"',
             ),
-            ({"address": "r1", "password": 12345678}, "password: expected a string, got an integer"),
-            ({"address": "r1", "username": 7, "password": "hunter2"}, "username: expected a string, got an integer"),
+            (
+                {"address": "r1", "password": 12345678},
+                "password: expected a string, got an integer",
+            ),
+            (
+                {"address": "r1", "username": 7, "password": "hunter2"},
+                "username: expected a string, got an integer",
+            ),
             ({"address": "r1", "db": -1}, "db: must be a non-negative integer, got -1"),
             ({"address": "r1", "db": "2"}, "db: expected an integer, got a string"),
-            ({"address": "r1", "passwrd": "hunter2"}, "passwrd: unknown field (did you mean password?)"),
+            (
+                {"address": "r1", "passwrd": "hunter2"},
+                "passwrd: unknown field (did you mean password?)",
+            ),
         ]
         for obj, problem in cases:
             error = self.assertConfigError(

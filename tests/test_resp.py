@@ -363,6 +363,19 @@ class RequestParserTestsMixin(object):
                          **kw)
         self.assertFails(b"*3\r\n", "Protocol error: invalid multibulk length",
                          **kw)
+        self.assertFails(encodeCommand([b"a"]) + encodeCommand([b"a"] * 3),
+                         "Protocol error: invalid multibulk length", [[b"a"]],
+                         **kw)
+        self.assertFails(encodeCommand([b"a"]) + encodeCommand([b"abcdef"]),
+                         "Protocol error: invalid bulk length", [[b"a"]],
+                         **kw)
+        # Complete commands in one chunk, as hiredis gets them.
+        self.assertFails(encodeCommand([b"a"]) + encodeCommand([b"a"] * 3),
+                         "Protocol error: invalid multibulk length", [[b"a"]],
+                         maxArguments=2)
+        self.assertFails(encodeCommand([b"a"]) + encodeCommand([b"abcdef"]),
+                         "Protocol error: invalid bulk length", [[b"a"]],
+                         maxBulkLength=5)
         self.assertFails(b"x" * 31, "Protocol error: too big inline request",
                          **kw)
         self.assertFails(b"*" + b"0" * 30,
@@ -524,6 +537,31 @@ class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
         self.assertEqual(RequestParser().feed(b"PING\r\n" + data),
                          [[b"PING"]] + [[b"GET", b"a"]] * 10)
         self.assertEqual(fed, [data])
+
+
+    def test_readerReuse(self):
+        """
+        A hiredis reader is kept while it stops at command boundaries, and
+        dropped when it holds part of a command (the pure parser finishes
+        that one).
+        """
+        parser = RequestParser()
+        parser.feed(encodeCommand([b"PING"]))
+        reader = parser._reader
+        self.assertIsNotNone(reader)
+        parser.feed(encodeCommand([b"PING"]) * 2)
+        self.assertIs(parser._reader, reader)
+        parser.feed(encodeCommand([b"PING"]) + b"*1\r\n$4\r\nPI")
+        self.assertIsNone(parser._reader)
+        parser.feed(b"NG\r\n" + encodeCommand([b"PING"]))
+        self.assertIsNotNone(parser._reader)
+        reader = parser._reader
+        parser.feed(encodeCommand([b"PING"]) + b"*0\r\n*-1\r\n"
+                    + encodeCommand([b"PING"]))
+        self.assertIs(parser._reader, reader)
+        self.assertEqual(parser.feed(encodeCommand([b"PING"]) + b"+PING\r\n"),
+                         [[b"PING"], [b"+PING"]])
+        self.assertIsNone(parser._reader)
 
 
     def test_bigCountsAvoidHiredis(self):

@@ -419,3 +419,120 @@ class PubSubTests(StatefulTestCase):
 
         counts = yield self.inThread(run)
         self.assertEqual(sorted(counts), [0, 1])
+
+
+class AuthTests(StatefulTestCase):
+    flags = {"requirepass": "s3cret"}
+
+    @inlineCallbacks
+    def test_requirepass(self):
+        """
+        Before AUTH only AUTH, HELLO with AUTH and QUIT work; a wrong
+        password gets Redis's WRONGPASS; then the client is in.
+        """
+        got = yield self.inThread(
+            rawExchange, self.path,
+            b"GET k\r\nHELLO 3\r\nAUTH wrong\r\nAUTH s3cret\r\nSET k v\r\nGET k\r\nQUIT\r\n",
+        )
+        self.assertEqual(
+            got,
+            b"-NOAUTH Authentication required.\r\n"
+            b"-NOAUTH HELLO must be called with the client already authenticated, "
+            b"otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
+            b"authenticate the client and select the RESP protocol version at the "
+            b"same time\r\n"
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+            b"+OK\r\n+OK\r\n$1\r\nv\r\n+OK\r\n",
+        )
+
+    @inlineCallbacks
+    def test_redisPyWithPassword(self):
+        for protocol in (2, 3):
+            client = self.client(password="s3cret", protocol=protocol)
+            self.assertTrue((yield self.inThread(client.set, "k", protocol)))
+        bad = self.client(password="nope", retry=None)
+        try:
+            yield self.inThread(bad.ping)
+        except redis.AuthenticationError:
+            pass
+        else:
+            self.fail("a wrong password was accepted")
+
+    @inlineCallbacks
+    def test_repeatedFailuresAreSlowed(self):
+        """
+        Guesses pipelined on one connection are answered ever more slowly.
+        """
+        started = time.monotonic()
+        got = yield self.inThread(
+            rawExchange, self.path, b"AUTH a\r\nAUTH b\r\nAUTH c\r\nAUTH d\r\nQUIT\r\n"
+        )
+        elapsed = time.monotonic() - started
+        self.assertEqual(got.count(b"-WRONGPASS"), 4)
+        self.assertGreaterEqual(elapsed, 0.05 + 0.1 + 0.2)
+
+
+class UsersTests(StatefulTestCase):
+    def setUp(self):
+        from rmux.config import fromJSON
+
+        self.redis = []
+        server = RedisServer(args=["--requirepass", "backend-pw"])
+        self.addCleanup(server.cleanup)
+        self.redis.append(server.start())
+        self.clients = ThreadedClients(self)
+        directory = tempfile.mkdtemp(prefix="rmux-st-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.path = os.path.join(directory, "rmux.sock")
+        config = fromJSON(
+            """[{"socket": "%s",
+                 "unixConnections": [{"address": "%s", "password": "backend-pw"}],
+                 "users": [{"name": "app", "password": "app-pw"}]}]"""
+            % (self.path, server.path)
+        )
+        self.service = ListenerService(config.listeners[0], reactor)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        return deferLater(reactor, 0.1, lambda: None)
+
+    def direct(self, index=0):
+        client = redis.Redis(unix_socket_path=self.redis[index].path, password="backend-pw")
+        self.addCleanup(client.close)
+        return client
+
+    @inlineCallbacks
+    def test_usersAndBackendPassword(self):
+        """
+        A client logs in as an ACL-style user of rmux; rmux logs in to a
+        backend that has requirepass with its own credentials, for the
+        pool, the health checks, dedicated connections and subscriptions.
+        """
+        client = self.client(username="app", password="app-pw")
+        self.assertTrue((yield self.inThread(client.set, "k", "v")))
+        self.assertEqual((yield self.inThread(self.direct().get, "k")), b"v")
+        pipe = client.pipeline(transaction=True)
+        pipe.incr("n").incr("n")
+        self.assertEqual((yield self.inThread(pipe.execute)), [1, 2])
+        self.assertEqual(
+            self.service.health.states()[self.service.pools[0]], "up"
+        )
+        subscriber = client.pubsub()
+        self.addCleanup(subscriber.close)
+
+        def subscribe():
+            subscriber.subscribe("c")
+            return subscriber.get_message(timeout=2)
+
+        message = yield self.inThread(subscribe)
+        self.assertEqual(message["type"], "subscribe")
+        info = yield self.inThread(client.info)
+        self.assertNotIn("backend-pw", repr(info))
+        self.assertNotIn("app-pw", repr(info))
+        got = yield self.inThread(
+            rawExchange, self.path, b"HELLO 3 AUTH app nope\r\nAUTH default backend-pw\r\nQUIT\r\n"
+        )
+        self.assertEqual(
+            got,
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n" * 2
+            + b"+OK\r\n",
+        )
