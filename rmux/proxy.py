@@ -24,7 +24,7 @@ import rmux
 from rmux import commands as C
 from rmux import resp
 from rmux.auth import NOAUTH, NOPASSWORD, WRONGPASS, Authenticator
-from rmux.pool import errorReply
+from rmux.pool import PoolExhausted, errorReply
 from rmux.resp import encodeCommand
 
 
@@ -546,7 +546,12 @@ class ClientProtocol(Protocol):
             then(connection)
 
         def failed(reason):
-            slot.fill(errorReply(reason.getErrorMessage()))
+            if reason.check(PoolExhausted):
+                message = str(reason.value)
+            else:
+                message = "rmux: cannot connect to backend %s: %s" % (
+                    pool.address, reason.getErrorMessage())
+            slot.fill(errorReply(message))
             self.release()
 
         pool.checkout().addCallbacks(got, failed)

@@ -681,9 +681,9 @@ _STREAMED_STRING = 0.5
 # Python pays per item, the regular expression engine per byte, so short
 # replies are cut out by regular expressions: a bulk string of known length
 # is a digit trie, "$1\r\n.{1}\r\n|$10\r\n.{10}\r\n|...", for every length
-# up to SHORT_BULK.  Longer ones are rare and big, and go through the loop
+# up to _SHORT_BULK.  Longer ones are rare and big, and go through the loop
 # in scanReplies.
-SHORT_BULK = 99
+_SHORT_BULK = 99
 
 
 
@@ -717,7 +717,7 @@ def _shortItemPattern(maximum):
             + rb")\r\n))")
 
 
-_ITEM = _shortItemPattern(SHORT_BULK)
+_ITEM = _shortItemPattern(_SHORT_BULK)
 _matchItem = re.compile(_ITEM, re.S).match
 _findItems = re.compile(_ITEM, re.S).findall
 # A run of top-level short replies, and blocks of aggregate elements.
@@ -1042,7 +1042,9 @@ class ReplyFramer(object):
             bytes of one top-level reply.
         @rtype: C{list} of C{bytes}
 
-        @raise ProtocolError: if the stream is not RESP.
+        @raise ProtocolError: if the stream is not RESP.  Replies that
+            C{data} completed before the bad bytes are not returned: the
+            connection is lost anyway.
         """
         if self._error is not None:
             raise self._error
