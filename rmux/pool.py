@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_pool -*-
 """
-Pipelined connections to one Redis server, and the pool that owns them.
+Pipelined connections to one Redis server, and the pool that owns them
+(connections are made with L{ClientCreator}; see L{FastClientCreator}).
 
 Requests from many clients share a few persistent connections: each request
 is written as soon as it arrives, and each connection keeps a FIFO of the
@@ -18,11 +19,12 @@ from collections import deque
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import ClientCreator, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from rmux.resp import ProtocolError, ReplyFramer, encodeCommand
+from rmux.transport import FastClientCreator, writeNow
 
 
 def errorReply(message):
@@ -84,6 +86,8 @@ class BackendProtocol(Protocol):
         self.lastProgress = 0.0
         self._readTimer = None
         self._writeTimer = None
+        self._out = None
+        self._flushCall = None
         self.closed = Deferred()
 
     # Twisted Protocol
@@ -177,10 +181,35 @@ class BackendProtocol(Protocol):
                     self.readTimeout, self._checkRead
                 )
         self.waiting.append(waiter)
+        out = self._out
+        if out is None:
+            # The first write this loop turn: every request written before
+            # the turn ends goes out in one send.
+            out = self._out = []
+            self._flushCall = self.clock.callLater(0, self.flush)
         if type(payload) is list:
-            self.transport.writeSequence(payload)
+            out.extend(payload)
         else:
-            self.transport.write(payload)
+            out.append(payload)
+
+    #: Batches larger than this are handed to the transport in pieces
+    #: rather than joined into one string first.
+    joinLimit = 1 << 20
+
+    def flush(self):
+        """
+        Send what this loop turn wrote.
+        """
+        out, self._out = self._out, None
+        self._flushCall = None
+        if not out or self.broken:
+            return
+        if len(out) == 1:
+            writeNow(self.transport, out[0])
+        elif sum(map(len, out)) > self.joinLimit:
+            self.transport.writeSequence(out)
+        else:
+            writeNow(self.transport, b"".join(out))
 
     def _switch(self, db, protocolVersion):
         if protocolVersion != self.protocolVersion:
@@ -280,7 +309,8 @@ class BackendProtocol(Protocol):
             waiter.fill(reply)
 
     def _cancelTimers(self):
-        for name in ("_readTimer", "_writeTimer"):
+        self._out = None
+        for name in ("_readTimer", "_writeTimer", "_flushCall"):
             timer = getattr(self, name)
             if timer is not None:
                 if timer.active():
@@ -409,7 +439,7 @@ class BackendPool:
         @return: a L{Deferred} firing with the ready L{BackendProtocol}:
             authenticated first when the address has credentials.
         """
-        creator = ClientCreator(self.reactor, self.protocolClass)
+        creator = FastClientCreator(self.reactor, self.protocolClass)
         address = self.address
         if address.kind == "unix":
             d = creator.connectUNIX(address.path, timeout=self.connectTimeout)

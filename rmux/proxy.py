@@ -26,6 +26,7 @@ from rmux import resp
 from rmux.auth import NOAUTH, NOPASSWORD, WRONGPASS, Authenticator
 from rmux.pool import PoolExhausted, errorReply
 from rmux.resp import encodeCommand
+from rmux.transport import writeNow
 
 
 HELLO_NOAUTH = (
@@ -353,7 +354,7 @@ class ClientProtocol(Protocol):
             self.queue.append(ReplySlot(self, data))
         elif not self.disconnected:
             self.factory.stats.bytesOut += len(data)
-            self.transport.write(data)
+            writeNow(self.transport, data)
 
     def slotFilled(self, slot):
         """
@@ -367,13 +368,9 @@ class ClientProtocol(Protocol):
             out.append(queue.popleft().data)
         if self.disconnected:
             return
-        if len(out) == 1:
-            data = out[0]
-            self.factory.stats.bytesOut += len(data)
-            self.transport.write(data)
-        else:
-            self.factory.stats.bytesOut += sum(map(len, out))
-            self.transport.writeSequence(out)
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.factory.stats.bytesOut += len(data)
+        writeNow(self.transport, data)
         if self.closeWhenDrained and not queue:
             self.transport.loseConnection()
 

@@ -12,11 +12,7 @@ nothing with the others (as in Go rmux).
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, maybeDeferred
-from twisted.internet.endpoints import (
-    TCP4ServerEndpoint,
-    TCP6ServerEndpoint,
-    UNIXServerEndpoint,
-)
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
 from rmux.commands import CommandTable
 from rmux.health import HealthMonitor
@@ -25,6 +21,7 @@ from rmux.proxy import ProxyFactory
 from rmux.pubsub import SubscriptionHub, connectAuthenticated
 from rmux.hashing import makeRing, twemproxyServerName
 from rmux.router import PoolGroup, Router
+from rmux.transport import UNIXServerEndpoint
 
 
 def _seconds(milliseconds):
@@ -188,8 +185,14 @@ def makeService(config, reactor=None):
 
     @param config: an L{rmux.config.RmuxConfig}.
     @param reactor: the reactor to run on; the global one if L{None}.
-    @return: an L{IService} (an L{RmuxService}).
+    @return: an L{IService}: an L{RmuxService}, or with C{maxProcesses}
+        above 1 an L{rmux.workers.ParentService} whose worker processes
+        each run the listeners.
     """
     if reactor is None:
         from twisted.internet import reactor
+    from rmux import workers
+
+    if workers.workerCount(config) > 1:
+        return workers.ParentService(config, reactor)
     return RmuxService(config, reactor)

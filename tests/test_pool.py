@@ -63,6 +63,15 @@ def command(*args):
     return encodeCommand(list(args))
 
 
+def written(transport, clock):
+    """
+    What the connection has sent once the current loop turn is over
+    (requests are batched per turn).
+    """
+    clock.advance(0)
+    return transport.value()
+
+
 class BackendProtocolTests(SynchronousTestCase):
     def test_pipelinedRepliesInOrder(self):
         """
@@ -73,8 +82,9 @@ class BackendProtocolTests(SynchronousTestCase):
         waiters = [Collector() for _ in range(3)]
         for i, waiter in enumerate(waiters):
             protocol.send(command(b"GET", b"k%d" % i), waiter)
+        self.assertEqual(transport.value(), b"")
         self.assertEqual(
-            transport.value(),
+            written(transport, clock),
             b"".join(command(b"GET", b"k%d" % i) for i in range(3)),
         )
         stream = b"$2\r\nv0\r\n$-1\r\n+OK\r\n"
@@ -82,6 +92,21 @@ class BackendProtocolTests(SynchronousTestCase):
             protocol.dataReceived(stream[byte : byte + 1])
         self.assertEqual(
             [w.reply for w in waiters], [b"$2\r\nv0\r\n", b"$-1\r\n", b"+OK\r\n"]
+        )
+
+    def test_oneWritePerTurn(self):
+        """
+        Requests from many clients in one loop turn leave in one write.
+        """
+        protocol, transport, clock = connect()
+        writes = []
+        transport.write = writes.append
+        for i in range(50):
+            protocol.send(command(b"INCR", b"k%d" % i), Collector())
+        self.assertEqual(writes, [])
+        clock.advance(0)
+        self.assertEqual(
+            writes, [b"".join(command(b"INCR", b"k%d" % i) for i in range(50))]
         )
 
     def test_selectHoldsLaterRequests(self):
@@ -93,11 +118,11 @@ class BackendProtocolTests(SynchronousTestCase):
         first, second = Collector(), Collector()
         protocol.send(command(b"SET", b"a", b"1"), first, db=5)
         protocol.send(command(b"GET", b"a"), second, db=5)
-        self.assertEqual(transport.value(), command(b"SELECT", b"5"))
+        self.assertEqual(written(transport, clock), command(b"SELECT", b"5"))
         transport.clear()
         protocol.dataReceived(b"+OK\r\n")
         self.assertEqual(
-            transport.value(), command(b"SET", b"a", b"1") + command(b"GET", b"a")
+            written(transport, clock), command(b"SET", b"a", b"1") + command(b"GET", b"a")
         )
         protocol.dataReceived(b"+OK\r\n$1\r\n1\r\n")
         self.assertEqual((first.reply, second.reply), (b"+OK\r\n", b"$1\r\n1\r\n"))
@@ -111,10 +136,11 @@ class BackendProtocolTests(SynchronousTestCase):
         protocol, transport, clock = connect()
         held = Collector()
         protocol.send(command(b"SET", b"a", b"1"), held, db=99)
+        written(transport, clock)
         transport.clear()
         protocol.dataReceived(b"-ERR DB index is out of range\r\n")
         self.assertEqual(held.reply, b"-ERR DB index is out of range\r\n")
-        self.assertEqual(transport.value(), b"")
+        self.assertEqual(written(transport, clock), b"")
         self.assertTrue(protocol.broken)
         self.assertTrue(transport.disconnecting)
 
@@ -122,10 +148,10 @@ class BackendProtocolTests(SynchronousTestCase):
         protocol, transport, clock = connect()
         waiter = Collector()
         protocol.send(command(b"GET", b"a"), waiter, protocolVersion=3)
-        self.assertEqual(transport.value(), command(b"HELLO", b"3"))
+        self.assertEqual(written(transport, clock), command(b"HELLO", b"3"))
         transport.clear()
         protocol.dataReceived(b"%1\r\n$6\r\nserver\r\n$5\r\nredis\r\n")
-        self.assertEqual(transport.value(), command(b"GET", b"a"))
+        self.assertEqual(written(transport, clock), command(b"GET", b"a"))
         protocol.dataReceived(b"_\r\n")
         self.assertEqual(waiter.reply, b"_\r\n")
 
