@@ -92,6 +92,9 @@ class BackendProtocol(Protocol):
 
     # Twisted Protocol
 
+    def logPrefix(self):
+        return "rmux-backend"
+
     def connectionMade(self):
         self.transport.registerProducer(self, True)
         if self.pool is not None:
@@ -323,17 +326,19 @@ class BackendPool:
     Up to C{size} pipelined connections to one Redis server, opened lazily
     with L{ClientCreator}.
 
-    A request goes to the least-loaded open connection that is already in
-    the db and protocol it needs, so db switches stay rare.  A new connection
-    is opened while every open one has at least C{growthThreshold} replies
-    outstanding and the pool is not full.  While no connection is open yet,
+    A request goes to the first open connection that is already in the db
+    and protocol it needs and has fewer than C{growthThreshold} replies
+    outstanding; when none has, a new connection is opened (up to C{size})
+    and meanwhile the least-loaded one takes it.  Load thus concentrates on
+    few connections, which batches more requests into each write and read,
+    and db switches stay rare.  While no connection is open yet,
     requests wait for the connect, which is bounded by the connect timeout.
 
     @ivar address: the L{rmux.config.BackendAddress} of the server.
     """
 
     log = Logger()
-    growthThreshold = 2
+    growthThreshold = 16
     retryDelay = 0.1
     protocolClass = BackendProtocol
 
@@ -391,21 +396,29 @@ class BackendPool:
         if after is not None and not after.broken:
             after.send(payload, waiter, db, protocolVersion)
             return after
+        # The first connection in the right state that is not busy: load
+        # concentrates on few connections, so more requests share each
+        # write and read, and a new connection opens only under pressure.
+        threshold = self.growthThreshold
+        for connection in self.connections:
+            if (
+                connection.db == db
+                and connection.protocolVersion == protocolVersion
+                and connection.held is None
+                and len(connection.waiting) < threshold
+            ):
+                connection.send(payload, waiter, db, protocolVersion)
+                return connection
+        if len(self.connections) + self.connecting < self.size:
+            self._connect()
         best = None
         bestLoad = None
         for connection in self.connections:
             load = connection.load
             if connection.db != db or connection.protocolVersion != protocolVersion:
-                load += 1000
+                load += threshold
             if best is None or load < bestLoad:
                 best, bestLoad = connection, load
-                if load == 0:
-                    break
-        if best is None or (
-            bestLoad >= self.growthThreshold
-            and len(self.connections) + self.connecting < self.size
-        ):
-            self._connect()
         if best is not None:
             best.send(payload, waiter, db, protocolVersion)
         elif self.connecting:

@@ -274,6 +274,7 @@ class ClientProtocol(Protocol):
         self.queue = deque()
         self.affinity = {}
         self.held = None
+        self.usedPubSub = False
         self.pin = None
         self.multi = None
         self.multiFailed = False
@@ -296,6 +297,11 @@ class ClientProtocol(Protocol):
         self._writeTimer = None
 
     # Connection life
+
+    def logPrefix(self):
+        # Twisted builds each connection's log prefix from this; without it
+        # that costs a reflect.qual() per accepted connection.
+        return "rmux-client"
 
     def connectionMade(self):
         factory = self.factory
@@ -413,7 +419,7 @@ class ClientProtocol(Protocol):
         if self.multi is not None and name not in _TRANSACTION_CONTROL:
             self._queueInTransaction(args, spec)
             return
-        if self.subscribedResp2 and name not in _WHILE_SUBSCRIBED:
+        if self.usedPubSub and name not in _WHILE_SUBSCRIBED and self.subscribedResp2:
             self.reply(
                 errorReply(
                     "Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / "
@@ -437,6 +443,7 @@ class ClientProtocol(Protocol):
             getattr(self, "stateful_" + name)(args, spec)
         elif policy == C.PUBSUB and self.factory.hub is not None:
             self.lastCommand = name
+            self.usedPubSub = True
             hub = self.factory.hub
             hub.command(self, name, args)
             if hub.isBusy(self):
@@ -464,7 +471,10 @@ class ClientProtocol(Protocol):
     def subscribedResp2(self):
         hub = self.factory.hub
         return (
-            self.protocolVersion == 2 and hub is not None and hub.isSubscribed(self)
+            self.usedPubSub
+            and self.protocolVersion == 2
+            and hub is not None
+            and hub.isSubscribed(self)
         )
 
     def forward(self, args, spec):
@@ -990,9 +1000,8 @@ class ClientProtocol(Protocol):
     # Local timeouts and flow control
 
     def _armTimer(self, delay=None):
-        factory = self.factory
         if delay is None:
-            delay = factory.timerDelay()
+            delay = self.factory.firstTimerDelay
         if delay:
             self._timer = self.clock.callLater(delay, self._checkTimeouts)
 
@@ -1091,6 +1100,7 @@ class ProxyFactory(Factory):
         self.localReadTimeout = ms("localReadTimeout")
         self.localWriteTimeout = ms("localWriteTimeout")
         self.idleTimeout = ms("idleTimeout")
+        self.firstTimerDelay = self.timerDelay()
 
     def rememberScript(self, body):
         """

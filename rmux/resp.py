@@ -809,6 +809,29 @@ def scanReplies(buf, pos, stack, limit=0):
                         stack[-1] -= count - left
                         if pos >= n:
                             break
+                    elif buf[pos] == 36:
+                        # Long bulk strings: the same, by hand.
+                        left = count
+                        while left:
+                            end = find(b"\r\n", pos + 1)
+                            if end < 0:
+                                break
+                            try:
+                                length = int(buf[pos + 1:end])
+                            except ValueError:
+                                break
+                            end += length + 4
+                            if length < 0 or end > n:
+                                break
+                            if buf[end - 2] != 13 or buf[end - 1] != 10:
+                                raise ProtocolError(_NO_CRLF)
+                            pos = end
+                            left -= 1
+                            if pos == n or buf[pos] != 36:
+                                break
+                        stack[-1] -= count - left
+                        if pos >= n:
+                            break
 
             start = pos
             t = buf[pos]

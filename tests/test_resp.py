@@ -801,6 +801,8 @@ REPLIES = [
     (b"*2\r\n$1\r\na\r\n$-1\r\n", False, False),
     (b"*3\r\n:1\r\n*2\r\n+a\r\n$150\r\n" + b"y" * 150
      + b"\r\n*0\r\n", False, False),
+    (b"*4\r\n$150\r\n" + b"l" * 150 + b"\r\n$-1\r\n$100\r\n" + b"m" * 100
+     + b"\r\n$0\r\n\r\n", False, False),
     (b"_\r\n", False, False),
     (b",3.14\r\n", False, False),
     (b",-inf\r\n", False, False),

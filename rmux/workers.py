@@ -1,0 +1,743 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+Worker processes: how rmux uses more than one core.
+
+One process is one event loop, so more cores means more processes.  With
+C{maxProcesses} above 1, the twistd process becomes a L{ParentService}
+that serves nobody itself.  It creates and binds every listener's socket
+(so the socket file, its mode, its lock and the "address in use" error are
+exactly those of a single rmux), never accepts on them, and keeps that
+many worker processes running.  Each worker inherits the listening sockets
+as file descriptors and runs the ordinary per-listener services, each with
+its own pools and health monitor, on them (L{WorkerService}); the kernel
+hands every new client to one of the workers.
+
+A client's connection lives in one worker from accept to close, so
+everything per-client (transactions, subscriptions, AUTH) works unchanged.
+What is per-listener is now per-worker: each worker has its own backend
+connections (C{poolSize} of them per backend, and up to C{maxPinned}
+dedicated ones), its own health checks, INFO counters and script cache.
+
+The parent talks to a worker over three pipes.  The configuration, an
+L{RmuxConfig} pickled by the parent (an exact copy, with no second
+serialisation to keep in step with L{rmux.config}), goes down the worker's
+stdin rather than on its command line or in its environment, where local
+users could read backend passwords and C{requirepass}.  After that, stdin
+stays open as a lifeline: when it reaches end of file the parent is gone,
+and the worker shuts down instead of serving on as an orphan.  The
+worker's log comes back on stdout (info and below) and stderr (warnings,
+errors, and whatever Python itself prints), and the parent logs each line
+with the worker's number.
+
+This is a process supervisor in the manner of
+L{twisted.runner.procmon.ProcessMonitor}, which cannot be used as is
+because it cannot pass file descriptors to its children.
+"""
+
+import argparse
+import os
+import pickle
+import socket
+import struct
+import sys
+
+from zope.interface import implementer
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import error, fdesc, tcp
+from twisted.internet.defer import Deferred, DeferredList, execute, maybeDeferred
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import (
+    FileLogObserver,
+    LogLevel,
+    Logger,
+    eventAsText,
+    globalLogBeginner,
+)
+
+import rmux
+from rmux.commands import CommandTable
+from rmux.service import ListenerService
+from rmux.transport import UNIXPort
+
+__all__ = [
+    "workerCount",
+    "RestartPolicy",
+    "ParentService",
+    "WorkerProtocol",
+    "WorkerService",
+    "InheritedListenerService",
+    "InheritedPortEndpoint",
+    "main",
+]
+
+FIRST_LISTENER_FD = 3
+"""
+The worker's file descriptor for the first listener's socket; the next
+listener's is one more, and so on, in the configuration's order.
+"""
+
+_LENGTH = struct.Struct("!I")
+
+
+def workerCount(config):
+    """
+    How many worker processes C{config} asks for.
+
+    C{maxProcesses} is per listener in the file's layout, but (like Go
+    rmux's GOMAXPROCS, which it sets) it is a property of the whole
+    process: every worker serves every listener.  The largest value wins,
+    where Go rmux takes the last one, so that the order of the listeners
+    in the file does not matter.
+
+    @param config: an L{rmux.config.RmuxConfig}.
+    @return: the number of workers; 0 or 1 mean rmux runs in one process.
+    """
+    return max(listener.maxProcesses for listener in config.listeners)
+
+
+class RestartPolicy:
+    """
+    When to start a worker again after it died.
+
+    A worker that had been serving for a while (L{healthyAfter} seconds)
+    and dies is restarted after L{minDelay}: a short pause, so that a
+    worker killed by the OOM killer or by an operator comes back at once
+    but a burst of deaths does not become a burst of forks.  A worker that
+    dies sooner than that is probably crashing at startup (a backend
+    password file gone, a broken install), and each such death doubles the
+    delay, up to L{maxDelay}; so a crash loop settles at one restart per
+    L{maxDelay} per worker instead of spinning on the CPU and filling the
+    log.  One healthy run resets the delay.
+
+    This is L{twisted.runner.procmon.ProcessMonitor}'s back-off, except
+    that even a healthy worker waits L{minDelay}.
+
+    @ivar clock: the L{IReactorTime} to measure lifetimes with.
+    """
+
+    def __init__(self, clock, minDelay=0.5, maxDelay=30.0, healthyAfter=10.0):
+        """
+        @param clock: an L{IReactorTime}.
+        @param minDelay: seconds before the first restart.
+        @param maxDelay: the longest delay the back-off reaches, in
+            seconds.
+        @param healthyAfter: how many seconds a worker must have lived for
+            its death not to count as a crash loop.
+        """
+        self.clock = clock
+        self.minDelay = minDelay
+        self.maxDelay = maxDelay
+        self.healthyAfter = healthyAfter
+        self._delay = minDelay
+        self._startedAt = clock.seconds()
+
+    def started(self):
+        """
+        The worker is being started (again) now.
+        """
+        self._startedAt = self.clock.seconds()
+
+    def nextDelay(self):
+        """
+        The worker just died.
+
+        @return: how many seconds to wait before starting it again.
+        """
+        if self.clock.seconds() - self._startedAt >= self.healthyAfter:
+            self._delay = self.minDelay
+        delay = self._delay
+        self._delay = min(delay * 2, self.maxDelay)
+        return delay
+
+
+class _NoClients(Factory):
+    """
+    The factory of the parent's own ports, which never accept: should one
+    ever be handed a connection, it is closed, since only workers serve.
+    """
+
+    noisy = False
+
+    def logPrefix(self):
+        return "rmux (for its worker processes)"
+
+    def buildProtocol(self, addr):
+        return None
+
+
+def listenShared(reactor, listener):
+    """
+    Create, bind and listen on C{listener}'s socket, for worker processes
+    to accept on, but do not accept on it here.
+
+    The same reactor calls as L{ListenerService.endpoint}'s endpoints make,
+    so everything about the socket is as a single-process rmux would have
+    it: the unix socket's mode, the lock beside it that replaces a stale
+    socket file and refuses to steal a live one, the TCP options.
+
+    @param reactor: an L{IReactorUNIX} and L{IReactorTCP}.
+    @param listener: an L{rmux.config.ListenerConfig}.
+    @return: the listening port, not reading; its C{stopListening} closes
+        the socket and removes the unix socket file and its lock.
+    @raise twisted.internet.error.CannotListenError: as a single rmux
+        would.
+    """
+    if listener.socket:
+        port = reactor.listenUNIX(
+            listener.socket, _NoClients(), mode=listener.socketMode, wantPID=True
+        )
+    else:
+        port = reactor.listenTCP(listener.port, _NoClients(), interface=listener.host)
+    # The reactor has not run since listen(), so no client was accepted.
+    port.stopReading()
+    return port
+
+
+class WorkerProtocol(ProcessProtocol):
+    """
+    The parent's end of one worker process: hands it its configuration,
+    relays its output line by line, and tells the L{ParentService} when
+    it has ended.
+
+    @ivar workerId: the worker's number, from 1.
+    @ivar pid: the process id, or L{None} before the process exists.
+    @ivar maxLineLength: longer output is relayed in pieces this long, so
+        a worker that writes without newlines cannot grow the parent.
+    """
+
+    maxLineLength = 65536
+    pid = None
+
+    def __init__(self, parent, workerId, payload):
+        """
+        @param parent: the L{ParentService}.
+        @param workerId: the worker's number.
+        @param payload: the bytes to write to the worker's stdin.
+        """
+        self.parent = parent
+        self.workerId = workerId
+        self.payload = payload
+        self._buffers = {}
+        self._ended = []
+        self._killer = None
+        self.exited = False
+
+    def connectionMade(self):
+        self.pid = self.transport.pid
+        # stdin stays open: it is the worker's lifeline.
+        self.transport.write(self.payload)
+
+    def childDataReceived(self, childFD, data):
+        buffer = self._buffers.get(childFD, b"") + data
+        *lines, buffer = buffer.split(b"\n")
+        while len(buffer) >= self.maxLineLength:
+            lines.append(buffer[: self.maxLineLength])
+            buffer = buffer[self.maxLineLength :]
+        self._buffers[childFD] = buffer
+        for line in lines:
+            self.parent.workerOutput(self.workerId, childFD, line.rstrip(b"\r"))
+
+    def terminate(self, clock, killTime):
+        """
+        Ask the worker to stop (SIGTERM: it stops accepting, lets its
+        clients collect their replies and closes its backend connections),
+        and kill it (SIGKILL) if it is still there after C{killTime}
+        seconds.
+        """
+        try:
+            self.transport.signalProcess("TERM")
+        except error.ProcessExitedAlready:
+            return
+        self._killer = clock.callLater(killTime, self._kill)
+
+    def _kill(self):
+        self._killer = None
+        try:
+            self.transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+        else:
+            self.parent.log.warn(
+                "worker {workerId} (pid {pid}) did not stop in time: killed",
+                workerId=self.workerId,
+                pid=self.pid,
+            )
+
+    def whenEnded(self):
+        """
+        @return: a L{Deferred} that fires with L{None} when the process has
+            exited and its output has all been relayed.
+        """
+        d = Deferred()
+        if self.exited:
+            d.callback(None)
+        else:
+            self._ended.append(d)
+        return d
+
+    def processEnded(self, reason):
+        for childFD, rest in sorted(self._buffers.items()):
+            if rest:
+                self.parent.workerOutput(self.workerId, childFD, rest)
+        self._buffers.clear()
+        self.exited = True
+        if self._killer is not None and self._killer.active():
+            self._killer.cancel()
+        self._killer = None
+        self.parent.workerEnded(self, reason)
+        ended, self._ended = self._ended, []
+        for d in ended:
+            d.callback(None)
+
+
+def _describeEnd(reason):
+    """
+    How a worker ended, for the log: C{"exited with status 1"},
+    C{"was killed by signal 9"}.
+    """
+    value = reason.value
+    if getattr(value, "signal", None):
+        return "was killed by signal %d" % (value.signal,)
+    return "exited with status %s" % (getattr(value, "exitCode", None),)
+
+
+class ParentService(Service):
+    """
+    The twistd process when rmux runs in several processes: it holds the
+    listening sockets and keeps L{count} worker processes serving on them.
+
+    Binding happens in L{privilegedStartService}, so that under twistd a
+    port below 1024 or a socket in a root-owned directory can be bound
+    before privileges are shed, and so that "address already in use"
+    stops twistd before it starts anything.  The workers are started in
+    L{startService}, after privileges are shed.
+
+    @ivar config: the L{rmux.config.RmuxConfig} every worker runs.
+    @ivar count: how many workers to run.
+    @ivar ports: the listening ports, in the order of the listeners, while
+        the service runs.
+    @ivar workers: the running workers' L{WorkerProtocol}s by number.
+    @ivar minRestartDelay: see L{RestartPolicy.minDelay}.
+    @ivar maxRestartDelay: see L{RestartPolicy.maxDelay}.
+    @ivar healthyAfter: see L{RestartPolicy.healthyAfter}.
+    @ivar killTime: how long a worker may take to stop after SIGTERM
+        before it gets SIGKILL: long enough for its clients to be given the
+        replies they are owed (L{ProxyFactory.disconnectAll} waits 5 s).
+    """
+
+    log = Logger()
+
+    minRestartDelay = 0.5
+    maxRestartDelay = 30.0
+    healthyAfter = 10.0
+    killTime = 10.0
+
+    def __init__(self, config, reactor, count=None):
+        """
+        @param config: an L{rmux.config.RmuxConfig}.
+        @param reactor: an L{IReactorProcess}, L{IReactorTime},
+            L{IReactorTCP} and L{IReactorUNIX}.
+        @param count: the number of workers; L{workerCount} of C{config}
+            if L{None}.
+        """
+        self.config = config
+        self.reactor = reactor
+        self.count = workerCount(config) if count is None else count
+        self.ports = []
+        self.workers = {}
+        self._policies = {}
+        self._restarts = {}
+        self._payload = None
+
+    def workerCommand(self, workerId):
+        """
+        The command line of one worker process; override to start workers
+        some other way (a frozen application, a wrapper).
+
+        @return: the executable and its argument list.
+        """
+        executable = sys.executable
+        return executable, [executable, "-m", "rmux.workers", "--worker", str(workerId)]
+
+    def workerEnvironment(self):
+        """
+        The worker's environment: ours, with the directory this rmux was
+        imported from first on C{PYTHONPATH}, so that a worker runs the same
+        code as its parent even when rmux is not installed (a checkout, the
+        tests).
+        """
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(rmux.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _listen(self):
+        if self.ports:
+            return
+        ports = []
+        try:
+            for listener in self.config.listeners:
+                ports.append(listenShared(self.reactor, listener))
+        except BaseException:
+            for port in ports:
+                port.stopListening()
+            raise
+        self.ports = ports
+
+    def privilegedStartService(self):
+        self._listen()
+        Service.privilegedStartService(self)
+
+    def startService(self):
+        self._listen()
+        Service.startService(self)
+        filenos = [FIRST_LISTENER_FD + i for i in range(len(self.ports))]
+        payload = pickle.dumps({"config": self.config, "fds": filenos})
+        self._payload = _LENGTH.pack(len(payload)) + payload
+        for workerId in range(1, self.count + 1):
+            self._policies[workerId] = RestartPolicy(
+                self.reactor, self.minRestartDelay, self.maxRestartDelay,
+                self.healthyAfter,
+            )
+            self._spawn(workerId)
+        self.log.info(
+            "rmux: {count} worker processes serving {listeners}",
+            count=self.count,
+            listeners=", ".join(listener.name for listener in self.config.listeners),
+        )
+
+    def _spawn(self, workerId):
+        self._restarts.pop(workerId, None)
+        protocol = WorkerProtocol(self, workerId, self._payload)
+        childFDs = {0: "w", 1: "r", 2: "r"}
+        for index, port in enumerate(self.ports):
+            childFDs[FIRST_LISTENER_FD + index] = port.fileno()
+        executable, args = self.workerCommand(workerId)
+        self._policies[workerId].started()
+        try:
+            self.reactor.spawnProcess(
+                protocol, executable, args,
+                env=self.workerEnvironment(), childFDs=childFDs,
+            )
+        except OSError:
+            self.log.failure("could not start worker {workerId}", workerId=workerId)
+            self._scheduleRestart(workerId)
+            return
+        self.workers[workerId] = protocol
+
+    def _scheduleRestart(self, workerId):
+        delay = self._policies[workerId].nextDelay()
+        self._restarts[workerId] = self.reactor.callLater(delay, self._spawn, workerId)
+        return delay
+
+    def workerOutput(self, workerId, childFD, line):
+        """
+        Log one line a worker wrote: its stdout at info level, anything
+        else (stderr: its warnings and errors, Python's own complaints) as
+        a warning.
+        """
+        text = line.decode("utf-8", "replace")
+        if childFD == 1:
+            self.log.info("worker {workerId}: {line}", workerId=workerId, line=text)
+        else:
+            self.log.warn("worker {workerId}: {line}", workerId=workerId, line=text)
+
+    def workerEnded(self, protocol, reason):
+        """
+        A worker process has ended: start another in its place after the
+        delay of its L{RestartPolicy}, unless we are stopping.
+        """
+        workerId = protocol.workerId
+        if self.workers.get(workerId) is protocol:
+            del self.workers[workerId]
+        if not self.running:
+            return
+        delay = self._scheduleRestart(workerId)
+        self.log.warn(
+            "worker {workerId} (pid {pid}) {how}; restarting it in {delay:.1f} s",
+            workerId=workerId,
+            pid=protocol.pid,
+            how=_describeEnd(reason),
+            delay=delay,
+        )
+
+    def stopService(self):
+        """
+        Stop every worker and close the listening sockets (removing the
+        unix socket files).
+
+        @return: a L{Deferred} that fires when every worker has exited and
+            every socket is closed.
+        """
+        Service.stopService(self)
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        waiting = []
+        for protocol in list(self.workers.values()):
+            waiting.append(protocol.whenEnded())
+            protocol.terminate(self.reactor, self.killTime)
+        ports, self.ports = self.ports, []
+        waiting.extend(maybeDeferred(port.stopListening) for port in ports)
+
+        def done(results):
+            for ok, result in results:
+                if not ok:
+                    self.log.failure("while stopping", result)
+
+        return DeferredList(waiting, consumeErrors=True).addCallback(done)
+
+
+# The worker's side.
+
+
+class _InheritedUNIXPort(UNIXPort):
+    """
+    A unix port on a socket inherited from the parent, with the same
+    connections as the single-process listener's (L{rmux.transport}).
+
+    The socket file belongs to the parent, which removes it when rmux
+    stops; a worker that stops (restarted, or killed by an operator) must
+    leave it, or no new client could reach the workers still running.
+    """
+
+    def connectionLost(self, reason):
+        # unix.Port.connectionLost would unlink the socket file; skip to
+        # its base class.  An adopted port holds no lock to release.
+        tcp.Port.connectionLost(self, reason)
+
+
+@implementer(IStreamServerEndpoint)
+class InheritedPortEndpoint:
+    """
+    A server endpoint that adopts a listening socket given to this process
+    as a file descriptor, as L{twisted.internet.endpoints.AdoptedStreamServerEndpoint}
+    does, except that a unix socket's file is left in place when the port
+    stops (see L{_InheritedUNIXPort}).
+
+    The address family is the socket's own, so the worker need not know
+    what kind of address the parent bound.
+    """
+
+    def __init__(self, reactor, fileno):
+        """
+        @param reactor: an L{IReactorSocket}.
+        @param fileno: the listening socket's file descriptor, closed once
+            adopted (the port works on its own duplicate).
+        """
+        self.reactor = reactor
+        self.fileno = fileno
+        self._used = False
+
+    def listen(self, protocolFactory):
+        if self._used:
+            return execute(self._alreadyListened)
+        self._used = True
+        return execute(self._adopt, protocolFactory)
+
+    @staticmethod
+    def _alreadyListened():
+        raise error.AlreadyListened()
+
+    def _adopt(self, factory):
+        probe = socket.socket(fileno=self.fileno)
+        family = probe.family
+        probe.detach()
+        fdesc.setNonBlocking(self.fileno)
+        if family == socket.AF_UNIX:
+            port = _InheritedUNIXPort._fromListeningDescriptor(
+                self.reactor, self.fileno, factory
+            )
+            port.startListening()
+        else:
+            port = self.reactor.adoptStreamPort(self.fileno, family, factory)
+        os.close(self.fileno)
+        return port
+
+
+class InheritedListenerService(ListenerService):
+    """
+    A L{ListenerService} in a worker process: its own pools and health
+    monitor, serving on a socket the parent bound.
+
+    @ivar workerId: the number of this worker, from 1; also set on the
+        factory (C{factory.workerId}) for INFO.  Single-process rmux has no
+        number there (L{None}).
+    """
+
+    def __init__(self, listener, reactor, fileno, workerId, table=None):
+        """
+        @param listener: an L{rmux.config.ListenerConfig}.
+        @param reactor: the reactor.
+        @param fileno: the listening socket's file descriptor.
+        @param workerId: the number of this worker.
+        @param table: the L{CommandTable}, shared by the listeners.
+        """
+        self.fileno = fileno
+        self.workerId = workerId
+        ListenerService.__init__(self, listener, reactor, table)
+        self.factory.workerId = workerId
+        # A worker that cannot serve its socket should die where the
+        # parent sees it and restarts it, not idle on with an error logged.
+        self.endpointService._raiseSynchronously = True
+
+    def endpoint(self):
+        return InheritedPortEndpoint(self.reactor, self.fileno)
+
+
+class WorkerService(MultiService):
+    """
+    Everything one worker process runs: every listener of the
+    configuration, on the sockets it inherited (the L{RmuxService} of a
+    worker).
+
+    @ivar listeners: the L{InheritedListenerService}s, in the
+        configuration's order.
+    """
+
+    def __init__(self, config, reactor, workerId, filenos):
+        """
+        @param config: an L{rmux.config.RmuxConfig}.
+        @param reactor: the reactor.
+        @param workerId: the number of this worker.
+        @param filenos: the listening sockets' file descriptors, one per
+            listener, in the same order.
+        """
+        MultiService.__init__(self)
+        self.config = config
+        self.workerId = workerId
+        self.listeners = []
+        table = CommandTable.default()
+        for listener, fileno in zip(config.listeners, filenos, strict=True):
+            service = InheritedListenerService(listener, reactor, fileno, workerId, table)
+            service.setServiceParent(self)
+            self.listeners.append(service)
+
+
+class _Lifeline:
+    """
+    Watches the worker's stdin, which the parent holds open: end of file
+    means the parent has gone, and the worker stops rather than serve on
+    as an orphan nobody will stop.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.stopping = False
+        reactor.addSystemEventTrigger("before", "shutdown", self._stopping)
+
+    def _stopping(self):
+        # The reactor closes stdin too as it shuts down; that is not news.
+        self.stopping = True
+
+    def childDataReceived(self, name, data):
+        pass
+
+    def childConnectionLost(self, name, reason):
+        if self.stopping:
+            return
+        self.log.info("the parent process has gone: stopping")
+        try:
+            self.reactor.stop()
+        except error.ReactorNotRunning:
+            pass
+
+
+def _readPayload(fd):
+    """
+    Read the parent's length-prefixed, pickled payload from C{fd} without
+    reading past it, so that the rest of the pipe is the lifeline.
+    """
+
+    def read(n):
+        data = b""
+        while len(data) < n:
+            chunk = os.read(fd, n - len(data))
+            if not chunk:
+                raise SystemExit("rmux worker: no configuration from the parent")
+            data += chunk
+        return data
+
+    (length,) = _LENGTH.unpack(read(_LENGTH.size))
+    return pickle.loads(read(length))
+
+
+_LOUD = frozenset([LogLevel.warn, LogLevel.error, LogLevel.critical])
+
+
+def _logTo(stdout, stderr):
+    """
+    A log observer for a worker: each event as text without a time stamp
+    (the parent's log adds its own), warnings and errors to C{stderr} so
+    that the parent can keep their level, the rest to C{stdout}.
+    """
+    quiet = FileLogObserver(stdout, lambda event: _asLine(event))
+    loud = FileLogObserver(stderr, lambda event: _asLine(event))
+
+    def observe(event):
+        (loud if event.get("log_level") in _LOUD else quiet)(event)
+
+    return observe
+
+
+def _asLine(event):
+    return eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n"
+
+
+def runWorker(reactor, workerId, config, filenos, stdin=0):
+    """
+    Run one worker until it is told to stop (SIGTERM, SIGINT) or its
+    parent goes away.
+
+    @return: the process's exit status.
+    """
+    from twisted.internet.process import ProcessReader
+
+    globalLogBeginner.beginLoggingTo(
+        [_logTo(sys.stdout, sys.stderr)], redirectStandardIO=False
+    )
+    log = Logger(namespace="rmux.workers")
+    try:
+        service = WorkerService(config, reactor, workerId, filenos)
+        service.startService()
+    except BaseException:
+        log.failure("worker {workerId} could not start", workerId=workerId)
+        return 1
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    ProcessReader(reactor, _Lifeline(reactor), "lifeline", stdin)
+    log.info(
+        "worker {workerId} (pid {pid}) serving", workerId=workerId, pid=os.getpid()
+    )
+    reactor.run()
+    return 0
+
+
+def main(argv=None):
+    """
+    The entry point of a worker process, C{python -m rmux.workers --worker
+    N}, started by L{ParentService} with the listening sockets from file
+    descriptor L{FIRST_LISTENER_FD} on and its configuration on stdin.  Not
+    for running by hand.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m rmux.workers",
+        description="An rmux worker process; started by rmux with --maxProcesses.",
+    )
+    parser.add_argument("--worker", type=int, required=True, help="this worker's number")
+    args = parser.parse_args(argv)
+    payload = _readPayload(0)
+    from twisted.internet import reactor
+
+    return runWorker(reactor, args.worker, payload["config"], payload["fds"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,633 @@
+"""
+Tests for L{rmux.workers}: the restart policy and the parent's bookkeeping
+on a fake reactor, then real worker processes sharing a real socket in
+front of a real redis-server.
+"""
+
+import os
+import pickle
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import redis
+from twisted.internet import error, reactor
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from rmux.config import fromFlags
+from rmux.service import RmuxService, makeService
+from rmux.workers import (
+    FIRST_LISTENER_FD,
+    ParentService,
+    RestartPolicy,
+    WorkerService,
+    workerCount,
+)
+from tests.redisserver import freePort, startRedis
+from tests.test_integration import ThreadedClients
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def configFor(backend="/nonexistent/redis.sock", **flags):
+    values = {"socket": "/nonexistent/rmux.sock", "unixConnections": backend}
+    values.update(flags)
+    return fromFlags(values)
+
+
+# The restart policy
+
+
+class RestartPolicyTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.policy = RestartPolicy(self.clock, minDelay=0.5, maxDelay=4.0, healthyAfter=10)
+
+    def test_firstRestartIsSoon(self):
+        """
+        A worker that dies is started again after the minimum delay, not at
+        once: one death is not a crash loop.
+        """
+        self.policy.started()
+        self.clock.advance(2)
+        self.assertEqual(self.policy.nextDelay(), 0.5)
+
+    def test_crashLoopBacksOff(self):
+        """
+        Each death soon after a start doubles the delay, up to the maximum,
+        so a crash loop settles at one restart per C{maxDelay}.
+        """
+        delays = []
+        for _ in range(6):
+            self.policy.started()
+            self.clock.advance(0.1)
+            delay = self.policy.nextDelay()
+            delays.append(delay)
+            self.clock.advance(delay)
+        self.assertEqual(delays, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0])
+
+    def test_healthyRunResets(self):
+        """
+        A worker that served for C{healthyAfter} seconds before dying gets
+        the minimum delay again.
+        """
+        for _ in range(4):
+            self.policy.started()
+            self.policy.nextDelay()
+        self.policy.started()
+        self.clock.advance(10)
+        self.assertEqual(self.policy.nextDelay(), 0.5)
+        self.policy.started()
+        self.assertEqual(self.policy.nextDelay(), 1.0)
+
+
+# The parent, on a fake reactor
+
+
+class FakePort:
+    def __init__(self, fileno, address):
+        self._fileno = fileno
+        self.address = address
+        self.reading = True
+        self.listening = True
+
+    def fileno(self):
+        return self._fileno
+
+    def stopReading(self):
+        self.reading = False
+
+    def stopListening(self):
+        self.listening = False
+
+
+class FakeProcess:
+    """
+    A spawned process that records the signals it is sent and ends when
+    the test says so.
+    """
+
+    def __init__(self, protocol, pid, executable, args, env, childFDs):
+        self.protocol = protocol
+        self.pid = pid
+        self.executable = executable
+        self.args = args
+        self.env = env
+        self.childFDs = childFDs
+        self.signals = []
+        self.written = b""
+        self.ended = False
+
+    def write(self, data):
+        self.written += data
+
+    def signalProcess(self, name):
+        if self.ended:
+            raise error.ProcessExitedAlready()
+        self.signals.append(name)
+
+    def end(self, exitCode=None, signal=None):
+        self.ended = True
+        if exitCode == 0:
+            reason = error.ProcessDone(0)
+        else:
+            reason = error.ProcessTerminated(exitCode, signal)
+        self.protocol.processEnded(Failure(reason))
+
+
+class FakeReactor(Clock):
+    """
+    Just enough of a reactor for L{ParentService}: time, listening and
+    spawning, all pretend.
+    """
+
+    def __init__(self):
+        Clock.__init__(self)
+        self.ports = []
+        self.processes = []
+        self._pids = iter(range(1000, 2000))
+
+    def listenUNIX(self, path, factory, backlog=50, mode=0o666, wantPID=0):
+        port = FakePort(20 + len(self.ports), ("unix", path, mode, wantPID))
+        self.ports.append(port)
+        return port
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        result = FakePort(20 + len(self.ports), ("tcp", interface, port))
+        self.ports.append(result)
+        return result
+
+    def spawnProcess(self, protocol, executable, args=(), env={}, path=None,
+                     uid=None, gid=None, usePTY=0, childFDs=None):
+        process = FakeProcess(protocol, next(self._pids), executable, args, env, childFDs)
+        self.processes.append(process)
+        protocol.makeConnection(process)
+        return process
+
+
+class ParentServiceTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = FakeReactor()
+        self.events = []
+        self.config = configFor(maxProcesses="2")
+        self.service = ParentService(self.config, self.reactor)
+        self.service.log = Logger(observer=self.events.append)
+        self.service.startService()
+
+    def messages(self):
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events]
+
+    def test_makeService(self):
+        """
+        C{makeService} runs workers only when C{maxProcesses} asks for more
+        than one process; the largest value of any listener wins.
+        """
+        self.assertIsInstance(makeService(self.config, self.reactor), ParentService)
+        for value in ("0", "1"):
+            self.assertIsInstance(
+                makeService(configFor(maxProcesses=value), self.reactor), RmuxService
+            )
+        self.assertEqual(workerCount(self.config), 2)
+
+    def test_bindsOnceAndDoesNotAccept(self):
+        """
+        The parent binds each listener's socket as a single rmux would (with
+        its mode, and the lock that refuses to steal a live socket) and
+        does not accept on it; binding in C{privilegedStartService} is not
+        repeated by C{startService}.
+        """
+        (port,) = self.reactor.ports
+        self.assertEqual(port.address, ("unix", "/nonexistent/rmux.sock", 0o666, True))
+        self.assertFalse(port.reading)
+        service = ParentService(configFor(maxProcesses="3", socketMode="0600"), self.reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(len(self.reactor.ports), 2)
+        self.assertEqual(self.reactor.ports[1].address[2], 0o600)
+        self.assertEqual(len(service.workers), 3)
+
+    def test_spawnsWorkers(self):
+        """
+        Each worker gets its number on its command line, the listening
+        socket from fd 3 on, pipes for stdin, stdout and stderr, the rmux
+        being run on its C{PYTHONPATH}, and its configuration on stdin.
+        """
+        processes = self.reactor.processes
+        self.assertEqual(len(processes), 2)
+        self.assertEqual(sorted(self.service.workers), [1, 2])
+        for number, process in enumerate(processes, 1):
+            self.assertEqual(process.executable, sys.executable)
+            self.assertEqual(
+                process.args,
+                [sys.executable, "-m", "rmux.workers", "--worker", str(number)],
+            )
+            self.assertEqual(
+                process.childFDs, {0: "w", 1: "r", 2: "r", FIRST_LISTENER_FD: 20}
+            )
+            self.assertEqual(process.env["PYTHONPATH"].split(os.pathsep)[0], ROOT)
+            (length,) = struct.unpack("!I", process.written[:4])
+            payload = pickle.loads(process.written[4:])
+            self.assertEqual(len(process.written), 4 + length)
+            self.assertEqual(payload, {"config": self.config, "fds": [FIRST_LISTENER_FD]})
+
+    def test_restartAfterDelay(self):
+        """
+        A worker that dies is started again after the restart delay, with
+        one log line saying which worker, how it ended and when it comes
+        back.
+        """
+        first = self.reactor.processes[0]
+        self.reactor.advance(60)
+        first.end(signal=9)
+        self.assertNotIn(1, self.service.workers)
+        self.assertEqual(
+            self.messages()[-1],
+            "worker 1 (pid 1000) was killed by signal 9; restarting it in 0.5 s",
+        )
+        self.reactor.advance(0.4)
+        self.assertEqual(len(self.reactor.processes), 2)
+        self.reactor.advance(0.1)
+        self.assertEqual(len(self.reactor.processes), 3)
+        self.assertIs(self.service.workers[1].transport, self.reactor.processes[2])
+        self.assertEqual(self.reactor.processes[2].args[-1], "1")
+        self.assertEqual(len(self.events), 2)
+
+    def test_crashLoopIsRateLimited(self):
+        """
+        A worker that keeps dying at startup is restarted less and less
+        often, up to L{ParentService.maxRestartDelay}.
+        """
+        reactor = FakeReactor()
+        events = []
+        service = ParentService(self.config, reactor, count=1)
+        service.maxRestartDelay = 2.0
+        service.log = Logger(observer=events.append)
+        service.startService()
+        for _ in range(5):
+            reactor.processes[-1].end(exitCode=1)
+            reactor.advance(events[-1]["delay"])
+        self.assertEqual(len(reactor.processes), 6)
+        delays = [e["delay"] for e in events if "delay" in e]
+        self.assertEqual(delays, [0.5, 1.0, 2.0, 2.0, 2.0])
+        self.assertEqual(
+            [e["how"] for e in events if "how" in e], ["exited with status 1"] * 5
+        )
+
+    def test_stopTerminatesThenKills(self):
+        """
+        C{stopService} sends SIGTERM to every worker, SIGKILL to one still
+        running after L{ParentService.killTime}, closes the listening
+        sockets, and fires only when every worker has ended.
+        """
+        polite, stubborn = self.reactor.processes
+        stopped = []
+        self.service.stopService().addCallback(stopped.append)
+        self.assertEqual((polite.signals, stubborn.signals), (["TERM"], ["TERM"]))
+        self.assertFalse(self.reactor.ports[0].listening)
+        polite.end(exitCode=0)
+        self.reactor.advance(self.service.killTime - 0.1)
+        self.assertEqual(stubborn.signals, ["TERM"])
+        self.assertEqual(stopped, [])
+        self.reactor.advance(0.1)
+        self.assertEqual(stubborn.signals, ["TERM", "KILL"])
+        stubborn.end(signal=9)
+        self.assertEqual(stopped, [None])
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.processes), 2)
+        self.assertIn("worker 2 (pid 1001) did not stop in time: killed", self.messages())
+
+    def test_noRestartAfterStop(self):
+        """
+        A restart that was waiting when the service stops never happens.
+        """
+        self.reactor.processes[0].end(exitCode=1)
+        stopped = []
+        self.service.stopService().addCallback(stopped.append)
+        self.reactor.processes[1].end(exitCode=0)
+        self.assertEqual(stopped, [None])
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.processes), 2)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_outputRelayed(self):
+        """
+        Workers' output reaches the parent's log line by line, with the
+        worker's number: stdout as info, stderr as a warning; a line split
+        over reads is joined, one never ended is logged when the worker
+        ends, and an endless one is cut.
+        """
+        protocol = self.service.workers[2]
+        protocol.maxLineLength = 10
+        del self.events[:]
+        protocol.childDataReceived(1, b"serving on\n/tmp/")
+        protocol.childDataReceived(1, b"x\r\n")
+        protocol.childDataReceived(2, b"Traceback")
+        protocol.childDataReceived(2, b"0123456789abc")
+        self.reactor.processes[1].end(exitCode=1)
+        lines = [(e["log_level"].name, e.get("workerId"), e.get("line")) for e in self.events]
+        self.assertEqual(
+            lines[:5],
+            [
+                ("info", 2, "serving on"),
+                ("info", 2, "/tmp/x"),
+                ("warn", 2, "Traceback0"),
+                ("warn", 2, "123456789a"),
+                ("warn", 2, "bc"),
+            ],
+        )
+        self.assertEqual(self.messages()[0], "worker 2: serving on")
+
+
+# Real processes
+
+
+class WorkerServiceTests(TestCase):
+    """
+    L{WorkerService} in this process, on a socket bound here as the parent
+    would: what each worker runs.
+    """
+
+    @inlineCallbacks
+    def test_servesInheritedSocket(self):
+        """
+        A worker serves on the socket it is given, knows its number (for
+        INFO, on the factory), and leaves the socket file in place when it
+        stops, since the parent owns it.
+        """
+        server = startRedis(self)
+        directory = tempfile.mkdtemp(prefix="rmux-worker-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "rmux.sock")
+        listening = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listening.close)
+        listening.bind(path)
+        listening.listen(50)
+        listening.setblocking(False)
+        config = configFor(server.path, socket=path)
+        service = WorkerService(config, reactor, 3, [os.dup(listening.fileno())])
+        service.startService()
+        stopping = []
+        self.addCleanup(lambda: stopping or service.stopService())
+        (listener,) = service.listeners
+        self.assertEqual((listener.workerId, listener.factory.workerId), (3, 3))
+
+        def use():
+            client = redis.Redis(unix_socket_path=path, socket_timeout=5)
+            try:
+                client.set("worker", "3")
+                return client.get("worker")
+            finally:
+                client.close()
+
+        clients = ThreadedClients(self, 2)
+        self.assertEqual((yield clients.run(use)), b"3")
+        stopping.append(True)
+        yield service.stopService()
+        self.assertTrue(os.path.exists(path))
+
+
+def info(path, timeout=5):
+    """
+    The pid of the worker that answers a fresh connection, after a write
+    through it.
+    """
+    client = redis.Redis(unix_socket_path=path, socket_timeout=timeout)
+    try:
+        pid = client.info("server")["process_id"]
+        client.set("written-by:%d" % pid, pid)
+        return pid
+    finally:
+        client.close()
+
+
+class ParentProcessTests(TestCase):
+    """
+    L{ParentService} in this process (as twistd runs it), real worker
+    processes, a real redis-server.
+    """
+
+    timeout = 30
+
+    def setUp(self):
+        self.server = startRedis(self)
+        self.directory = tempfile.mkdtemp(prefix="rmux-workers-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.path = os.path.join(self.directory, "rmux.sock")
+        self.clients = ThreadedClients(self, 20)
+        self.direct = redis.Redis(unix_socket_path=self.server.path)
+        self.addCleanup(self.direct.close)
+
+    def startParent(self, **flags):
+        values = {"socket": self.path, "maxProcesses": "2", "poolSize": "4"}
+        values.update(flags)
+        service = makeService(configFor(self.server.path, **values), reactor)
+        self.assertIsInstance(service, ParentService)
+        service.minRestartDelay = 0.2
+        pids = set()
+        # Whatever happens, no worker outlives the test.
+        self.addCleanup(self.killAll, pids)
+        self.addCleanup(lambda: service.running and service.stopService())
+        service.startService()
+        service.seen = pids
+        self.remember(service)
+        return service
+
+    def remember(self, service):
+        service.seen.update(w.pid for w in service.workers.values())
+
+    @staticmethod
+    def killAll(pids):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def pids(self, service):
+        return {w.pid for w in service.workers.values()}
+
+    @inlineCallbacks
+    def answeringPids(self, path, expected, deadline=15.0):
+        """
+        Connect in bursts of concurrent clients until the workers that
+        answered are C{expected} (or time runs out).
+        """
+        seen = set()
+        end = time.monotonic() + deadline
+        while not expected <= seen and time.monotonic() < end:
+            results = yield DeferredList(
+                [self.clients.run(info, path) for _ in range(10)], fireOnOneErrback=True
+            )
+            seen.update(pid for ok, pid in results)
+        return seen
+
+    @inlineCallbacks
+    def test_workersShareTheSocket(self):
+        """
+        Two workers both take clients from the one socket the parent bound
+        (with the configured mode), and what clients write lands in Redis.
+        """
+        service = self.startParent(socketMode="0600")
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+        workers = self.pids(service)
+        self.assertEqual(len(workers), 2)
+        self.assertNotIn(os.getpid(), workers)
+        seen = yield self.answeringPids(self.path, workers)
+        self.assertEqual(seen, workers)
+
+        def write(n):
+            client = redis.Redis(unix_socket_path=self.path, socket_timeout=5)
+            try:
+                for i in range(20):
+                    client.set("k:%d:%d" % (n, i), n * i)
+                return client.info("server")["process_id"]
+            finally:
+                client.close()
+
+        results = yield DeferredList(
+            [self.clients.run(write, n) for n in range(40)], fireOnOneErrback=True
+        )
+        self.assertTrue({pid for ok, pid in results} <= workers)
+        keys = yield self.clients.run(self.direct.keys, "k:*")
+        self.assertEqual(len(keys), 40 * 20)
+        self.assertEqual((yield self.clients.run(self.direct.get, "k:39:19")), b"741")
+        for pid in workers:
+            self.assertEqual(
+                (yield self.clients.run(self.direct.get, "written-by:%d" % pid)),
+                b"%d" % pid,
+            )
+
+    @inlineCallbacks
+    def test_killedWorkerIsRestarted(self):
+        """
+        A worker killed with SIGKILL is replaced; meanwhile and afterwards
+        clients are served, and the socket file stays.
+        """
+        service = self.startParent()
+        yield self.answeringPids(self.path, self.pids(service))
+        victim = service.workers[1].pid
+        survivor = service.workers[2].pid
+        os.kill(victim, signal.SIGKILL)
+        while service.workers.get(1) is not None and service.workers[1].pid == victim:
+            yield deferLater(reactor, 0.01, lambda: None)
+        # Until the replacement is up, the other worker serves everyone.
+        results = yield DeferredList(
+            [self.clients.run(info, self.path) for _ in range(10)], fireOnOneErrback=True
+        )
+        self.assertTrue(os.path.exists(self.path))
+        self.assertTrue({pid for ok, pid in results} <= {survivor} | self.pids(service))
+        while 1 not in service.workers:
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.remember(service)
+        replacement = service.workers[1].pid
+        self.assertNotEqual(replacement, victim)
+        seen = yield self.answeringPids(self.path, {replacement, survivor})
+        self.assertEqual(seen, {replacement, survivor})
+        self.assertEqual(self.pids(service), {replacement, survivor})
+
+    @inlineCallbacks
+    def test_stopEndsEveryWorker(self):
+        """
+        Stopping the parent stops every worker and removes the socket file
+        and its lock; the Deferred fires only once they have all exited.
+        """
+        service = self.startParent()
+        workers = self.pids(service)
+        yield self.answeringPids(self.path, workers)
+        yield service.stopService()
+        self.assertEqual(service.workers, {})
+        for pid in workers:
+            self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+        self.assertFalse(os.path.exists(self.path))
+        self.assertFalse(os.path.lexists(self.path + ".lock"))
+
+    def test_liveSocketNotStolen(self):
+        """
+        A second rmux does not take over the socket of a running one, and
+        starts no workers.
+        """
+        self.startParent()
+        second = ParentService(configFor(self.server.path, socket=self.path), reactor, 2)
+        self.assertRaises(error.CannotListenError, second.startService)
+        self.assertEqual(second.workers, {})
+
+    @inlineCallbacks
+    def test_tcp(self):
+        """
+        Workers share a TCP socket too.
+        """
+        port = freePort()
+        service = self.startParent(host="127.0.0.1", port=str(port), socket=None)
+        self.assertEqual(service.ports[0].getHost().port, port)
+
+        def tcpInfo():
+            client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+            try:
+                client.set("tcp", "yes")
+                return client.info("server")["process_id"]
+            finally:
+                client.close()
+
+        workers = self.pids(service)
+        seen = set()
+        end = time.monotonic() + 15
+        while seen != workers and time.monotonic() < end:
+            results = yield DeferredList(
+                [self.clients.run(tcpInfo) for _ in range(10)], fireOnOneErrback=True
+            )
+            seen.update(pid for ok, pid in results)
+        self.assertEqual(seen, workers)
+
+
+class OrphanTests(TestCase):
+    """
+    A worker whose parent has gone stops by itself.
+    """
+
+    def test_exitsWhenStdinCloses(self):
+        directory = tempfile.mkdtemp(prefix="rmux-orphan-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "rmux.sock")
+        listening = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listening.close)
+        listening.bind(path)
+        listening.listen(5)
+        listening.setblocking(False)
+        config = configFor(os.path.join(directory, "redis.sock"), socket=path)
+        payload = pickle.dumps({"config": config, "fds": [FIRST_LISTENER_FD]})
+        read, write = os.pipe()
+        os.dup2(listening.fileno(), 100)
+        self.addCleanup(os.close, 100)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        process = subprocess.Popen(
+            [sys.executable, "-c",
+             "import os, sys; os.dup2(100, 3); os.close(100); "
+             "from rmux.workers import main; sys.exit(main(['--worker', '1']))"],
+            stdin=read, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            pass_fds=[100], env=env,
+        )
+        os.close(read)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        os.write(write, struct.pack("!I", len(payload)) + payload)
+        serving = b"worker 1 (pid %d) serving" % (process.pid,)
+        lines = []
+        while not lines or serving not in lines[-1] and lines[-1]:
+            lines.append(process.stdout.readline())
+        self.assertIn(serving, lines[-1])
+        os.close(write)
+        self.assertEqual(process.wait(10), 0)
+        self.assertIn(b"the parent process has gone", process.stdout.read())
+        process.stdout.close()
+        # It left the socket file to its owner.
+        self.assertTrue(os.path.exists(path))
