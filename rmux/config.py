@@ -33,7 +33,18 @@ Beyond Go rmux's fields, a listener has (see L{ListenerConfig} for each):
     (JSON only) C{users}, ACL-style C{{"name": ..., "password": ...}}
     objects;
   - dedicated connections for transactions and blocking commands:
-    C{maxPinned} per backend server and C{pinnedWait}.
+    C{maxPinned} per backend server and C{pinnedWait};
+  - limits on clients, with Redis's defaults: C{maxClients} (Redis's
+    C{maxclients}), C{clientOutputLimit} (the unsent replies a client may
+    have), and the request parser's C{maxBulkLength} (Redis's
+    C{proto-max-bulk-len}), C{maxArguments} and C{maxInlineLength};
+  - C{socketOwner}, the owner of the unix socket file;
+  - C{shutdownTimeout}, how long a SIGTERM lets clients collect the
+    replies they are owed.
+
+Sizes in bytes (C{clientOutputLimit}, C{maxBulkLength},
+C{maxInlineLength}) may be written with a unit in a flag or a JSON string,
+as in C{redis.conf}: C{"64mb"}, C{"1gb"} (see L{_parseSize}).
 
 Passwords, the clients' and the backends', never appear in a C{repr()}, a
 L{ConfigError} or C{--help}.  A backend's credentials go in its URL
@@ -93,6 +104,12 @@ __all__ = [
     "DEFAULT_STARTUP_WAIT",
     "DEFAULT_MAX_PINNED",
     "DEFAULT_PINNED_WAIT",
+    "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_CLIENT_OUTPUT_LIMIT",
+    "DEFAULT_MAX_BULK_LENGTH",
+    "DEFAULT_MAX_ARGUMENTS",
+    "DEFAULT_MAX_INLINE_LENGTH",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
 ]
 
 
@@ -150,7 +167,42 @@ Milliseconds a client waits for a dedicated connection when
 L{DEFAULT_MAX_PINNED} (or the listener's C{maxPinned}) are in use.
 """
 
+DEFAULT_MAX_CLIENTS = 10000
+"""Clients a listener serves at once: Redis's C{maxclients} default."""
+
+DEFAULT_CLIENT_OUTPUT_LIMIT = 256 * 1024 * 1024
+"""
+Bytes of replies not yet sent to a client (256 MiB) beyond which it is
+disconnected.
+"""
+
+DEFAULT_MAX_BULK_LENGTH = 512 * 1024 * 1024
+"""
+The longest bulk string a client may send, in bytes (512 MiB): Redis's
+C{proto-max-bulk-len} default.
+"""
+
+DEFAULT_MAX_ARGUMENTS = 1024 * 1024
+"""The most arguments one command may have: Redis's limit."""
+
+DEFAULT_MAX_INLINE_LENGTH = 64 * 1024
+"""
+The longest inline command, and C{*}/C{$} header line, in bytes (64 KiB):
+Redis's C{PROTO_INLINE_MAX_SIZE}.
+"""
+
+DEFAULT_SHUTDOWN_TIMEOUT = 5000
+"""
+Milliseconds that clients have, after a SIGTERM, to collect the replies
+they are owed before they are closed.
+"""
+
 _MAX_SOCKET_MODE = 0o777
+_MAX_ID = 2**32 - 2
+"""
+The largest user or group id: C{uid_t} is 32 bits, and C{2**32 - 1} is
+C{(uid_t) -1}, which C{chown} takes as "leave unchanged".
+"""
 _WILDCARD_HOSTS = frozenset(["", "0.0.0.0", "::"])
 
 
@@ -221,6 +273,80 @@ def _checkPassword(value: object, label: str) -> str:
     if not value:
         raise ConfigError(f"{label}: must not be empty (leave it out for no password)")
     return value
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+
+
+def _parseSize(value: object, label: str, what: str) -> int:
+    """
+    Read a size in bytes as Redis's config does: an integer, or a string of
+    digits with an optional unit, in any case: C{kb}, C{mb}, C{gb} count in
+    1024s, C{k}, C{m}, C{g} in 1000s, and C{b} is bytes (C{"64mb"} is
+    67108864, C{"64m"} 64000000).  There is no sign and no fraction, and no
+    space between the number and the unit.
+
+    Only the syntax is checked here; the range is the field's.
+
+    @param what: What the field must be, for the error.
+    """
+    if _isInt(value):
+        return value  # type: ignore[return-value]
+    if isinstance(value, str):
+        match = re.fullmatch(r"([0-9]+)([a-z]*)", value.strip().lower())
+        if match and match.group(2) in _SIZE_UNITS:
+            return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    raise ConfigError(f"{label}: must be {what}, got {value!r}")
+
+
+def _checkSocketOwner(value: object, label: str) -> str:
+    """
+    Check the syntax of a socket owner: C{user}, C{user:group} or
+    C{:group}, each a name or a numeric id.  Whether the user and group
+    exist is for the service to find out when it starts.
+
+    A name may not start with C{-} (so that C{-1}, which C{chown} takes as
+    "leave unchanged", is refused) nor contain whitespace, control
+    characters or a second C{:}; a numeric id goes up to L{_MAX_ID}.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{label}: must be a string such as 'redis', 'redis:www' or ':www', got {value!r}"
+        )
+    user, colon, group = value.partition(":")
+    if not colon:
+        parts = [user]
+    elif not user:
+        parts = [group]
+    else:
+        parts = [user, group]
+    if not all(_isOwnerPart(part) for part in parts):
+        raise ConfigError(
+            f"{label}: must be user, user:group or :group (names or numeric ids), "
+            f"got {value!r}"
+        )
+    for part in parts:
+        if part.isdigit() and part.isascii() and int(part) > _MAX_ID:
+            raise ConfigError(f"{label}: a numeric id must be at most {_MAX_ID}, got {value!r}")
+    return value
+
+
+def _isOwnerPart(part: str) -> bool:
+    return (
+        bool(part)
+        and not part.startswith("-")
+        and ":" not in part
+        and all(c.isprintable() and not c.isspace() for c in part)
+    )
 
 
 def _isIPv6(host: str) -> bool:
@@ -1037,6 +1163,27 @@ class ListenerConfig:
     @ivar pinnedWait: How long, in ms, a client waits for a dedicated
         connection when C{maxPinned} are in use, before it gets an error;
         0 = fail at once.
+    @ivar maxClients: How many clients may be connected at once, as
+        Redis's C{maxclients}: one more gets C{-ERR max number of clients
+        reached} and is closed.
+    @ivar clientOutputLimit: How many bytes of replies not yet sent a
+        client may have; one that exceeds it is disconnected (and the
+        service logs it).  0 = unlimited.
+    @ivar socketOwner: The owner of the unix socket file, C{"user"},
+        C{"user:group"} or C{":group"}, each a name or a numeric id, or
+        C{None} to leave the file to rmux's own user and group.  Only with
+        L{socket}.  Only the syntax is checked here; the service checks
+        that the user and group exist when it starts.
+    @ivar maxBulkLength: The longest bulk string (argument) a client may
+        send, in bytes: Redis's C{proto-max-bulk-len}.
+    @ivar maxArguments: The most arguments one command may have.
+    @ivar maxInlineLength: The longest inline command a client may send,
+        in bytes, which is also the longest C{*}/C{$} header line (Redis's
+        C{PROTO_INLINE_MAX_SIZE}).  A value below 21 refuses some valid
+        headers and slows the parser down.
+    @ivar shutdownTimeout: On SIGTERM, how long, in ms, clients may still
+        collect the replies they are owed before rmux closes them; 0 =
+        close them at once.
     """
 
     host: str = "localhost"
@@ -1068,6 +1215,13 @@ class ListenerConfig:
     users: tuple[UserConfig, ...] = ()
     maxPinned: int = DEFAULT_MAX_PINNED
     pinnedWait: int = DEFAULT_PINNED_WAIT
+    maxClients: int = DEFAULT_MAX_CLIENTS
+    clientOutputLimit: int = DEFAULT_CLIENT_OUTPUT_LIMIT
+    socketOwner: str | None = None
+    maxBulkLength: int = DEFAULT_MAX_BULK_LENGTH
+    maxArguments: int = DEFAULT_MAX_ARGUMENTS
+    maxInlineLength: int = DEFAULT_MAX_INLINE_LENGTH
+    shutdownTimeout: int = DEFAULT_SHUTDOWN_TIMEOUT
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str):
@@ -1100,6 +1254,20 @@ class ListenerConfig:
         object.__setattr__(self, "users", _checkUsers(self.users, self.requirepass))
         _checkInt(self.maxPinned, "maxPinned", 1, None, "a positive integer")
         _checkInt(self.pinnedWait, "pinnedWait", 0, None, "a non-negative integer (ms)")
+        _checkInt(self.maxClients, "maxClients", 1, None, "a positive integer")
+        _checkInt(
+            self.clientOutputLimit, "clientOutputLimit", 0, None, "a non-negative integer (bytes)"
+        )
+        if self.socketOwner is not None:
+            if self.socket is None:
+                raise ConfigError(_ownerWithoutSocket("socketOwner", "socket"))
+            _checkSocketOwner(self.socketOwner, "socketOwner")
+        for name in ("maxBulkLength", "maxInlineLength"):
+            _checkInt(getattr(self, name), name, 1, None, "a positive integer (bytes)")
+        _checkInt(self.maxArguments, "maxArguments", 1, None, "a positive integer")
+        _checkInt(
+            self.shutdownTimeout, "shutdownTimeout", 0, None, "a non-negative integer (ms)"
+        )
 
     def __repr__(self) -> str:
         """
@@ -1157,6 +1325,14 @@ class ListenerConfig:
         if self.socket is not None:
             return self.socket
         return _joinHostPort(self.host or "*", self.port)
+
+
+def _ownerWithoutSocket(owner: str, socket: str) -> str:
+    """
+    The error for a C{socketOwner} without a C{socket}, with the names of
+    the two fields as the operator writes them.
+    """
+    return f"{owner}: only used with {socket} (it is the owner of the unix socket file)"
 
 
 def _checkRoutes(routes: object, backends: tuple[BackendAddress, ...]) -> tuple[RouteConfig, ...]:
@@ -1353,6 +1529,22 @@ class _Place:
 
 _MILLISECONDS_RULE: tuple[int | None, str] = (None, "a non-negative integer (ms)")
 
+
+def _showSize(size: int) -> str:
+    """
+    A size as an operator would write it: C{"512mb"}, C{"64kb"}, or the
+    number of bytes if no 1024-based unit divides it.
+    """
+    for unit in ("gb", "mb", "kb"):
+        if size and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return str(size)
+
+
+def _sizeRule(kind: str, zero: str) -> str:
+    return f"{kind} number of bytes, such as 65536 or 64kb (0 means {zero})"
+
+
 _INTEGER_RULES: dict[str, tuple[int | None, str]] = {
     "port": (65535, "an integer from 0 to 65535"),
     "poolSize": (None, f"a positive integer (0 means {DEFAULT_POOL_SIZE})"),
@@ -1365,11 +1557,23 @@ _INTEGER_RULES: dict[str, tuple[int | None, str]] = {
     "healthFailures": (None, f"a positive integer (0 means {DEFAULT_HEALTH_FAILURES})"),
     "healthSuccesses": (None, f"a positive integer (0 means {DEFAULT_HEALTH_SUCCESSES})"),
     "maxPinned": (None, f"a positive integer (0 means {DEFAULT_MAX_PINNED})"),
+    "maxClients": (None, f"a positive integer (0 means {DEFAULT_MAX_CLIENTS})"),
+    "clientOutputLimit": (None, _sizeRule("a non-negative", "unlimited")),
+    "maxBulkLength": (None, _sizeRule("a positive", _showSize(DEFAULT_MAX_BULK_LENGTH))),
+    "maxArguments": (None, f"a positive integer (0 means {DEFAULT_MAX_ARGUMENTS})"),
+    "maxInlineLength": (None, _sizeRule("a positive", _showSize(DEFAULT_MAX_INLINE_LENGTH))),
 }
 """
 The upper bound and the description in errors of each integer field that
 is not a plain millisecond count (L{_MILLISECONDS_RULE}); all accept 0,
-which for most means "the default".
+which for most means "the default".  The sizes (L{_SIZE_FIELDS}) are
+integers once read.
+"""
+
+_SIZE_FIELDS = frozenset(["clientOutputLimit", "maxBulkLength", "maxInlineLength"])
+"""
+The fields in bytes, which a flag or a JSON string may give with a unit
+(see L{_parseSize}).
 """
 
 
@@ -1386,6 +1590,12 @@ def _buildListener(raw: Mapping[str, Any], place: _Place) -> ListenerConfig:
     kwargs: dict[str, Any] = {}
     if raw.get("socket"):
         kwargs["socket"] = raw["socket"]
+    if "socketOwner" in raw:
+        if "socket" not in kwargs:
+            raise place.error(
+                _ownerWithoutSocket(place.field("socketOwner"), place.field("socket"))
+            )
+        kwargs["socketOwner"] = raw["socketOwner"]
     for name in ("host", "failover", "socketMode", "allowFlush", "commands"):
         if name in raw:
             kwargs[name] = raw[name]
@@ -1421,6 +1631,20 @@ def _buildListener(raw: Mapping[str, Any], place: _Place) -> ListenerConfig:
     kwargs["maxPinned"] = place.integer(raw, "maxPinned") or DEFAULT_MAX_PINNED
     if "pinnedWait" in raw:
         kwargs["pinnedWait"] = place.integer(raw, "pinnedWait")
+
+    # Limits on clients and their requests, Redis's by default.  0 means
+    # the default, except for clientOutputLimit, where it means
+    # "unlimited", and shutdownTimeout, where it means "do not wait".
+    kwargs["maxClients"] = place.integer(raw, "maxClients") or DEFAULT_MAX_CLIENTS
+    if "clientOutputLimit" in raw:
+        kwargs["clientOutputLimit"] = place.integer(raw, "clientOutputLimit")
+    kwargs["maxBulkLength"] = place.integer(raw, "maxBulkLength") or DEFAULT_MAX_BULK_LENGTH
+    kwargs["maxArguments"] = place.integer(raw, "maxArguments") or DEFAULT_MAX_ARGUMENTS
+    kwargs["maxInlineLength"] = (
+        place.integer(raw, "maxInlineLength") or DEFAULT_MAX_INLINE_LENGTH
+    )
+    if "shutdownTimeout" in raw:
+        kwargs["shutdownTimeout"] = place.integer(raw, "shutdownTimeout")
 
     # Checked here, before the routes that inherit them, so that an error
     # names the listener's field rather than a route.
@@ -1714,6 +1938,13 @@ _POOL_FLAGS = (
     "requirepass",
     "maxPinned",
     "pinnedWait",
+    "maxClients",
+    "clientOutputLimit",
+    "socketOwner",
+    "maxBulkLength",
+    "maxArguments",
+    "maxInlineLength",
+    "shutdownTimeout",
 )
 _GLOBAL_FLAGS = ("config", "debug", "useSyslog", "graphite", "timing", "cpuProfile")
 _BOOLEAN_FLAGS = frozenset(["failover", "allowFlush", "debug", "useSyslog", "timing"])
@@ -1737,6 +1968,9 @@ _INTEGER_FLAGS = frozenset(
         "startupWait",
         "maxPinned",
         "pinnedWait",
+        "maxClients",
+        "maxArguments",
+        "shutdownTimeout",
     ]
 )
 FLAG_NAMES = _POOL_FLAGS + _GLOBAL_FLAGS
@@ -1798,11 +2032,16 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
     meaning the default; C{startupWait}, where 0 means "do not wait"; the
     boolean C{allowFlush}; C{requirepass}, which may not be empty nor
     given with C{config} (which would replace it without a word);
-    C{maxPinned}, 0 meaning the default; and C{pinnedWait}, where 0 means
-    "do not wait".  A backend's weight is written C{host:port:weight} (or
-    C{?weight=N} in a URL), and since the lists are split on whitespace a
-    name only as C{?name=NAME} in a URL; prefix routes and users need the
-    JSON file.
+    C{maxPinned}, 0 meaning the default; C{pinnedWait}, where 0 means
+    "do not wait"; C{maxClients}, C{maxBulkLength}, C{maxArguments} and
+    C{maxInlineLength}, 0 meaning the default; C{clientOutputLimit}, where
+    0 means "unlimited"; C{shutdownTimeout}, where 0 means "do not wait";
+    and C{socketOwner}, refused without C{socket}.  The sizes
+    (C{clientOutputLimit}, C{maxBulkLength}, C{maxInlineLength}) may have
+    a unit, as in C{redis.conf}: C{64mb} (see L{_parseSize}).  A backend's
+    weight is written C{host:port:weight} (or C{?weight=N} in a URL), and
+    since the lists are split on whitespace a name only as C{?name=NAME} in
+    a URL; prefix routes and users need the JSON file.
 
     @param values: Flag name (rmux's camelCase, see L{FLAG_NAMES}) to value.
         Values may be the strings from the command line or already
@@ -1831,6 +2070,7 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
         "distribution",
         "hash",
         "hashTag",
+        "socketOwner",
     ):
         if name in given and not isinstance(given[name], str):
             raise ConfigError(f"--{name}: must be a string, got {given[name]!r}")
@@ -1860,6 +2100,8 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
                 value = parseFlagBoolean(value, name)
             elif name in _INTEGER_FLAGS:
                 value = _flagInteger(value, name)
+            elif name in _SIZE_FIELDS:
+                value = _parseSize(value, f"--{name}", _INTEGER_RULES[name][1])
             elif name == "socketMode":
                 value = _parseSocketMode(value, "--socketMode")
             elif name in ("tcpConnections", "unixConnections"):
@@ -1969,6 +2211,24 @@ def _jsonUsers(value: object, label: str) -> tuple[UserConfig, ...]:
     return tuple(users)
 
 
+def _jsonSize(name: str) -> Callable[[object, str], int]:
+    """
+    The check of the size field C{name}: an integer, or a string with a
+    unit such as C{"64mb"} (see L{_parseSize}), which it converts.
+    """
+
+    def convert(value: object, label: str) -> int:
+        if isinstance(value, str):
+            return _parseSize(value, label, _INTEGER_RULES[name][1])
+        if not _isInt(value):
+            raise ConfigError(
+                f'{label}: expected an integer or a string such as "64mb", got {_jsonType(value)}'
+            )
+        return value  # type: ignore[return-value]
+
+    return convert
+
+
 _jsonString = _expect(lambda v: isinstance(v, str), "a string")
 _jsonInteger = _expect(_isInt, "an integer")
 _jsonBoolean = _expect(lambda v: isinstance(v, bool), "a boolean")
@@ -2006,6 +2266,13 @@ _LISTENER_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "users": _jsonUsers,
     "maxPinned": _jsonInteger,
     "pinnedWait": _jsonInteger,
+    "maxClients": _jsonInteger,
+    "clientOutputLimit": _jsonSize("clientOutputLimit"),
+    "socketOwner": _jsonString,
+    "maxBulkLength": _jsonSize("maxBulkLength"),
+    "maxArguments": _jsonInteger,
+    "maxInlineLength": _jsonSize("maxInlineLength"),
+    "shutdownTimeout": _jsonInteger,
 }
 """
 The fields of one listener object in the JSON file and their type checks.
@@ -2093,7 +2360,10 @@ def fromJSON(text: str | bytes) -> RmuxConfig:
     L{ListenerConfig}, a listener object may have C{distribution},
     C{hash}, C{hashTag}, C{healthInterval}, C{healthTimeout},
     C{healthFailures}, C{healthSuccesses}, C{startupWait}, C{allowFlush},
-    C{requirepass}, C{maxPinned}, C{pinnedWait}, and three things flags
+    C{requirepass}, C{maxPinned}, C{pinnedWait}, C{maxClients},
+    C{clientOutputLimit}, C{socketOwner}, C{maxBulkLength},
+    C{maxArguments}, C{maxInlineLength}, C{shutdownTimeout} (the sizes as
+    integers or as strings with a unit, C{"64mb"}), and three things flags
     cannot express:
 
       - backends with a weight and a name, either as twemproxy writes them,

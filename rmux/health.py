@@ -69,6 +69,7 @@ class BackendHealth:
             connectTimeout=timeout, readTimeout=timeout, writeTimeout=timeout,
         )
         self.pool.retryDelay = 0
+        self.pool.connectRate = float("inf")
         self.state = UNKNOWN
         self.failures = 0
         self.successes = 0

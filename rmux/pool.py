@@ -15,6 +15,7 @@ or C{HELLO} first and holds every later request until that reply has come
 back, so a request never runs in the wrong db even if the switch fails.
 """
 
+import random
 from collections import deque
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -339,8 +340,18 @@ class BackendPool:
 
     log = Logger()
     growthThreshold = 16
-    retryDelay = 0.1
     protocolClass = BackendProtocol
+
+    #: After a failed connect, no new attempt for this long (seconds),
+    #: doubling with each further failure up to L{maxRetryDelay}, spread by
+    #: +/- L{retryJitter} so that many rmux hosts do not reconnect in step.
+    #: Requests meanwhile fail at once with the last error.
+    retryDelay = 0.1
+    maxRetryDelay = 5.0
+    retryJitter = 0.2
+    #: At most this many new connections a second to one server (a token
+    #: bucket holding up to the pool size), so a restart is no storm.
+    connectRate = 50.0
 
     def __init__(
         self,
@@ -371,7 +382,11 @@ class BackendPool:
         self.connecting = 0
         self.waitingForConnection = deque()
         self.lastError = None
-        self.lastFailureAt = None
+        self.failures = 0
+        self.nextAttemptAt = None
+        self.tokens = float(size)
+        self.tokensAt = reactor.seconds()
+        self.random = random.Random()
         self.stopped = False
         self.stats = PoolStats()
 
@@ -429,19 +444,23 @@ class BackendPool:
 
     def _cannotConnect(self):
         return errorReply(
-            "rmux: cannot connect to backend %s: %s" % (self.address, self.lastError)
+            "rmux: cannot connect to backend %s: %s"
+            % (self.address, self.lastError or "too many connection attempts")
         )
 
     def _connect(self):
         if self.stopped or self.connecting:
             return
         now = self.reactor.seconds()
-        if (
-            self.lastFailureAt is not None
-            and not self.connections
-            and now - self.lastFailureAt < self.retryDelay
-        ):
+        if self.nextAttemptAt is not None and now < self.nextAttemptAt:
             return
+        self.tokens = min(
+            float(self.size), self.tokens + (now - self.tokensAt) * self.connectRate
+        )
+        self.tokensAt = now
+        if self.tokens < 1:
+            return
+        self.tokens -= 1
         self.connecting += 1
         self._open().addCallbacks(self._connected, self._connectFailed)
 
@@ -497,7 +516,10 @@ class BackendPool:
         self.connecting -= 1
         self.stats.connectFailures += 1
         self.lastError = reason.getErrorMessage()
-        self.lastFailureAt = self.reactor.seconds()
+        self.failures += 1
+        delay = min(self.retryDelay * 2 ** (self.failures - 1), self.maxRetryDelay)
+        delay *= 1 + self.random.uniform(-self.retryJitter, self.retryJitter)
+        self.nextAttemptAt = self.reactor.seconds() + delay
         if not self.connecting and not self.connections:
             waiting, self.waitingForConnection = self.waitingForConnection, deque()
             reply = self._cannotConnect()
@@ -511,11 +533,21 @@ class BackendPool:
         if protocol in self.connections:
             return
         self.lastError = None
-        self.lastFailureAt = None
+        self.failures = 0
+        self.nextAttemptAt = None
         self.connections.append(protocol)
         waiting, self.waitingForConnection = self.waitingForConnection, deque()
         for payload, waiter, db, protocolVersion in waiting:
             protocol.send(payload, waiter, db, protocolVersion)
+
+    def serverIsBack(self):
+        """
+        The health monitor saw the server answer again: try at once rather
+        than wait out the backoff.
+        """
+        self.failures = 0
+        self.nextAttemptAt = None
+        self.lastError = None
 
     def connectionFailed(self, protocol, why, timedOut):
         if timedOut:

@@ -35,6 +35,7 @@ HELLO_NOAUTH = (
     b"authenticate the client and select the RESP protocol version at the "
     b"same time\r\n"
 )
+MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 QUEUED = b"+QUEUED\r\n"
 EXECABORT = b"-EXECABORT Transaction discarded because of previous errors.\r\n"
 EXECABORT_SPREAD = (
@@ -293,6 +294,7 @@ class ClientProtocol(Protocol):
         self.lastActivity = 0.0
         self.createdAt = 0.0
         self.paused = False
+        self.readingPaused = False
         self._timer = None
         self._writeTimer = None
 
@@ -312,11 +314,21 @@ class ClientProtocol(Protocol):
         self.clock = factory.reactor
         self.createdAt = self.lastActivity = self.clock.seconds()
         self.authenticated = not factory.auth.required
+        if len(factory.clients) >= factory.maxClients:
+            # As Redis does: say why, then close; the client is not counted.
+            factory.stats.rejectedConnections += 1
+            self.closing = True
+            self.transport.write(MAX_CLIENTS)
+            self.transport.loseConnection()
+            return
         factory.clientConnected(self)
         self.transport.registerProducer(self, True)
         self._armTimer()
 
     def connectionLost(self, reason):
+        if self.disconnected or self not in self.factory.clients:
+            self.disconnected = True
+            return
         self.disconnected = True
         self.closing = True
         self.queue.clear()
@@ -345,6 +357,8 @@ class ClientProtocol(Protocol):
             handle(args)
             if self.closing:
                 return
+        if len(self.queue) > self.factory.maxPending:
+            self._pauseReading()
         if parser.error is not None:
             self.factory.stats.protocolErrors += 1
             self.reply(resp.error(b"ERR " + str(parser.error).encode()))
@@ -361,6 +375,8 @@ class ClientProtocol(Protocol):
         elif not self.disconnected:
             self.factory.stats.bytesOut += len(data)
             writeNow(self.transport, data)
+            if self.paused:
+                self._checkOutputLimit()
 
     def slotFilled(self, slot):
         """
@@ -377,6 +393,10 @@ class ClientProtocol(Protocol):
         data = out[0] if len(out) == 1 else b"".join(out)
         self.factory.stats.bytesOut += len(data)
         writeNow(self.transport, data)
+        if self.paused:
+            self._checkOutputLimit()
+        if self.readingPaused and len(queue) <= self.factory.maxPending // 2:
+            self._resumeReading()
         if self.closeWhenDrained and not queue:
             self.transport.loseConnection()
 
@@ -1029,19 +1049,52 @@ class ClientProtocol(Protocol):
 
     def pauseProducing(self):
         """
-        The client stopped reading: it has the local write timeout to start
-        again.
+        The client is not reading its replies as fast as they come: stop
+        reading its requests (so it cannot make rmux buffer without bound),
+        and give it the local write timeout to start again.
         """
         self.paused = True
+        self._pauseReading()
         timeout = self.factory.localWriteTimeout
         if timeout and self._writeTimer is None:
             self._writeTimer = self.clock.callLater(timeout, self._writeTimedOut)
 
     def resumeProducing(self):
         self.paused = False
+        if len(self.queue) <= self.factory.maxPending // 2:
+            self._resumeReading()
         if self._writeTimer is not None:
             self._writeTimer.cancel()
             self._writeTimer = None
+
+    def _pauseReading(self):
+        if not self.readingPaused and not self.disconnected:
+            self.readingPaused = True
+            self.transport.pauseProducing()
+
+    def _resumeReading(self):
+        if self.readingPaused and not self.disconnected and not self.paused:
+            self.readingPaused = False
+            self.transport.resumeProducing()
+
+    def _checkOutputLimit(self):
+        """
+        Drop a client whose unsent replies exceed the output limit, before
+        it eats the host's memory (Redis's client-output-buffer-limit).
+        """
+        limit = self.factory.clientOutputLimit
+        transport = self.transport
+        if not limit or not hasattr(transport, "_tempDataLen"):
+            return
+        buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        if buffered > limit:
+            self.log.warn(
+                "closing client {id}: {buffered} bytes of replies unread, over "
+                "the client output limit of {limit}",
+                id=self.id, buffered=buffered, limit=limit,
+            )
+            self.factory.stats.outputLimitDrops += 1
+            transport.abortConnection()
 
     def stopProducing(self):
         pass
@@ -1100,6 +1153,14 @@ class ProxyFactory(Factory):
         self.localReadTimeout = ms("localReadTimeout")
         self.localWriteTimeout = ms("localWriteTimeout")
         self.idleTimeout = ms("idleTimeout")
+        self.maxClients = getattr(listener, "maxClients", 10000)
+        self.clientOutputLimit = getattr(listener, "clientOutputLimit", 256 << 20)
+        self.shutdownTimeout = getattr(listener, "shutdownTimeout", 5000) / 1000.0
+        self.parserLimits = {
+            name: getattr(listener, name)
+            for name in ("maxBulkLength", "maxArguments", "maxInlineLength")
+            if hasattr(listener, name)
+        }
         self.firstTimerDelay = self.timerDelay()
 
     def rememberScript(self, body):
@@ -1117,8 +1178,12 @@ class ProxyFactory(Factory):
     def nextClientId(self):
         return next(self._ids)
 
+    #: Replies a client may have outstanding before rmux stops reading its
+    #: requests until half of them are written.
+    maxPending = 10000
+
     def makeParser(self):
-        return resp.RequestParser()
+        return resp.RequestParser(**self.parserLimits)
 
     def timerDelay(self):
         """
@@ -1138,7 +1203,7 @@ class ProxyFactory(Factory):
             drained, self._drained = self._drained, None
             drained.callback(None)
 
-    def disconnectAll(self, timeout=5.0):
+    def disconnectAll(self, timeout=None):
         """
         Close every client once the replies it is owed have been written,
         and abort those still waiting after C{timeout} seconds.
@@ -1147,6 +1212,8 @@ class ProxyFactory(Factory):
         """
         if not self.clients:
             return succeed(None)
+        if timeout is None:
+            timeout = self.shutdownTimeout
         self._drained = Deferred()
         for client in list(self.clients):
             client.closeAfterReplies()
@@ -1232,6 +1299,8 @@ class ProxyFactory(Factory):
             ("total_net_input_bytes", s.bytesIn),
             ("total_net_output_bytes", s.bytesOut),
             ("rejected_commands", s.refused),
+            ("rejected_connections", s.rejectedConnections),
+            ("client_output_limit_drops", s.outputLimitDrops),
             ("protocol_errors", s.protocolErrors),
         ]
 
@@ -1274,6 +1343,8 @@ class ListenerStats:
         "refused",
         "protocolErrors",
         "authFailures",
+        "rejectedConnections",
+        "outputLimitDrops",
     )
 
     def __init__(self):

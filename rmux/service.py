@@ -73,6 +73,7 @@ class ListenerService(MultiService):
             lambda pool, protocol: connectAuthenticated(reactor, pool, protocol),
         )
         self.health.onChange.append(lambda *_: self.hub.placementChanged())
+        self.health.onChange.append(self._backendChanged)
         table = table or CommandTable.default()
         if listener.commands:
             table = CommandTable.load()
@@ -83,7 +84,17 @@ class ListenerService(MultiService):
         self.endpointService = StreamServerEndpointService(
             self.endpoint(), self.factory
         )
+        # A socket or port that cannot be had (a live rmux holds the socket's
+        # lock, the port is taken) stops the start, with its reason, instead
+        # of leaving a process that serves nothing.
+        self.endpointService._raiseSynchronously = True
         self.endpointService.setServiceParent(self)
+
+    def _backendChanged(self, check, previous, state):
+        if state == "up":
+            for pool in self.pools:
+                if pool.address == check.address:
+                    pool.serverIsBack()
 
     def _pool(self, address):
         """
@@ -128,7 +139,11 @@ class ListenerService(MultiService):
             # wantPID takes a lock beside the socket, so a stale socket file
             # left by a dead rmux is replaced but a live one is not stolen.
             return UNIXServerEndpoint(
-                self.reactor, listener.socket, mode=listener.socketMode, wantPID=True
+                self.reactor,
+                listener.socket,
+                mode=listener.socketMode,
+                wantPID=True,
+                owner=getattr(listener, "socketOwner", None),
             )
         if ":" in listener.host:
             return TCP6ServerEndpoint(self.reactor, listener.port, interface=listener.host)

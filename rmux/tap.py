@@ -23,13 +23,19 @@ from typing import Sequence
 from twisted.python import usage
 
 from rmux.config import (
+    DEFAULT_CLIENT_OUTPUT_LIMIT,
     DEFAULT_HEALTH_FAILURES,
     DEFAULT_HEALTH_INTERVAL,
     DEFAULT_HEALTH_SUCCESSES,
+    DEFAULT_MAX_ARGUMENTS,
+    DEFAULT_MAX_BULK_LENGTH,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_INLINE_LENGTH,
     DEFAULT_MAX_PINNED,
     DEFAULT_PINNED_WAIT,
     DEFAULT_POOL_SIZE,
     DEFAULT_REMOTE_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STARTUP_WAIT,
     DEFAULT_TCP_CONNECTIONS,
     HASHES,
@@ -51,14 +57,27 @@ def dashed(name: str) -> str:
     return re.sub(r"([A-Z])", lambda m: "-" + m.group(1).lower(), name)
 
 
+def _size(size: int) -> str:
+    """
+    A size as C{--help} shows it and an operator writes it: C{"256mb"}.
+    """
+    for unit, factor in (("gb", 1024**3), ("mb", 1024**2), ("kb", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
 class Options(usage.Options):
     """
     C{twistd rmux} options: Go rmux's flags, plus C{--socketMode},
     C{--idleTimeout}, key placement (C{--distribution}, C{--hash},
     C{--hashTag}), health checks (C{--healthInterval}, C{--healthTimeout},
     C{--healthFailures}, C{--healthSuccesses}, C{--startupWait}),
-    C{--allowFlush}, client authentication (C{--requirepass}) and
-    dedicated connections (C{--maxPinned}, C{--pinnedWait}).  Prefix
+    C{--allowFlush}, client authentication (C{--requirepass}),
+    dedicated connections (C{--maxPinned}, C{--pinnedWait}), limits on
+    clients (C{--maxClients}, C{--clientOutputLimit}, C{--maxBulkLength},
+    C{--maxArguments}, C{--maxInlineLength}), C{--socketOwner} and
+    C{--shutdownTimeout}.  Prefix
     routes and ACL-style users exist only in the C{--config} file, and so
     do backend names, except as C{?name=} in a backend URL.
 
@@ -83,7 +102,9 @@ class Options(usage.Options):
     longdesc = (
         "A Redis connection pooler and key-hashing proxy, compatible with "
         "Pardot's Go rmux. Timeouts are integers in milliseconds, and 0 means "
-        "'not set' (for --startupWait and --pinnedWait: do not wait). Every "
+        "'not set' (for --startupWait, --pinnedWait and --shutdownTimeout: do "
+        "not wait). Sizes are in bytes, or a number with a unit as in "
+        "redis.conf: kb, mb, gb count in 1024s, k, m, g in 1000s (64mb). Every "
         "camelCase option may also be spelled with dashes (--tcp-connections, --pool-size, "
         "--remote-read-timeout, ...), and "
         "Go rmux's single-dash spelling (-poolSize=5, -failover=true) works "
@@ -251,6 +272,55 @@ class Options(usage.Options):
             "How long a client waits for a dedicated connection when "
             "--maxPinned are in use, before it gets an error (ms); 0 = fail "
             "at once.",
+        ],
+        [
+            "maxClients",
+            None,
+            DEFAULT_MAX_CLIENTS,
+            "Most clients connected at once, as Redis's maxclients; one more "
+            "gets '-ERR max number of clients reached' and is closed; "
+            f"0 = {DEFAULT_MAX_CLIENTS}.",
+        ],
+        [
+            "clientOutputLimit",
+            None,
+            _size(DEFAULT_CLIENT_OUTPUT_LIMIT),
+            "Disconnect a client whose replies not yet sent exceed this size "
+            "(bytes, or with a unit such as 64mb); 0 = unlimited.",
+        ],
+        [
+            "socketOwner",
+            None,
+            None,
+            "Owner of the --socket file: user, user:group or :group (names or "
+            "numeric ids). Default: the user and group rmux runs as.",
+        ],
+        [
+            "maxBulkLength",
+            None,
+            _size(DEFAULT_MAX_BULK_LENGTH),
+            "Longest argument a client may send, as Redis's proto-max-bulk-len "
+            f"(bytes, or with a unit); 0 = {_size(DEFAULT_MAX_BULK_LENGTH)}.",
+        ],
+        [
+            "maxArguments",
+            None,
+            DEFAULT_MAX_ARGUMENTS,
+            f"Most arguments in one command; 0 = {DEFAULT_MAX_ARGUMENTS}.",
+        ],
+        [
+            "maxInlineLength",
+            None,
+            _size(DEFAULT_MAX_INLINE_LENGTH),
+            "Longest inline command, or RESP header line, a client may send "
+            f"(bytes, or with a unit); 0 = {_size(DEFAULT_MAX_INLINE_LENGTH)}.",
+        ],
+        [
+            "shutdownTimeout",
+            None,
+            DEFAULT_SHUTDOWN_TIMEOUT,
+            "On SIGTERM, how long clients may still collect the replies they "
+            "are owed before they are closed (ms); 0 = close them at once.",
         ],
         [
             "config",

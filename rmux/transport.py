@@ -15,6 +15,7 @@ Profiling rmux under load showed more time in the transports than in rmux:
 Everything else (buffering, producers, closing, errors) stays Twisted's.
 """
 
+import shutil
 from errno import EWOULDBLOCK
 
 from twisted.internet import main, unix
@@ -68,8 +69,17 @@ class UNIXConnector(unix.Connector):
 class UNIXServerEndpoint(_UNIXServerEndpoint):
     """
     Twisted's UNIX server endpoint, listening with L{UNIXPort} on a real
-    POSIX reactor (and as usual on any other, such as a test reactor).
+    POSIX reactor (and as usual on any other, such as a test reactor), and
+    giving the socket file an owner when asked.
     """
+
+    def __init__(self, reactor, address, backlog=50, mode=0o666, wantPID=0, owner=None):
+        """
+        @param owner: C{"user"}, C{"user:group"} or C{":group"} (names or
+            numeric ids), or L{None} to leave the socket file as created.
+        """
+        _UNIXServerEndpoint.__init__(self, reactor, address, backlog, mode, wantPID)
+        self._owner = owner
 
     def listen(self, protocolFactory):
         if not isinstance(self._reactor, PosixReactorBase):
@@ -81,9 +91,35 @@ class UNIXServerEndpoint(_UNIXServerEndpoint):
                 self._reactor, self._wantPID,
             )
             port.startListening()
+            if self._owner:
+                try:
+                    setOwner(self._address, self._owner)
+                except BaseException:
+                    port.stopListening()
+                    raise
             return port
 
         return execute(start)
+
+
+def setOwner(path, owner):
+    """
+    Give C{path} the owner C{owner} (C{"user"}, C{"user:group"},
+    C{":group"}; names or numeric ids).
+
+    @raise ValueError: an unknown user or group, with a message naming it.
+    """
+    user, _, group = owner.partition(":")
+
+    def parse(value):
+        if not value:
+            return None
+        return int(value) if value.isdigit() else value
+
+    try:
+        shutil.chown(path, parse(user), parse(group))
+    except LookupError as e:
+        raise ValueError("socketOwner %r: %s" % (owner, e)) from None
 
 
 class FastClientCreator(ClientCreator):

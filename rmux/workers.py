@@ -172,24 +172,28 @@ def listenShared(reactor, listener):
     Create, bind and listen on C{listener}'s socket, for worker processes
     to accept on, but do not accept on it here.
 
-    The same reactor calls as L{ListenerService.endpoint}'s endpoints make,
-    so everything about the socket is as a single-process rmux would have
-    it: the unix socket's mode, the lock beside it that replaces a stale
-    socket file and refuses to steal a live one, the TCP options.
+    The socket comes from the very endpoint a single-process rmux would
+    listen on: that of a L{ListenerService} built (never started) for the
+    purpose.  So everything about it is decided in one place, and is as a
+    single rmux has it: the unix socket's mode and owner, the lock beside it
+    that replaces a stale socket file and refuses to steal a live one, the
+    backlog, the TCP options.
 
-    @param reactor: an L{IReactorUNIX} and L{IReactorTCP}.
+    @param reactor: the reactor.
     @param listener: an L{rmux.config.ListenerConfig}.
     @return: the listening port, not reading; its C{stopListening} closes
         the socket and removes the unix socket file and its lock.
     @raise twisted.internet.error.CannotListenError: as a single rmux
         would.
     """
-    if listener.socket:
-        port = reactor.listenUNIX(
-            listener.socket, _NoClients(), mode=listener.socketMode, wantPID=True
-        )
-    else:
-        port = reactor.listenTCP(listener.port, _NoClients(), interface=listener.host)
+    endpoint = ListenerService(listener, reactor).endpointService.endpoint
+    ports, failures = [], []
+    endpoint.listen(_NoClients()).addCallbacks(ports.append, failures.append)
+    if failures:
+        failures[0].raiseException()
+    if not ports:
+        raise RuntimeError("%r did not listen at once" % (endpoint,))
+    (port,) = ports
     # The reactor has not run since listen(), so no client was accepted.
     port.stopReading()
     return port
@@ -397,7 +401,10 @@ class ParentService(Service):
         self._listen()
         Service.startService(self)
         filenos = [FIRST_LISTENER_FD + i for i in range(len(self.ports))]
-        payload = pickle.dumps({"config": self.config, "fds": filenos})
+        backlogs = [getattr(port, "backlog", 50) for port in self.ports]
+        payload = pickle.dumps(
+            {"config": self.config, "fds": filenos, "backlogs": backlogs}
+        )
         self._payload = _LENGTH.pack(len(payload)) + payload
         for workerId in range(1, self.count + 1):
             self._policies[workerId] = RestartPolicy(
@@ -525,14 +532,18 @@ class InheritedPortEndpoint:
     what kind of address the parent bound.
     """
 
-    def __init__(self, reactor, fileno):
+    def __init__(self, reactor, fileno, backlog=50):
         """
         @param reactor: an L{IReactorSocket}.
         @param fileno: the listening socket's file descriptor, closed once
             adopted (the port works on its own duplicate).
+        @param backlog: the parent's backlog for the socket: a unix port
+            calls C{listen()} again when it adopts a socket, and must not
+            shrink it.
         """
         self.reactor = reactor
         self.fileno = fileno
+        self.backlog = backlog
         self._used = False
 
     def listen(self, protocolFactory):
@@ -554,6 +565,7 @@ class InheritedPortEndpoint:
             port = _InheritedUNIXPort._fromListeningDescriptor(
                 self.reactor, self.fileno, factory
             )
+            port.backlog = self.backlog
             port.startListening()
         else:
             port = self.reactor.adoptStreamPort(self.fileno, family, factory)
@@ -571,15 +583,17 @@ class InheritedListenerService(ListenerService):
         number there (L{None}).
     """
 
-    def __init__(self, listener, reactor, fileno, workerId, table=None):
+    def __init__(self, listener, reactor, fileno, workerId, table=None, backlog=50):
         """
         @param listener: an L{rmux.config.ListenerConfig}.
         @param reactor: the reactor.
         @param fileno: the listening socket's file descriptor.
         @param workerId: the number of this worker.
         @param table: the L{CommandTable}, shared by the listeners.
+        @param backlog: the socket's backlog (see L{InheritedPortEndpoint}).
         """
         self.fileno = fileno
+        self.backlog = backlog
         self.workerId = workerId
         ListenerService.__init__(self, listener, reactor, table)
         self.factory.workerId = workerId
@@ -588,7 +602,7 @@ class InheritedListenerService(ListenerService):
         self.endpointService._raiseSynchronously = True
 
     def endpoint(self):
-        return InheritedPortEndpoint(self.reactor, self.fileno)
+        return InheritedPortEndpoint(self.reactor, self.fileno, self.backlog)
 
 
 class WorkerService(MultiService):
@@ -601,21 +615,29 @@ class WorkerService(MultiService):
         configuration's order.
     """
 
-    def __init__(self, config, reactor, workerId, filenos):
+    def __init__(self, config, reactor, workerId, filenos, backlogs=None):
         """
         @param config: an L{rmux.config.RmuxConfig}.
         @param reactor: the reactor.
         @param workerId: the number of this worker.
         @param filenos: the listening sockets' file descriptors, one per
             listener, in the same order.
+        @param backlogs: their backlogs, in the same order; 50 each, as
+            Twisted's, if L{None}.
         """
         MultiService.__init__(self)
         self.config = config
         self.workerId = workerId
         self.listeners = []
         table = CommandTable.default()
-        for listener, fileno in zip(config.listeners, filenos, strict=True):
-            service = InheritedListenerService(listener, reactor, fileno, workerId, table)
+        if backlogs is None:
+            backlogs = [50] * len(filenos)
+        for listener, fileno, backlog in zip(
+            config.listeners, filenos, backlogs, strict=True
+        ):
+            service = InheritedListenerService(
+                listener, reactor, fileno, workerId, table, backlog
+            )
             service.setServiceParent(self)
             self.listeners.append(service)
 
@@ -692,11 +714,17 @@ def _asLine(event):
     return eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n"
 
 
-def runWorker(reactor, workerId, config, filenos, stdin=0):
+def runWorker(reactor, workerId, config, filenos, backlogs=None, stdin=0):
     """
     Run one worker until it is told to stop (SIGTERM, SIGINT) or its
     parent goes away.
 
+    @param reactor: the reactor, not yet running.
+    @param workerId: the number of this worker.
+    @param config: the L{rmux.config.RmuxConfig}.
+    @param filenos: see L{WorkerService}.
+    @param backlogs: see L{WorkerService}.
+    @param stdin: the file descriptor of the lifeline from the parent.
     @return: the process's exit status.
     """
     from twisted.internet.process import ProcessReader
@@ -706,7 +734,7 @@ def runWorker(reactor, workerId, config, filenos, stdin=0):
     )
     log = Logger(namespace="rmux.workers")
     try:
-        service = WorkerService(config, reactor, workerId, filenos)
+        service = WorkerService(config, reactor, workerId, filenos, backlogs)
         service.startService()
     except BaseException:
         log.failure("worker {workerId} could not start", workerId=workerId)
@@ -736,7 +764,9 @@ def main(argv=None):
     payload = _readPayload(0)
     from twisted.internet import reactor
 
-    return runWorker(reactor, args.worker, payload["config"], payload["fds"])
+    return runWorker(
+        reactor, args.worker, payload["config"], payload["fds"], payload.get("backlogs")
+    )
 
 
 if __name__ == "__main__":

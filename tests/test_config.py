@@ -18,8 +18,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rmux.auth import Authenticator
 from rmux.config import (
+    DEFAULT_CLIENT_OUTPUT_LIMIT,
+    DEFAULT_MAX_ARGUMENTS,
+    DEFAULT_MAX_BULK_LENGTH,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_INLINE_LENGTH,
     DEFAULT_MAX_PINNED,
     DEFAULT_PINNED_WAIT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_TCP_CONNECTIONS,
     FLAG_NAMES,
     BackendAddress,
@@ -2929,3 +2935,494 @@ class BackendCredentialsTests(ErrorAssertions, SynchronousTestCase):
             check(lambda: BackendAddress.fromString(text, "unix"))
             check(lambda: fromFlags({"unixConnections": text}))
             check(lambda: fromJSON(json.dumps([{"port": 1, "unixConnections": [text]}])))
+
+
+LIMIT_FIELDS = (
+    "maxClients",
+    "clientOutputLimit",
+    "socketOwner",
+    "maxBulkLength",
+    "maxArguments",
+    "maxInlineLength",
+    "shutdownTimeout",
+)
+"""The client limits, socket owner and shutdown fields, in their order."""
+
+LIMIT_DEFAULTS = (10000, 268435456, None, 536870912, 1048576, 65536, 5000)
+
+
+def limits(listener: ListenerConfig) -> tuple[object, ...]:
+    return tuple(getattr(listener, name) for name in LIMIT_FIELDS)
+
+
+# A size as an operator writes it and the bytes it means: as in Redis's
+# config, kb/mb/gb count in 1024s, k/m/g in 1000s, in any case.
+SIZE_CASES = [
+    ("0", 0),
+    ("1", 1),
+    ("100b", 100),
+    ("1k", 1000),
+    ("1kb", 1024),
+    ("64KB", 65536),
+    ("2m", 2000000),
+    ("64mb", 67108864),
+    ("64Mb", 67108864),
+    ("1g", 1000000000),
+    ("1gb", 1073741824),
+    ("3GB", 3221225472),
+    (" 8mb ", 8388608),
+]
+
+BAD_SIZES = ["", "mb", "-1", "-1mb", "+5", "1.5gb", "64 mb", "64mib", "1tb", "0x10", "1e6"]
+
+
+class ClientLimitsTests(ErrorAssertions, SynchronousTestCase):
+    """
+    Tests for L{ListenerConfig.maxClients}, C{clientOutputLimit},
+    C{socketOwner}, C{maxBulkLength}, C{maxArguments}, C{maxInlineLength}
+    and C{shutdownTimeout} built in code.
+    """
+
+    def test_defaults(self):
+        """
+        Existing callers get Redis's limits, no socket owner and five
+        seconds to shut down.
+        """
+        self.assertEqual(limits(ListenerConfig(backends=["r1"])), LIMIT_DEFAULTS)
+        self.assertEqual(
+            (
+                DEFAULT_MAX_CLIENTS,
+                DEFAULT_CLIENT_OUTPUT_LIMIT,
+                DEFAULT_MAX_BULK_LENGTH,
+                DEFAULT_MAX_ARGUMENTS,
+                DEFAULT_MAX_INLINE_LENGTH,
+                DEFAULT_SHUTDOWN_TIMEOUT,
+            ),
+            (10000, 256 * 1024**2, 512 * 1024**2, 1024**2, 64 * 1024, 5000),
+        )
+
+    def test_values(self):
+        listener = ListenerConfig(
+            socket="/tmp/r.sock",
+            backends=["r1"],
+            maxClients=1,
+            clientOutputLimit=0,
+            socketOwner="redis:www-data",
+            maxBulkLength=1,
+            maxArguments=1,
+            maxInlineLength=1,
+            shutdownTimeout=0,
+        )
+        self.assertEqual(limits(listener), (1, 0, "redis:www-data", 1, 1, 1, 0))
+        self.assertIn(
+            "maxClients=1, clientOutputLimit=0, socketOwner='redis:www-data'", repr(listener)
+        )
+
+    def test_socketOwnerForms(self):
+        """
+        A socket owner is a user, a user and a group, or a group alone,
+        each by name or by numeric id.
+        """
+        for owner in (
+            "redis",
+            "redis:www-data",
+            ":www-data",
+            "1000",
+            "1000:33",
+            ":0",
+            "redis:33",
+            "svc.redis_1$",
+            "4294967294:4294967294",
+        ):
+            listener = ListenerConfig(socket="/tmp/r.sock", backends=["r1"], socketOwner=owner)
+            self.assertEqual(listener.socketOwner, owner)
+
+    def test_socketOwnerSyntax(self):
+        """
+        A socket owner that is not C{user}, C{user:group} or C{:group} is
+        refused, and so is a numeric id that C{uid_t} cannot hold or that
+        C{chown} takes as "leave unchanged".
+        """
+        for owner in ("", ":", "redis:", "a:b:c", "re dis", "redis:www data", "-1", "r:-1", "\t"):
+            self.assertConfigError(
+                "socketOwner: must be user, user:group or :group (names or numeric ids), "
+                f"got {owner!r}",
+                ListenerConfig,
+                socket="/tmp/r.sock",
+                backends=["r1"],
+                socketOwner=owner,
+            )
+        for owner in ("4294967295", ":4294967295", "0:99999999999"):
+            self.assertConfigError(
+                f"socketOwner: a numeric id must be at most 4294967294, got {owner!r}",
+                ListenerConfig,
+                socket="/tmp/r.sock",
+                backends=["r1"],
+                socketOwner=owner,
+            )
+        self.assertConfigError(
+            "socketOwner: must be a string such as 'redis', 'redis:www' or ':www', got 1000",
+            ListenerConfig,
+            socket="/tmp/r.sock",
+            backends=["r1"],
+            socketOwner=1000,
+        )
+
+    def test_socketOwnerNeedsSocket(self):
+        message = "socketOwner: only used with socket (it is the owner of the unix socket file)"
+        self.assertConfigError(message, ListenerConfig, backends=["r1"], socketOwner="redis")
+        listener = ListenerConfig(socket="/tmp/r.sock", backends=["r1"], socketOwner="redis")
+        self.assertConfigError(message, dataclasses.replace, listener, socket=None)
+
+    def test_validation(self):
+        cases = [
+            ({"maxClients": 0}, "maxClients: must be a positive integer, got 0"),
+            ({"maxClients": True}, "maxClients: must be a positive integer, got True"),
+            ({"maxClients": "10"}, "maxClients: must be a positive integer, got '10'"),
+            (
+                {"clientOutputLimit": -1},
+                "clientOutputLimit: must be a non-negative integer (bytes), got -1",
+            ),
+            (
+                {"clientOutputLimit": "64mb"},
+                "clientOutputLimit: must be a non-negative integer (bytes), got '64mb'",
+            ),
+            ({"maxBulkLength": 0}, "maxBulkLength: must be a positive integer (bytes), got 0"),
+            (
+                {"maxBulkLength": 1.5},
+                "maxBulkLength: must be a positive integer (bytes), got 1.5",
+            ),
+            ({"maxArguments": 0}, "maxArguments: must be a positive integer, got 0"),
+            (
+                {"maxInlineLength": -2},
+                "maxInlineLength: must be a positive integer (bytes), got -2",
+            ),
+            (
+                {"shutdownTimeout": -1},
+                "shutdownTimeout: must be a non-negative integer (ms), got -1",
+            ),
+            (
+                {"shutdownTimeout": None},
+                "shutdownTimeout: must be a non-negative integer (ms), got None",
+            ),
+        ]
+        for fields, message in cases:
+            self.assertConfigError(message, ListenerConfig, backends=["r1"], **fields)
+
+    def test_replaceValidates(self):
+        listener = ListenerConfig(backends=["r1"])
+        self.assertEqual(dataclasses.replace(listener, maxClients=5).maxClients, 5)
+        self.assertRaises(ConfigError, dataclasses.replace, listener, maxArguments=0)
+
+
+class ClientLimitsFlagsTests(ErrorAssertions, SynchronousTestCase):
+    """
+    Tests for C{--maxClients}, C{--clientOutputLimit}, C{--socketOwner},
+    C{--maxBulkLength}, C{--maxArguments}, C{--maxInlineLength} and
+    C{--shutdownTimeout}.
+    """
+
+    def listener(self, **values):
+        return fromFlags(values).listeners[0]
+
+    def test_defaults(self):
+        self.assertEqual(limits(self.listener()), LIMIT_DEFAULTS)
+        self.assertEqual(limits(self.listener(**dict.fromkeys(LIMIT_FIELDS))), LIMIT_DEFAULTS)
+
+    def test_values(self):
+        """
+        Every flag lands in its field, from strings as on the command line
+        or from values already converted.
+        """
+        listener = self.listener(
+            socket="/tmp/r.sock",
+            maxClients="50",
+            clientOutputLimit="1048576",
+            socketOwner="redis:www-data",
+            maxBulkLength="4096",
+            maxArguments="64",
+            maxInlineLength="512",
+            shutdownTimeout="250",
+        )
+        self.assertEqual(limits(listener), (50, 1048576, "redis:www-data", 4096, 64, 512, 250))
+        listener = self.listener(
+            maxClients=50,
+            clientOutputLimit=1048576,
+            maxBulkLength=4096,
+            maxArguments=64,
+            maxInlineLength=512,
+            shutdownTimeout=250,
+        )
+        self.assertEqual(limits(listener), (50, 1048576, None, 4096, 64, 512, 250))
+
+    def test_zeros(self):
+        """
+        As for C{poolSize}, 0 means the default, except for
+        C{clientOutputLimit}, where it means "unlimited", and, as for
+        C{startupWait}, C{shutdownTimeout}, where it means "do not wait".
+        """
+        zeros = {name: "0" for name in LIMIT_FIELDS if name != "socketOwner"}
+        self.assertEqual(
+            limits(self.listener(**zeros)), (10000, 0, None, 536870912, 1048576, 65536, 0)
+        )
+
+    def test_sizes(self):
+        """
+        The sizes take Redis's units.
+        """
+        for text, size in SIZE_CASES:
+            listener = self.listener(
+                clientOutputLimit=text, maxBulkLength=text, maxInlineLength=text
+            )
+            self.assertEqual(listener.clientOutputLimit, size, text)
+            if size:
+                self.assertEqual((listener.maxBulkLength, listener.maxInlineLength), (size, size))
+
+    def test_sizeErrors(self):
+        rules = {
+            "clientOutputLimit": "a non-negative number of bytes, such as 65536 or 64kb "
+            "(0 means unlimited)",
+            "maxBulkLength": "a positive number of bytes, such as 65536 or 64kb (0 means 512mb)",
+            "maxInlineLength": "a positive number of bytes, such as 65536 or 64kb (0 means 64kb)",
+        }
+        for name, rule in rules.items():
+            for text in BAD_SIZES:
+                self.assertConfigError(
+                    f"--{name}: must be {rule}, got {text!r}", fromFlags, {name: text}
+                )
+            self.assertConfigError(f"--{name}: must be {rule}, got True", fromFlags, {name: True})
+            self.assertConfigError(f"--{name}: must be {rule}, got -1", fromFlags, {name: -1})
+
+    def test_errors(self):
+        cases = [
+            (
+                {"maxClients": "-1"},
+                "--maxClients: must be a positive integer (0 means 10000), got '-1'",
+            ),
+            (
+                {"maxClients": "lots"},
+                "--maxClients: must be a positive integer (0 means 10000), got 'lots'",
+            ),
+            (
+                {"maxArguments": "1k"},
+                "--maxArguments: must be a positive integer (0 means 1048576), got '1k'",
+            ),
+            (
+                {"shutdownTimeout": "-1"},
+                "--shutdownTimeout: must be a non-negative integer (ms), got '-1'",
+            ),
+            (
+                {"shutdownTimeout": "5s"},
+                "--shutdownTimeout: must be a non-negative integer (ms), got '5s'",
+            ),
+            (
+                {"socketOwner": "redis"},
+                "--socketOwner: only used with --socket (it is the owner of the unix socket file)",
+            ),
+            (
+                {"socket": "/tmp/r.sock", "socketOwner": "redis:"},
+                "--socketOwner: must be user, user:group or :group (names or numeric ids), "
+                "got 'redis:'",
+            ),
+            (
+                {"socket": "/tmp/r.sock", "socketOwner": ""},
+                "--socketOwner: must be user, user:group or :group (names or numeric ids), "
+                "got ''",
+            ),
+            (
+                {"socket": "/tmp/r.sock", "socketOwner": "-1:-1"},
+                "--socketOwner: must be user, user:group or :group (names or numeric ids), "
+                "got '-1:-1'",
+            ),
+            (
+                {"socket": "/tmp/r.sock", "socketOwner": "4294967295"},
+                "--socketOwner: a numeric id must be at most 4294967294, got '4294967295'",
+            ),
+            (
+                {"socket": "/tmp/r.sock", "socketOwner": 1000},
+                "--socketOwner: must be a string, got 1000",
+            ),
+        ]
+        for values, message in cases:
+            self.assertConfigError(message, fromFlags, values)
+
+    def test_socketOwnerWithEmptySocket(self):
+        """
+        An empty C{--socket} is not given, so it cannot carry an owner.
+        """
+        self.assertConfigError(
+            "--socketOwner: only used with --socket (it is the owner of the unix socket file)",
+            fromFlags,
+            {"socket": "", "socketOwner": "redis"},
+        )
+
+    def test_configWins(self):
+        """
+        The new flags are listener flags: C{--config} replaces them, as it
+        does the rest.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(b'[{"port": 7000, "tcpConnections": ["r1"]}]')
+        values = {"config": path.path, "socketOwner": "redis"}
+        values.update({name: "3" for name in LIMIT_FIELDS if name != "socketOwner"})
+        self.assertEqual(limits(fromFlags(values).listeners[0]), LIMIT_DEFAULTS)
+
+
+class ClientLimitsFromJSONTests(ErrorAssertions, SynchronousTestCase):
+    """
+    Tests for C{maxClients}, C{clientOutputLimit}, C{socketOwner},
+    C{maxBulkLength}, C{maxArguments}, C{maxInlineLength} and
+    C{shutdownTimeout} in the JSON file.
+    """
+
+    def listener(self, **fields):
+        document = dict({"port": 1, "tcpConnections": ["r1"]}, **fields)
+        return fromJSON(json.dumps([document])).listeners[0]
+
+    def test_values(self):
+        listener = self.listener(
+            port=None,
+            socket="/tmp/r.sock",
+            maxClients=50,
+            clientOutputLimit=1048576,
+            socketOwner=":www-data",
+            maxBulkLength=4096,
+            maxArguments=64,
+            maxInlineLength=512,
+            shutdownTimeout=250,
+        )
+        self.assertEqual(
+            listener,
+            ListenerConfig(
+                socket="/tmp/r.sock",
+                backends=["r1"],
+                maxClients=50,
+                clientOutputLimit=1048576,
+                socketOwner=":www-data",
+                maxBulkLength=4096,
+                maxArguments=64,
+                maxInlineLength=512,
+                shutdownTimeout=250,
+            ),
+        )
+
+    def test_defaultsAndNulls(self):
+        self.assertEqual(limits(self.listener()), LIMIT_DEFAULTS)
+        self.assertEqual(limits(self.listener(**dict.fromkeys(LIMIT_FIELDS))), LIMIT_DEFAULTS)
+
+    def test_zeros(self):
+        zeros = {name: 0 for name in LIMIT_FIELDS if name != "socketOwner"}
+        self.assertEqual(
+            limits(self.listener(**zeros)), (10000, 0, None, 536870912, 1048576, 65536, 0)
+        )
+        self.assertEqual(self.listener(clientOutputLimit="0mb").clientOutputLimit, 0)
+        self.assertEqual(self.listener(maxBulkLength="0kb").maxBulkLength, 536870912)
+
+    def test_sizes(self):
+        """
+        A size is an integer or a string with Redis's units.
+        """
+        for text, size in SIZE_CASES:
+            listener = self.listener(
+                clientOutputLimit=text, maxBulkLength=text, maxInlineLength=text
+            )
+            self.assertEqual(listener.clientOutputLimit, size, text)
+            if size:
+                self.assertEqual((listener.maxBulkLength, listener.maxInlineLength), (size, size))
+
+    def test_sizeErrors(self):
+        rule = "a positive number of bytes, such as 65536 or 64kb (0 means 512mb)"
+        for text in BAD_SIZES:
+            self.assertConfigError(
+                f"listener 1: maxBulkLength: must be {rule}, got {text!r}",
+                self.listener,
+                maxBulkLength=text,
+            )
+        self.assertConfigError(
+            f"listener 1: maxBulkLength: must be {rule}, got -1", self.listener, maxBulkLength=-1
+        )
+        for value, kind in [(1.5, "a number"), (True, "a boolean"), ([1], "an array")]:
+            self.assertConfigError(
+                'listener 1: clientOutputLimit: expected an integer or a string such as "64mb", '
+                f"got {kind}",
+                self.listener,
+                clientOutputLimit=value,
+            )
+
+    def test_errors(self):
+        """
+        Errors name the listener and the field.
+        """
+        cases = [
+            ({"maxClients": -1}, "maxClients: must be a positive integer (0 means 10000), got -1"),
+            ({"maxClients": "100"}, "maxClients: expected an integer, got a string"),
+            (
+                {"clientOutputLimit": -5},
+                "clientOutputLimit: must be a non-negative number of bytes, such as 65536 or "
+                "64kb (0 means unlimited), got -5",
+            ),
+            ({"maxArguments": "1k"}, "maxArguments: expected an integer, got a string"),
+            (
+                {"maxArguments": -1},
+                "maxArguments: must be a positive integer (0 means 1048576), got -1",
+            ),
+            (
+                {"maxInlineLength": "64 kb"},
+                "maxInlineLength: must be a positive number of bytes, such as 65536 or 64kb "
+                "(0 means 64kb), got '64 kb'",
+            ),
+            (
+                {"shutdownTimeout": -1},
+                "shutdownTimeout: must be a non-negative integer (ms), got -1",
+            ),
+            ({"shutdownTimeout": "5s"}, "shutdownTimeout: expected an integer, got a string"),
+            (
+                {"socketOwner": "redis"},
+                "socketOwner: only used with socket (it is the owner of the unix socket file)",
+            ),
+            (
+                {"socket": "", "socketOwner": "redis"},
+                "socketOwner: only used with socket (it is the owner of the unix socket file)",
+            ),
+            (
+                {"socket": "/tmp/r.sock", "socketOwner": 1000},
+                "socketOwner: expected a string, got an integer",
+            ),
+            (
+                {"socket": "/tmp/r.sock", "socketOwner": "a b"},
+                "socketOwner: must be user, user:group or :group (names or numeric ids), "
+                "got 'a b'",
+            ),
+            ({"maxClient": 5}, "maxClient: unknown field (did you mean maxClients?)"),
+        ]
+        for fields, problem in cases:
+            self.assertConfigError(f"listener 1: {problem}", self.listener, **fields)
+
+    def test_secondListener(self):
+        self.assertConfigError(
+            "listener 2: maxInlineLength: must be a positive number of bytes, such as 65536 or "
+            "64kb (0 means 64kb), got '1tb'",
+            fromJSON,
+            '[{"port": 1, "tcpConnections": ["r1"]},'
+            ' {"port": 2, "tcpConnections": ["r1"], "maxInlineLength": "1tb"}]',
+        )
+
+    def test_notInRoutes(self):
+        self.assertConfigError(
+            "listener 1: routes[0]: maxClients: unknown field "
+            "(maxClients is set for the whole listener)",
+            self.listener,
+            routes=[{"prefix": "a:", "tcpConnections": ["r2"], "maxClients": 5}],
+        )
+
+    def test_loadConfigFile(self):
+        path = FilePath(self.mktemp())
+        path.setContent(
+            b'[{"socket": "/tmp/r.sock", "socketOwner": "redis:redis", "tcpConnections": ["r1"],'
+            b' "clientOutputLimit": "1gb", "maxBulkLength": "1mb", "shutdownTimeout": 30000}]'
+        )
+        listener = loadConfigFile(path).listeners[0]
+        self.assertEqual(
+            limits(listener), (10000, 1073741824, "redis:redis", 1048576, 1048576, 65536, 30000)
+        )
+        self.assertEqual(fromFlags({"config": path.path}).listeners[0], listener)

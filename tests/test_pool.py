@@ -349,3 +349,81 @@ class BackendPoolTests(TestCase):
         server.start()
         yield deferLater(reactor, pool.retryDelay + 0.05, lambda: None)
         self.assertEqual((yield self.send(pool, b"PING")), b"+PONG\r\n")
+
+
+class ReconnectBackoffTests(SynchronousTestCase):
+    """
+    A server that refuses connections is retried with growing, jittered
+    delays, and requests meanwhile fail at once instead of piling up.
+    """
+
+    def setUp(self):
+        from random import Random
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        self.reactor = MemoryReactorClock()
+        self.pool = BackendPool(
+            self.reactor, BackendAddress(kind="unix", path="/nonexistent.sock"), size=4
+        )
+        self.pool.random = Random(7)
+
+    def attempt(self):
+        waiter = Collector()
+        self.pool.send(command(b"PING"), waiter)
+        return waiter
+
+    def refuse(self):
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.python.failure import Failure
+
+        address, factory, timeout, checkPID = self.reactor.unixClients[-1]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.reactor.advance(0)  # ClientCreator reports the failure next turn
+
+    def test_backoffDoublesWithJitter(self):
+        waiter = self.attempt()
+        self.refuse()
+        self.assertIn(b"cannot connect to backend /nonexistent.sock", waiter.reply)
+        attempts = [self.reactor.seconds()]
+        for _ in range(8):
+            while len(self.reactor.unixClients) == len(attempts):
+                self.reactor.advance(0.01)
+                self.attempt()
+            attempts.append(self.reactor.seconds())
+            self.refuse()
+        gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+        for n, gap in enumerate(gaps):
+            expected = min(0.1 * 2**n, 5.0)
+            self.assertTrue(expected * 0.8 - 0.011 <= gap <= expected * 1.2 + 0.011, (n, gap))
+        self.assertNotEqual(gaps[0] / 0.1, gaps[1] / 0.2)
+
+    def test_failFastDuringBackoff(self):
+        self.attempt()
+        self.refuse()
+        waiter = self.attempt()
+        self.assertIn(b"cannot connect", waiter.reply)
+        self.assertEqual(len(self.reactor.unixClients), 1)
+
+    def test_serverIsBackResetsBackoff(self):
+        self.attempt()
+        self.refuse()
+        self.pool.serverIsBack()
+        self.attempt()
+        self.assertEqual(len(self.reactor.unixClients), 2)
+
+    def test_connectRateLimited(self):
+        """
+        New connections to one server are rate-limited by a token bucket.
+        """
+        self.pool.connectRate = 1.0
+        self.pool.tokens = 1.0
+        self.attempt()
+        self.refuse()
+        self.pool.serverIsBack()
+        waiter = self.attempt()
+        self.assertEqual(len(self.reactor.unixClients), 1)
+        self.assertIn(b"too many connection attempts", waiter.reply)
+        self.reactor.advance(1.0)
+        self.attempt()
+        self.assertEqual(len(self.reactor.unixClients), 2)

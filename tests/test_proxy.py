@@ -239,3 +239,57 @@ class LocalTimeoutTests(SynchronousTestCase):
         client, transport, router, clock = makeClient(idleTimeout="1000")
         client.connectionLost(None)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class OverloadTests(SynchronousTestCase):
+    def test_maxClients(self):
+        """
+        Past maxClients, a new client gets Redis's error and is closed; it
+        is not counted.
+        """
+        first, firstTransport, router, clock = makeClient(maxClients="1")
+        factory = first.factory
+        second = factory.buildProtocol(UNIXAddress(None))
+        transport = StringTransport()
+        second.makeConnection(transport)
+        self.assertEqual(transport.value(), b"-ERR max number of clients reached\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(factory.clients), 1)
+        second.connectionLost(None)
+        self.assertEqual(len(factory.clients), 1)
+
+    def test_slowReaderStopsBeingRead(self):
+        """
+        A client that does not read its replies is not read from either, so
+        it cannot make rmux queue its requests without bound.
+        """
+        client, transport, router, clock = makeClient()
+        client.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        client.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_tooManyOutstanding(self):
+        client, transport, router, clock = makeClient()
+        client.factory.maxPending = 10
+        client.dataReceived(b"GET a\r\n" * 11)
+        self.assertEqual(transport.producerState, "paused")
+        for args, slot, db, version in router.routed[:6]:
+            slot.fill(b"$-1\r\n")
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_outputLimit(self):
+        """
+        A client whose unsent replies exceed the output limit is dropped.
+        """
+        client, transport, router, clock = makeClient(clientOutputLimit="1000")
+        transport.dataBuffer = b""
+        transport.offset = 0
+        transport._tempDataLen = 0
+        client.pauseProducing()
+        transport._tempDataLen = 999
+        client.reply(b"+OK\r\n")
+        self.assertFalse(transport.disconnecting)
+        transport._tempDataLen = 1001
+        client.reply(b"+OK\r\n")
+        self.assertTrue(transport.disconnecting)

@@ -86,10 +86,18 @@ PARAMETER_CASES = [
     ("requirepass", "s3cret", lambda c: c.listeners[0].requirepass, "s3cret"),
     ("maxPinned", "8", lambda c: c.listeners[0].maxPinned, 8),
     ("pinnedWait", "250", lambda c: c.listeners[0].pinnedWait, 250),
+    ("maxClients", "50", lambda c: c.listeners[0].maxClients, 50),
+    ("clientOutputLimit", "64mb", lambda c: c.listeners[0].clientOutputLimit, 67108864),
+    ("socketOwner", "redis:www-data", lambda c: c.listeners[0].socketOwner, "redis:www-data"),
+    ("maxBulkLength", "1gb", lambda c: c.listeners[0].maxBulkLength, 1073741824),
+    ("maxArguments", "64", lambda c: c.listeners[0].maxArguments, 64),
+    ("maxInlineLength", "4k", lambda c: c.listeners[0].maxInlineLength, 4000),
+    ("shutdownTimeout", "0", lambda c: c.listeners[0].shutdownTimeout, 0),
 ]
 
-# Options a case needs besides its own: --hash is refused without ketama.
-PREREQUISITES = {"hash": ["--distribution=ketama"]}
+# Options a case needs besides its own: --hash is refused without ketama,
+# --socketOwner without --socket.
+PREREQUISITES = {"hash": ["--distribution=ketama"], "socketOwner": ["--socket=/tmp/r.sock"]}
 
 FLAG_CASES = [
     ("failover", lambda c: c.listeners[0].failover),
@@ -300,7 +308,11 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn(
             "Prefix routes and ACL-style users are set in the --config file only.", text
         )
-        self.assertIn("0 means 'not set' (for --startupWait and --pinnedWait: do not wait)", text)
+        self.assertIn(
+            "0 means 'not set' (for --startupWait, --pinnedWait and --shutdownTimeout: do "
+            "not wait)",
+            text,
+        )
 
     def test_ketamaCommandLine(self):
         """
@@ -391,7 +403,7 @@ class AuthenticationOptionsTests(SynchronousTestCase):
             "--requirepass= Password clients must send with AUTH, as Redis's requirepass", text
         )
         self.assertIn('Other local users can read a command line (ps): prefer "requirepass"', text)
-        self.assertIn("Default: none, no AUTH needed. --socket=", text)
+        self.assertIn("Default: none, no AUTH needed. --shutdownTimeout=", text)
         self.assertIn(
             "(transactions after WATCH/MULTI, blocking commands); 0 = 32. [default: 32]", text
         )
@@ -454,6 +466,160 @@ class AuthenticationOptionsTests(SynchronousTestCase):
         for secret in ("hunter2", "s3cret"):
             self.assertNotIn(secret, repr(options.config))
             self.assertNotIn(secret, str(options.config))
+
+
+class ClientLimitsOptionsTests(SynchronousTestCase):
+    """
+    C{--maxClients}, C{--clientOutputLimit}, C{--socketOwner},
+    C{--maxBulkLength}, C{--maxArguments}, C{--maxInlineLength} and
+    C{--shutdownTimeout}.
+    """
+
+    NAMES = (
+        "maxClients",
+        "clientOutputLimit",
+        "socketOwner",
+        "maxBulkLength",
+        "maxArguments",
+        "maxInlineLength",
+        "shutdownTimeout",
+    )
+
+    def limits(self, options):
+        listener = options.config.listeners[0]
+        return tuple(getattr(listener, name) for name in self.NAMES)
+
+    def test_values(self):
+        options = parse(
+            "-socket=/tmp/r.sock",
+            "--max-clients=5",
+            "--client-output-limit",
+            "1GB",
+            "-socketOwner=:33",
+            "--max-bulk-length=100",
+            "--maxArguments",
+            "10",
+            "--max-inline-length=1kb",
+            "-shutdown-timeout=30000",
+        )
+        self.assertEqual(self.limits(options), (5, 1073741824, ":33", 100, 10, 1024, 30000))
+
+    def test_defaults(self):
+        """
+        The defaults shown in C{--help} are the configuration's.
+        """
+        self.assertEqual(
+            self.limits(parse()), (10000, 268435456, None, 536870912, 1048576, 65536, 5000)
+        )
+        self.assertEqual(
+            [parse()[name] for name in self.NAMES],
+            [10000, "256mb", None, "512mb", 1048576, "64kb", 5000],
+        )
+
+    def test_zeros(self):
+        options = parse(
+            *[f"--{tap.dashed(name)}=0" for name in self.NAMES if name != "socketOwner"]
+        )
+        self.assertEqual(self.limits(options), (10000, 0, None, 536870912, 1048576, 65536, 0))
+
+    def test_help(self):
+        """
+        Each option is listed once, under rmux's name, with its default,
+        what 0 means, and the units sizes take.
+        """
+        text = " ".join(tap.Options().getUsage(width=2000).split())
+        for name in self.NAMES:
+            self.assertEqual(text.count(f"--{name}="), 1, name)
+            self.assertNotIn(tap.dashed(name) + "=", text)
+        self.assertIn(
+            "--maxClients= Most clients connected at once, as Redis's maxclients; one more "
+            "gets '-ERR max number of clients reached' and is closed; 0 = 10000. "
+            "[default: 10000]",
+            text,
+        )
+        self.assertIn(
+            "--clientOutputLimit= Disconnect a client whose replies not yet sent exceed this "
+            "size (bytes, or with a unit such as 64mb); 0 = unlimited. [default: 256mb]",
+            text,
+        )
+        self.assertIn(
+            "--socketOwner= Owner of the --socket file: user, user:group or :group (names or "
+            "numeric ids). Default: the user and group rmux runs as. --startupWait=",
+            text,
+        )
+        self.assertIn("as Redis's proto-max-bulk-len", text)
+        self.assertIn("(bytes, or with a unit); 0 = 512mb. [default: 512mb]", text)
+        self.assertIn(
+            "--maxArguments= Most arguments in one command; 0 = 1048576. [default: 1048576]",
+            text,
+        )
+        self.assertIn("(bytes, or with a unit); 0 = 64kb. [default: 64kb]", text)
+        self.assertIn(
+            "before they are closed (ms); 0 = close them at once. [default: 5000]", text
+        )
+        self.assertIn(
+            "Sizes are in bytes, or a number with a unit as in redis.conf: kb, mb, gb count "
+            "in 1024s, k, m, g in 1000s (64mb).",
+            text,
+        )
+
+    def test_errors(self):
+        for arguments, message in [
+            (
+                ["--max-clients=-1"],
+                "--maxClients: must be a positive integer (0 means 10000), got '-1'",
+            ),
+            (
+                ["--client-output-limit", "64 mb"],
+                "--clientOutputLimit: must be a non-negative number of bytes, such as 65536 "
+                "or 64kb (0 means unlimited), got '64 mb'",
+            ),
+            (
+                ["-maxBulkLength=1.5gb"],
+                "--maxBulkLength: must be a positive number of bytes, such as 65536 or 64kb "
+                "(0 means 512mb), got '1.5gb'",
+            ),
+            (
+                ["--max-arguments=many"],
+                "--maxArguments: must be a positive integer (0 means 1048576), got 'many'",
+            ),
+            (
+                ["--max-inline-length=-1"],
+                "--maxInlineLength: must be a positive number of bytes, such as 65536 or 64kb "
+                "(0 means 64kb), got '-1'",
+            ),
+            (
+                ["--shutdown-timeout=5s"],
+                "--shutdownTimeout: must be a non-negative integer (ms), got '5s'",
+            ),
+            (
+                ["--socket-owner=redis"],
+                "--socketOwner: only used with --socket (it is the owner of the unix socket "
+                "file)",
+            ),
+            (
+                ["--socket=/tmp/r.sock", "--socket-owner=redis:"],
+                "--socketOwner: must be user, user:group or :group (names or numeric ids), "
+                "got 'redis:'",
+            ),
+        ]:
+            error = self.assertRaises(usage.UsageError, parse, *arguments)
+            self.assertEqual(str(error), message)
+
+    def test_configFile(self):
+        """
+        The options are listener options, which C{--config} replaces; the
+        file has the same names.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(
+            b'[{"socket": "/tmp/a.sock", "tcpConnections": ["r1"], "socketOwner": "redis",'
+            b' "maxClients": 7, "clientOutputLimit": "1mb", "shutdownTimeout": 0}]'
+        )
+        options = parse(f"--config={path.path}", "--max-clients=3", "--max-arguments=2")
+        self.assertEqual(
+            self.limits(options), (7, 1048576, "redis", 536870912, 1048576, 65536, 0)
+        )
 
 
 class MakeServiceTests(SynchronousTestCase):

@@ -239,7 +239,10 @@ class ParentServiceTests(SynchronousTestCase):
             (length,) = struct.unpack("!I", process.written[:4])
             payload = pickle.loads(process.written[4:])
             self.assertEqual(len(process.written), 4 + length)
-            self.assertEqual(payload, {"config": self.config, "fds": [FIRST_LISTENER_FD]})
+            self.assertEqual(
+                payload,
+                {"config": self.config, "fds": [FIRST_LISTENER_FD], "backlogs": [50]},
+            )
 
     def test_restartAfterDelay(self):
         """
@@ -397,6 +400,54 @@ class WorkerServiceTests(TestCase):
         self.assertTrue(os.path.exists(path))
 
 
+class BindingTests(TestCase):
+    """
+    The parent's socket is a single rmux's: a stale one is replaced, a live
+    one is not stolen, and it is gone with its lock after a stop.  (Binding
+    only: no workers are started.)
+    """
+
+    def setUp(self):
+        directory = tempfile.mkdtemp(prefix="rmux-bind-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.path = os.path.join(directory, "rmux.sock")
+
+    def bind(self, **flags):
+        service = ParentService(configFor(socket=self.path, **flags), reactor, 2)
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        return service
+
+    @inlineCallbacks
+    def test_staleSocketReplaced(self):
+        """
+        A socket file and lock left by a dead rmux are replaced.
+        """
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(self.path)
+        stale.close()
+        os.symlink(str(dead.pid), self.path + ".lock")
+        service = self.bind(socketMode="0660")
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o660)
+        self.assertEqual(os.readlink(self.path + ".lock"), str(os.getpid()))
+        yield service.stopService()
+        self.assertFalse(os.path.lexists(self.path))
+        self.assertFalse(os.path.lexists(self.path + ".lock"))
+
+    def test_liveSocketNotStolen(self):
+        """
+        A second rmux does not take over the socket of a running one, and
+        starts no workers.
+        """
+        self.bind()
+        second = ParentService(configFor(socket=self.path), reactor, 2)
+        self.assertRaises(error.CannotListenError, second.startService)
+        self.assertEqual(second.workers, {})
+        self.assertFalse(second.running)
+
+
 def info(path, timeout=5):
     """
     The pid of the worker that answers a fresh connection, after a write
@@ -551,16 +602,6 @@ class ParentProcessTests(TestCase):
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
         self.assertFalse(os.path.exists(self.path))
         self.assertFalse(os.path.lexists(self.path + ".lock"))
-
-    def test_liveSocketNotStolen(self):
-        """
-        A second rmux does not take over the socket of a running one, and
-        starts no workers.
-        """
-        self.startParent()
-        second = ParentService(configFor(self.server.path, socket=self.path), reactor, 2)
-        self.assertRaises(error.CannotListenError, second.startService)
-        self.assertEqual(second.workers, {})
 
     @inlineCallbacks
     def test_tcp(self):
