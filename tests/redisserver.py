@@ -117,3 +117,10 @@ def startRedis(testCase, **kwargs):
     server = RedisServer(**kwargs)
     testCase.addCleanup(server.cleanup)
     return server.start()
+
+
+def startServers(testCase, count, **kwargs):
+    """
+    Start C{count} redis-servers for C{testCase}, stopped by its cleanup.
+    """
+    return [startRedis(testCase, **kwargs) for _ in range(count)]

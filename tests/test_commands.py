@@ -22,7 +22,7 @@ from rmux import commands
 from rmux.commands import (
     BLOCKING, FORWARD, KEYED, KEYLESS_ALL, KEYLESS_ANY, KEYLESS_REFUSED,
     LOCAL, MERGES, POLICIES, PUBSUB, REFUSED, ROUTINGS, SPLIT, STATEFUL,
-    CommandSpec, CommandTable, KeySpec, NEWER_COMMANDS, unknownCommandError,
+    CommandTable, KeySpec, NEWER_COMMANDS, unknownCommandError,
     unknownSubcommandError, wrongArityError)
 
 

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 
 import redis
 from twisted.internet import reactor, threads
@@ -21,10 +20,32 @@ from twisted.trial.unittest import TestCase
 
 from rmux.config import fromFlags
 from rmux.service import ListenerService
-from tests.redisserver import RedisServer, startRedis
+from tests.redisserver import startRedis
 
 REDIS_CLI = shutil.which("redis-cli")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def socketPath(testCase):
+    """
+    A unix socket path in a fresh temp dir, removed by cleanup (trial's own
+    temp dirs make paths too long for a unix socket).
+    """
+    directory = tempfile.mkdtemp(prefix="rmux-")
+    testCase.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, "rmux.sock")
+
+
+def startListener(testCase, listener):
+    """
+    Run the rmux listener C{listener} on the real reactor, stopped by
+    cleanup.
+    """
+    service = ListenerService(listener, reactor)
+    service.startService()
+    testCase.addCleanup(service.stopService)
+    service.path = listener.socket
+    return service
 
 
 def startRmux(testCase, servers, **flags):
@@ -32,20 +53,12 @@ def startRmux(testCase, servers, **flags):
     Run an rmux listener on a unix socket in a fresh temp dir, in front of
     C{servers} (reached over their unix sockets), stopped by cleanup.
     """
-    directory = tempfile.mkdtemp(prefix="rmux-")
-    testCase.addCleanup(shutil.rmtree, directory, True)
-    path = os.path.join(directory, "rmux.sock")
     values = {
-        "socket": path,
+        "socket": socketPath(testCase),
         "unixConnections": " ".join(s.path for s in servers),
     }
     values.update(flags)
-    listener = fromFlags(values).listeners[0]
-    service = ListenerService(listener, reactor)
-    service.startService()
-    testCase.addCleanup(service.stopService)
-    service.path = path
-    return service
+    return startListener(testCase, fromFlags(values).listeners[0])
 
 
 class ThreadedClients:

@@ -7,21 +7,17 @@ one server would have answered, and that refusals leave the client usable.
 """
 
 import json
-import os
-import shutil
-import tempfile
 
 import redis
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from rmux.config import fromFlags, fromJSON
 from rmux.hashing import KetamaRing, RmuxRing, twemproxyServerName
-from rmux.service import ListenerService
-from tests.redisserver import RedisServer
-from tests.test_integration import ThreadedClients, rawExchange
+from tests.redisserver import RedisServer, startServers
+from tests.test_integration import ThreadedClients, rawExchange, socketPath, startListener
 
 
 def sleep(seconds):
@@ -34,15 +30,9 @@ class MultiplexTestCase(TestCase):
     flags = {}
 
     def setUp(self):
-        self.redis = []
-        for _ in range(self.servers):
-            server = RedisServer()
-            self.addCleanup(server.cleanup)
-            self.redis.append(server.start())
+        self.redis = startServers(self, self.servers)
         self.clients = ThreadedClients(self)
-        self.directory = tempfile.mkdtemp(prefix="rmux-mux-")
-        self.addCleanup(shutil.rmtree, self.directory, True)
-        self.path = os.path.join(self.directory, "rmux.sock")
+        self.path = socketPath(self)
         values = {
             "socket": self.path,
             "unixConnections": " ".join(s.path for s in self.redis),
@@ -54,9 +44,7 @@ class MultiplexTestCase(TestCase):
         return self.startListener(fromFlags(values).listeners[0])
 
     def startListener(self, listener):
-        self.service = ListenerService(listener, reactor)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
+        self.service = startListener(self, listener)
         # Let the first health verdicts land.
         return sleep(0.1)
 

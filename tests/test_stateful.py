@@ -4,22 +4,18 @@ Stateful Redis features through rmux, against real servers: transactions
 EVALSHA's NOSCRIPT retry; with one backend and with several.
 """
 
-import os
-import shutil
-import tempfile
 import time
 
 import redis
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from rmux.config import fromFlags
 from rmux.hashing import RmuxRing
-from rmux.service import ListenerService
-from tests.redisserver import RedisServer
-from tests.test_integration import ThreadedClients, rawExchange
+from tests.redisserver import startServers
+from tests.test_integration import ThreadedClients, rawExchange, socketPath, startListener
 
 
 class StatefulTestCase(TestCase):
@@ -28,24 +24,16 @@ class StatefulTestCase(TestCase):
     flags = {}
 
     def setUp(self):
-        self.redis = []
-        for _ in range(self.servers):
-            server = RedisServer()
-            self.addCleanup(server.cleanup)
-            self.redis.append(server.start())
+        self.redis = startServers(self, self.servers)
         self.clients = ThreadedClients(self)
-        directory = tempfile.mkdtemp(prefix="rmux-st-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        self.path = os.path.join(directory, "rmux.sock")
+        self.path = socketPath(self)
         values = {
             "socket": self.path,
             "unixConnections": " ".join(s.path for s in self.redis),
             "remoteReadTimeout": "300",
         }
         values.update(self.flags)
-        self.service = ListenerService(fromFlags(values).listeners[0], reactor)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
+        self.service = startListener(self, fromFlags(values).listeners[0])
         return deferLater(reactor, 0.05, lambda: None)
 
     def client(self, **kwargs):
@@ -316,9 +304,7 @@ class PubSubTests(StatefulTestCase):
                 "socket": self.path2,
                 "unixConnections": " ".join(s.path for s in self.redis),
             }
-            service = ListenerService(fromFlags(values).listeners[0], reactor)
-            service.startService()
-            self.addCleanup(service.stopService)
+            startListener(self, fromFlags(values).listeners[0])
             return deferLater(reactor, 0.05, lambda: None)
 
         return d.addCallback(second)
@@ -476,23 +462,17 @@ class UsersTests(StatefulTestCase):
     def setUp(self):
         from rmux.config import fromJSON
 
-        self.redis = []
-        server = RedisServer(args=["--requirepass", "backend-pw"])
-        self.addCleanup(server.cleanup)
-        self.redis.append(server.start())
+        self.redis = startServers(self, 1, args=["--requirepass", "backend-pw"])
+        server = self.redis[0]
         self.clients = ThreadedClients(self)
-        directory = tempfile.mkdtemp(prefix="rmux-st-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        self.path = os.path.join(directory, "rmux.sock")
+        self.path = socketPath(self)
         config = fromJSON(
             """[{"socket": "%s",
                  "unixConnections": [{"address": "%s", "password": "backend-pw"}],
                  "users": [{"name": "app", "password": "app-pw"}]}]"""
             % (self.path, server.path)
         )
-        self.service = ListenerService(config.listeners[0], reactor)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
+        self.service = startListener(self, config.listeners[0])
         return deferLater(reactor, 0.1, lambda: None)
 
     def direct(self, index=0):
