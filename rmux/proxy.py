@@ -314,6 +314,8 @@ class ClientProtocol(Protocol):
         self.clock = factory.reactor
         self.createdAt = self.lastActivity = self.clock.seconds()
         self.authenticated = not factory.auth.required
+        if not self.authenticated:
+            self.parser.restrictUntilAuthenticated()
         if len(factory.clients) >= factory.maxClients:
             # As Redis does: say why, then close; the client is not counted.
             factory.stats.rejectedConnections += 1
@@ -361,7 +363,7 @@ class ClientProtocol(Protocol):
             self._pauseReading()
         if parser.error is not None:
             self.factory.stats.protocolErrors += 1
-            self.reply(resp.error(b"ERR " + str(parser.error).encode()))
+            self.reply(parser.error.asReply())
             self.closeAfterReplies()
 
     # Replies, in request order
@@ -858,6 +860,7 @@ class ClientProtocol(Protocol):
         if auth.check(username, password):
             self.authenticated = True
             self.authFailures = 0
+            self.parser.authenticated()
             return resp.OK
         self.authFailures += 1
         self.factory.stats.authFailures += 1

@@ -261,6 +261,7 @@ class RequestParser(object):
 
     __slots__ = (
         "error", "_maxBulk", "_maxArgs", "_maxInline", "_fast", "_reader",
+        "_tooManyArgs", "_tooLong", "_saved",
         "_argv", "_argc", "_bulkLen", "_held", "_chunks", "_pending",
         "_wait",
     )
@@ -279,6 +280,9 @@ class RequestParser(object):
                          else maxArguments)
         self._maxInline = (self.maxInlineLength if maxInlineLength is None
                            else maxInlineLength)
+        self._tooManyArgs = "invalid multibulk length"
+        self._tooLong = "invalid bulk length"
+        self._saved = None
         # A canonical header line is at most 21 bytes long; below that the
         # inline limit could reject what hiredis accepts.
         self._fast = bool(self.useHiredis and self._maxInline >= 21)
@@ -304,6 +308,29 @@ class RequestParser(object):
         """
         return self._held + self._pending
 
+
+    def restrictUntilAuthenticated(self, maxArguments=10, maxBulkLength=16384):
+        """
+        Apply Redis's limits for a client that has not authenticated yet,
+        with Redis's texts (C{unauthenticated multibulk length}, ...), so a
+        stranger cannot make rmux buffer large requests.  L{authenticated}
+        lifts them.
+        """
+        self._saved = (self._maxArgs, self._maxBulk)
+        self._maxArgs = min(self._maxArgs, maxArguments)
+        self._maxBulk = min(self._maxBulk, maxBulkLength)
+        self._tooManyArgs = "unauthenticated multibulk length"
+        self._tooLong = "unauthenticated bulk length"
+
+    def authenticated(self):
+        """
+        Lift the limits of L{restrictUntilAuthenticated}.
+        """
+        if self._saved is not None:
+            self._maxArgs, self._maxBulk = self._saved
+            self._saved = None
+            self._tooManyArgs = "invalid multibulk length"
+            self._tooLong = "invalid bulk length"
 
     def feed(self, data):
         """
@@ -588,7 +615,7 @@ class RequestParser(object):
                 if count.isdigit() and (count[0] != 48 or len(count) == 1):
                     count = int(count)
                     if count > self._maxArgs:
-                        return self._fail("invalid multibulk length")
+                        return self._fail(self._tooManyArgs)
                 elif count == b"-1":
                     count = 0
                 else:
@@ -625,7 +652,7 @@ class RequestParser(object):
                     if size.isdigit() and (size[0] != 48 or len(size) == 1):
                         bulkLen = int(size)
                         if bulkLen > self._maxBulk:
-                            return self._fail("invalid bulk length")
+                            return self._fail(self._tooLong)
                     else:
                         return self._fail("invalid bulk length")
                     pos = end + 2

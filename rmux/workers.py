@@ -5,9 +5,10 @@ Worker processes: how rmux uses more than one core.
 One process is one event loop, so more cores means more processes.  With
 C{maxProcesses} above 1, the twistd process becomes a L{ParentService}
 that serves nobody itself.  It creates and binds every listener's socket
-(so the socket file, its mode, its lock and the "address in use" error are
-exactly those of a single rmux), never accepts on them, and keeps that
-many worker processes running.  Each worker inherits the listening sockets
+with the endpoint a single rmux would listen on (so the socket file, its
+mode and owner, its lock and the "address in use" error are exactly
+those of a single rmux), never accepts on them, and keeps that many
+worker processes running.  Each worker inherits the listening sockets
 as file descriptors and runs the ordinary per-listener services, each with
 its own pools and health monitor, on them (L{WorkerService}); the kernel
 hands every new client to one of the workers.
@@ -37,6 +38,7 @@ because it cannot pass file descriptors to its children.
 import argparse
 import os
 import pickle
+import signal
 import socket
 import struct
 import sys
@@ -326,9 +328,12 @@ class ParentService(Service):
     @ivar minRestartDelay: see L{RestartPolicy.minDelay}.
     @ivar maxRestartDelay: see L{RestartPolicy.maxDelay}.
     @ivar healthyAfter: see L{RestartPolicy.healthyAfter}.
-    @ivar killTime: how long a worker may take to stop after SIGTERM
-        before it gets SIGKILL: long enough for its clients to be given the
-        replies they are owed (L{ProxyFactory.disconnectAll} waits 5 s).
+    @ivar killTime: how many seconds a worker may take to stop after
+        SIGTERM before it gets SIGKILL; L{None} for the longest
+        C{shutdownTimeout} of the listeners (the time its clients get to
+        collect the replies they are owed) plus L{killGrace}.
+    @ivar killGrace: what a worker gets beyond C{shutdownTimeout} to close
+        its backend connections and exit.
     """
 
     log = Logger()
@@ -336,7 +341,8 @@ class ParentService(Service):
     minRestartDelay = 0.5
     maxRestartDelay = 30.0
     healthyAfter = 10.0
-    killTime = 10.0
+    killTime = None
+    killGrace = 5.0
 
     def __init__(self, config, reactor, count=None):
         """
@@ -486,10 +492,17 @@ class ParentService(Service):
             if call.active():
                 call.cancel()
         self._restarts.clear()
+        killTime = self.killTime
+        if killTime is None:
+            longest = max(
+                getattr(listener, "shutdownTimeout", 5000)
+                for listener in self.config.listeners
+            )
+            killTime = longest / 1000.0 + self.killGrace
         waiting = []
         for protocol in list(self.workers.values()):
             waiting.append(protocol.whenEnded())
-            protocol.terminate(self.reactor, self.killTime)
+            protocol.terminate(self.reactor, killTime)
         ports, self.ports = self.ports, []
         waiting.extend(maybeDeferred(port.stopListening) for port in ports)
 
@@ -741,6 +754,10 @@ def runWorker(reactor, workerId, config, filenos, backlogs=None, stdin=0):
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     ProcessReader(reactor, _Lifeline(reactor), "lifeline", stdin)
+    # Ctrl-C at a terminal signals the parent and its workers alike; the
+    # parent stops the workers (SIGTERM) itself, and workers that stopped
+    # on their own first would only be logged as dead and rescheduled.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info(
         "worker {workerId} (pid {pid}) serving", workerId=workerId, pid=os.getpid()
     )

@@ -359,8 +359,8 @@ class RequestParserTestsMixin(object):
         kw = dict(maxBulkLength=5, maxArguments=2, maxInlineLength=30)
         self.assertParses(b"*2\r\n$5\r\nhello\r\n$1\r\nx\r\n",
                           [[b"hello", b"x"]], **kw)
-        self.assertFails(b"*1\r\n$6\r\n", "Protocol error: invalid bulk length",
-                         **kw)
+        self.assertFails(b"*1\r\n$6\r\n",
+                         "Protocol error: invalid bulk length", **kw)
         self.assertFails(b"*3\r\n", "Protocol error: invalid multibulk length",
                          **kw)
         self.assertFails(encodeCommand([b"a"]) + encodeCommand([b"a"] * 3),
@@ -723,7 +723,8 @@ class EncoderTests(SynchronousTestCase):
         self.assertEqual(b"".join(parts), encodeCommand(args))
         self.assertIn(big, parts)
         self.assertIs([p for p in parts if p == big][0], big)
-        self.assertEqual(encodeCommandParts([b"PING"]), [b"*1\r\n$4\r\nPING\r\n"])
+        self.assertEqual(encodeCommandParts([b"PING"]),
+                         [b"*1\r\n$4\r\nPING\r\n"])
 
 
     def test_constants(self):
@@ -1082,3 +1083,31 @@ class ReplyFramerPropertyTests(SynchronousTestCase):
                 self.assertIsNone(whole)
             else:
                 self.assertEqual(out, whole)
+
+
+class UnauthenticatedLimitTests(SynchronousTestCase):
+    """
+    Before AUTH, Redis's small request limits apply, with its own texts.
+    """
+
+    def test_tooManyArguments(self):
+        parser = RequestParser()
+        parser.restrictUntilAuthenticated()
+        self.assertEqual(parser.feed(b"*10\r\n" + b"$1\r\na\r\n" * 10), [[b"a"] * 10])
+        self.assertEqual(parser.feed(b"*11\r\n"), [])
+        self.assertEqual(str(parser.error), "Protocol error: unauthenticated multibulk length")
+
+    def test_tooLong(self):
+        parser = RequestParser()
+        parser.restrictUntilAuthenticated()
+        parser.feed(b"*2\r\n$3\r\nSET\r\n$16385\r\n")
+        self.assertEqual(str(parser.error), "Protocol error: unauthenticated bulk length")
+
+    def test_lifted(self):
+        parser = RequestParser()
+        parser.restrictUntilAuthenticated()
+        parser.authenticated()
+        value = b"x" * 20000
+        self.assertEqual(
+            parser.feed(b"*2\r\n$3\r\nSET\r\n$20000\r\n" + value + b"\r\n"), [[b"SET", value]]
+        )

@@ -432,6 +432,38 @@ class AuthTests(StatefulTestCase):
         )
 
     @inlineCallbacks
+    def test_smallRequestsBeforeAuth(self):
+        """
+        Before AUTH a command may have 10 arguments at most, as in Redis.
+        """
+        big = b"*11\r\n" + b"$1\r\na\r\n" * 11
+        got = yield self.inThread(rawExchange, self.path, b"PING\r\n" + big)
+        self.assertEqual(
+            got,
+            b"-NOAUTH Authentication required.\r\n"
+            b"-ERR Protocol error: unauthenticated multibulk length\r\n",
+        )
+
+        def authThenBig():
+            import socket
+
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(self.path)
+                s.sendall(b"AUTH s3cret\r\n")
+                first = s.recv(100)
+                s.sendall(big + b"QUIT\r\n")
+                rest = b""
+                while True:
+                    chunk = s.recv(1000)
+                    if not chunk:
+                        return first + rest
+                    rest += chunk
+
+        got = yield self.inThread(authThenBig)
+        self.assertTrue(got.startswith(b"+OK\r\n-ERR unknown command 'a'"), got)
+
+    @inlineCallbacks
     def test_redisPyWithPassword(self):
         for protocol in (2, 3):
             client = self.client(password="s3cret", protocol=protocol)

@@ -290,8 +290,9 @@ class ParentServiceTests(SynchronousTestCase):
     def test_stopTerminatesThenKills(self):
         """
         C{stopService} sends SIGTERM to every worker, SIGKILL to one still
-        running after L{ParentService.killTime}, closes the listening
-        sockets, and fires only when every worker has ended.
+        running after the listeners' C{shutdownTimeout} and
+        L{ParentService.killGrace}, closes the listening sockets, and
+        fires only when every worker has ended.
         """
         polite, stubborn = self.reactor.processes
         stopped = []
@@ -299,7 +300,7 @@ class ParentServiceTests(SynchronousTestCase):
         self.assertEqual((polite.signals, stubborn.signals), (["TERM"], ["TERM"]))
         self.assertFalse(self.reactor.ports[0].listening)
         polite.end(exitCode=0)
-        self.reactor.advance(self.service.killTime - 0.1)
+        self.reactor.advance(5 + 5 - 0.1)
         self.assertEqual(stubborn.signals, ["TERM"])
         self.assertEqual(stopped, [])
         self.reactor.advance(0.1)
@@ -309,6 +310,18 @@ class ParentServiceTests(SynchronousTestCase):
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.processes), 2)
         self.assertIn("worker 2 (pid 1001) did not stop in time: killed", self.messages())
+
+    def test_killTime(self):
+        """
+        An explicit L{ParentService.killTime} overrides the one that
+        follows C{shutdownTimeout}.
+        """
+        self.service.killTime = 1.0
+        self.service.stopService()
+        self.reactor.advance(1.0)
+        self.assertEqual(
+            [p.signals for p in self.reactor.processes], [["TERM", "KILL"]] * 2
+        )
 
     def test_noRestartAfterStop(self):
         """
