@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from rmux.resp import ProtocolError, ReplyFramer, encodeCommand
-from rmux.transport import FastClientCreator, writeNow
+from rmux.transport import FastClientCreator, coalescer, writeNow
 
 
 def errorReply(message):
@@ -109,14 +109,18 @@ class BackendProtocol(Protocol):
             return
         self.lastProgress = self.clock.seconds()
         waiting = self.waiting
-        for reply in replies:
-            if reply[:1] == b">":
-                # An out-of-band push (RESP3): nobody asked for it here.
-                continue
-            if not waiting:
-                self.fail("sent a reply nobody asked for")
-                return
-            waiting.popleft().fill(reply)
+        coalescer.begin()
+        try:
+            for reply in replies:
+                if reply[:1] == b">":
+                    # An out-of-band push (RESP3): nobody asked for it here.
+                    continue
+                if not waiting:
+                    self.fail("sent a reply nobody asked for")
+                    return
+                waiting.popleft().fill(reply)
+        finally:
+            coalescer.end()
 
     def connectionLost(self, reason):
         self.broken = True

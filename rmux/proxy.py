@@ -26,7 +26,7 @@ from rmux import resp
 from rmux.auth import NOAUTH, NOPASSWORD, WRONGPASS, Authenticator
 from rmux.pool import PoolExhausted, errorReply
 from rmux.resp import encodeCommand
-from rmux.transport import writeNow
+from rmux.transport import coalescer, writeNow
 
 
 HELLO_NOAUTH = (
@@ -394,7 +394,7 @@ class ClientProtocol(Protocol):
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         self.factory.stats.bytesOut += len(data)
-        writeNow(self.transport, data)
+        coalescer.write(self.transport, data)
         if self.paused:
             self._checkOutputLimit()
         if self.readingPaused and len(queue) <= self.factory.maxPending // 2:

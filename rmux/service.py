@@ -9,6 +9,8 @@ owns its backend pools, health monitor and server endpoint, and shares
 nothing with the others (as in Go rmux).
 """
 
+import socket
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, maybeDeferred
@@ -22,6 +24,12 @@ from rmux.pubsub import SubscriptionHub, connectAuthenticated
 from rmux.hashing import makeRing, twemproxyServerName
 from rmux.router import PoolGroup, Router
 from rmux.transport import UNIXServerEndpoint
+
+
+#: Connections the kernel may queue for accept.  A burst of short-lived
+#: clients (a web server's workers starting requests together) must not
+#: find it full: on a unix socket that is an immediate EAGAIN for them.
+LISTEN_BACKLOG = socket.SOMAXCONN
 
 
 def _seconds(milliseconds):
@@ -141,13 +149,18 @@ class ListenerService(MultiService):
             return UNIXServerEndpoint(
                 self.reactor,
                 listener.socket,
+                backlog=LISTEN_BACKLOG,
                 mode=listener.socketMode,
                 wantPID=True,
                 owner=getattr(listener, "socketOwner", None),
             )
         if ":" in listener.host:
-            return TCP6ServerEndpoint(self.reactor, listener.port, interface=listener.host)
-        return TCP4ServerEndpoint(self.reactor, listener.port, interface=listener.host)
+            return TCP6ServerEndpoint(
+                self.reactor, listener.port, backlog=LISTEN_BACKLOG, interface=listener.host
+            )
+        return TCP4ServerEndpoint(
+            self.reactor, listener.port, backlog=LISTEN_BACKLOG, interface=listener.host
+        )
 
     def startService(self):
         self.health.start()

@@ -517,7 +517,30 @@ class ParentService(Service):
 # The worker's side.
 
 
-class _InheritedUNIXPort(UNIXPort):
+class _SharedAccepts:
+    """
+    A listening port that accepts one client per wake-up.
+
+    Every worker waits on the same socket and the kernel wakes them all
+    when clients arrive.  Twisted's port accepts as many as are queued
+    (up to 100) each time, so a burst of new clients (an application
+    server starting, a benchmark) would all go to whichever worker woke
+    first, and stay there.  Taking one at a time lets the others, and
+    the least busy above all, take their share.
+    """
+
+    def doRead(self):
+        self.numberAccepts = 1
+        return super().doRead()
+
+
+class _InheritedTCPPort(_SharedAccepts, tcp.Port):
+    """
+    A TCP port on a socket inherited from the parent.
+    """
+
+
+class _InheritedUNIXPort(_SharedAccepts, UNIXPort):
     """
     A unix port on a socket inherited from the parent, with the same
     connections as the single-process listener's (L{rmux.transport}).
@@ -537,9 +560,12 @@ class _InheritedUNIXPort(UNIXPort):
 class InheritedPortEndpoint:
     """
     A server endpoint that adopts a listening socket given to this process
-    as a file descriptor, as L{twisted.internet.endpoints.AdoptedStreamServerEndpoint}
-    does, except that a unix socket's file is left in place when the port
-    stops (see L{_InheritedUNIXPort}).
+    as a file descriptor.
+
+    This is what L{IReactorSocket.adoptStreamPort} does, with ports of our
+    own: they share new clients with the other workers (L{_SharedAccepts}),
+    and a unix socket's file is left in place when the port stops (see
+    L{_InheritedUNIXPort}).
 
     The address family is the socket's own, so the worker need not know
     what kind of address the parent bound.
@@ -550,9 +576,9 @@ class InheritedPortEndpoint:
         @param reactor: an L{IReactorSocket}.
         @param fileno: the listening socket's file descriptor, closed once
             adopted (the port works on its own duplicate).
-        @param backlog: the parent's backlog for the socket: a unix port
-            calls C{listen()} again when it adopts a socket, and must not
-            shrink it.
+        @param backlog: the parent's backlog for the socket: a port may
+            call C{listen()} again when it adopts a socket (Twisted's unix
+            port does), and must not shrink it.
         """
         self.reactor = reactor
         self.fileno = fileno
@@ -578,10 +604,14 @@ class InheritedPortEndpoint:
             port = _InheritedUNIXPort._fromListeningDescriptor(
                 self.reactor, self.fileno, factory
             )
-            port.backlog = self.backlog
-            port.startListening()
+        elif family in (socket.AF_INET, socket.AF_INET6):
+            port = _InheritedTCPPort._fromListeningDescriptor(
+                self.reactor, self.fileno, family, factory
+            )
         else:
-            port = self.reactor.adoptStreamPort(self.fileno, family, factory)
+            raise error.UnsupportedAddressFamily(family)
+        port.backlog = self.backlog
+        port.startListening()
         os.close(self.fileno)
         return port
 
