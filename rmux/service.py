@@ -163,8 +163,10 @@ class ListenerService(MultiService):
         )
 
     def startService(self):
-        self.health.start()
+        # Listen first: if the socket or port cannot be had, nothing else
+        # has started.
         MultiService.startService(self)
+        self.health.start()
 
     def stopService(self):
         """

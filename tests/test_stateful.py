@@ -4,6 +4,7 @@ Stateful Redis features through rmux, against real servers: transactions
 EVALSHA's NOSCRIPT retry; with one backend and with several.
 """
 
+import os
 import time
 
 import redis
@@ -14,6 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from rmux.config import fromFlags
 from rmux.hashing import RmuxRing
+from rmux.service import ListenerService
 from tests.redisserver import startServers
 from tests.test_integration import ThreadedClients, rawExchange, socketPath, startListener
 
@@ -548,3 +550,44 @@ class UsersTests(StatefulTestCase):
             b"-WRONGPASS invalid username-password pair or user is disabled.\r\n" * 2
             + b"+OK\r\n",
         )
+
+
+class ShutdownTests(StatefulTestCase):
+    @inlineCallbacks
+    def test_stopDrainsInFlightReplies(self):
+        """
+        Stopping rmux (SIGTERM under twistd) stops accepting, lets a client
+        collect the reply it is owed, then closes it.
+        """
+        import socket
+
+        def run():
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(self.path)
+                s.sendall(b"BLPOP empty 0.5\r\n")
+                time.sleep(0.2)
+                reactor.callFromThread(self.service.stopService)
+                got = b""
+                while True:
+                    chunk = s.recv(100)
+                    if not chunk:
+                        return got
+                    got += chunk
+
+        got = yield self.inThread(run)
+        self.assertEqual(got, b"*-1\r\n")
+        self.assertFalse(os.path.exists(self.path))
+
+    @inlineCallbacks
+    def test_liveSocketNotStolen(self):
+        """
+        A second rmux on a socket a live one holds refuses to start.
+        """
+        from twisted.internet.error import CannotListenError
+
+        values = {"socket": self.path, "unixConnections": self.redis[0].path}
+        second = ListenerService(fromFlags(values).listeners[0], reactor)
+        error = self.assertRaises(CannotListenError, second.startService)
+        self.assertIn("Cannot acquire lock", str(error))
+        self.assertIs((yield self.inThread(self.client().ping)), True)

@@ -18,6 +18,7 @@ import time
 import redis
 from twisted.internet import error, reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +28,7 @@ from rmux.config import fromFlags
 from rmux.service import RmuxService, makeService
 from rmux.workers import (
     FIRST_LISTENER_FD,
+    InheritedPortEndpoint,
     ParentService,
     RestartPolicy,
     WorkerService,
@@ -459,6 +461,48 @@ class BindingTests(TestCase):
         self.assertRaises(error.CannotListenError, second.startService)
         self.assertEqual(second.workers, {})
         self.assertFalse(second.running)
+
+
+class SharedAcceptTests(TestCase):
+    """
+    A worker's port takes one new client per wake-up, so that a burst of
+    clients is shared among the workers.
+    """
+
+    def check(self, family, address):
+        listening = socket.socket(family)
+        self.addCleanup(listening.close)
+        listening.bind(address)
+        listening.listen(50)
+        listening.setblocking(False)
+        address = listening.getsockname()
+        clients = []
+        for _ in range(3):
+            client = socket.socket(family)
+            self.addCleanup(client.close)
+            client.connect(address)
+            clients.append(client)
+        accepted = []
+        factory = Factory.forProtocol(Protocol)
+        factory.buildProtocol = lambda addr: accepted.append(addr) or Protocol()
+        endpoint = InheritedPortEndpoint(reactor, os.dup(listening.fileno()))
+        port = self.successResultOf(endpoint.listen(factory))
+        port.stopReading()
+        self.addCleanup(port.stopListening)
+        port.doRead()
+        self.assertEqual(len(accepted), 1)
+        port.doRead()
+        self.assertEqual(len(accepted), 2)
+        return port
+
+    def test_unix(self):
+        directory = tempfile.mkdtemp(prefix="rmux-accept-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.check(socket.AF_UNIX, os.path.join(directory, "rmux.sock"))
+
+    def test_tcp(self):
+        port = self.check(socket.AF_INET, ("127.0.0.1", 0))
+        self.assertEqual(port.getHost().host, "127.0.0.1")
 
 
 def info(path, timeout=5):
