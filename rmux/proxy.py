@@ -26,7 +26,7 @@ from rmux import resp
 from rmux.auth import NOAUTH, NOPASSWORD, WRONGPASS, Authenticator
 from rmux.pool import PoolExhausted, errorReply
 from rmux.resp import encodeCommand
-from rmux.transport import coalescer, writeNow
+from rmux.transport import coalescer
 
 
 HELLO_NOAUTH = (
@@ -375,8 +375,10 @@ class ClientProtocol(Protocol):
         if self.queue:
             self.queue.append(ReplySlot(self, data))
         elif not self.disconnected:
+            # Through the coalescer, like backend replies: a reply that is
+            # ready now must not overtake one still held back there.
             self.factory.stats.bytesOut += len(data)
-            writeNow(self.transport, data)
+            coalescer.write(self.transport, data)
             if self.paused:
                 self._checkOutputLimit()
 
