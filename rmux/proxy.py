@@ -1136,6 +1136,8 @@ class ProxyFactory(Factory):
 
     protocol = ClientProtocol
     log = Logger()
+    #: With --maxProcesses, which worker this is (1..N); None otherwise.
+    workerId = None
 
     #: How many script bodies rmux remembers for EVALSHA's retry.
     maxScripts = 10000
@@ -1288,6 +1290,7 @@ class ProxyFactory(Factory):
             ("python_version", sys.version.split()[0]),
             ("twisted_version", twisted.__version__),
             ("process_id", os.getpid()),
+            ("worker", self.workerId if self.workerId is not None else 0),
             ("listener", listener.name if listener is not None else ""),
             ("multiplexing", int(bool(listener and listener.multiplexing))),
             ("uptime_in_seconds", int(self.reactor.seconds() - self.startedAt)),

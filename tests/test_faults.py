@@ -17,8 +17,13 @@ failover) and checks rmux's promises:
     id is the same at the end, and a raw socket is never closed);
   - rmux serves normally afterwards.
 
-Last, random bytes from 200 connections must leave rmux serving, with no
-client left behind.
+Transactions and blocking commands, on dedicated connections, get the same
+treatment; random bytes from 200 connections (seeded, RMUX_FUZZ_SEED) must
+leave rmux serving, with no client left behind.
+
+The last classes hold the bugs these tests found, as C{todo} tests: each
+says what is wrong and where.  The load summaries (counts, error kinds,
+slowest request) go to the test log.
 """
 
 import os

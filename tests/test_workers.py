@@ -96,9 +96,10 @@ class RestartPolicyTests(SynchronousTestCase):
 
 
 class FakePort:
-    def __init__(self, fileno, address):
+    def __init__(self, fileno, address, backlog):
         self._fileno = fileno
         self.address = address
+        self.backlog = backlog
         self.reading = True
         self.listening = True
 
@@ -159,12 +160,12 @@ class FakeReactor(Clock):
         self._pids = iter(range(1000, 2000))
 
     def listenUNIX(self, path, factory, backlog=50, mode=0o666, wantPID=0):
-        port = FakePort(20 + len(self.ports), ("unix", path, mode, wantPID))
+        port = FakePort(20 + len(self.ports), ("unix", path, mode, wantPID), backlog)
         self.ports.append(port)
         return port
 
     def listenTCP(self, port, factory, backlog=50, interface=""):
-        result = FakePort(20 + len(self.ports), ("tcp", interface, port))
+        result = FakePort(20 + len(self.ports), ("tcp", interface, port), backlog)
         self.ports.append(result)
         return result
 
@@ -223,8 +224,11 @@ class ParentServiceTests(SynchronousTestCase):
         """
         Each worker gets its number on its command line, the listening
         socket from fd 3 on, pipes for stdin, stdout and stderr, the rmux
-        being run on its C{PYTHONPATH}, and its configuration on stdin.
+        being run on its C{PYTHONPATH}, and on stdin its configuration and
+        the backlog the parent listened with (a single rmux's), which a
+        worker must not shrink when it adopts the socket.
         """
+        (port,) = self.reactor.ports
         processes = self.reactor.processes
         self.assertEqual(len(processes), 2)
         self.assertEqual(sorted(self.service.workers), [1, 2])
@@ -243,7 +247,11 @@ class ParentServiceTests(SynchronousTestCase):
             self.assertEqual(len(process.written), 4 + length)
             self.assertEqual(
                 payload,
-                {"config": self.config, "fds": [FIRST_LISTENER_FD], "backlogs": [50]},
+                {
+                    "config": self.config,
+                    "fds": [FIRST_LISTENER_FD],
+                    "backlogs": [port.backlog],
+                },
             )
 
     def test_restartAfterDelay(self):
@@ -465,8 +473,8 @@ class BindingTests(TestCase):
 
 class SharedAcceptTests(TestCase):
     """
-    A worker's port takes one new client per wake-up, so that a burst of
-    clients is shared among the workers.
+    A worker's port takes only a few new clients per wake-up, so that a
+    burst of clients is shared among the workers.
     """
 
     def check(self, family, address):
@@ -477,7 +485,7 @@ class SharedAcceptTests(TestCase):
         listening.setblocking(False)
         address = listening.getsockname()
         clients = []
-        for _ in range(3):
+        for _ in range(5):
             client = socket.socket(family)
             self.addCleanup(client.close)
             client.connect(address)
@@ -489,10 +497,11 @@ class SharedAcceptTests(TestCase):
         port = self.successResultOf(endpoint.listen(factory))
         port.stopReading()
         self.addCleanup(port.stopListening)
-        port.doRead()
-        self.assertEqual(len(accepted), 1)
+        port.maxAccepts = 2
         port.doRead()
         self.assertEqual(len(accepted), 2)
+        port.doRead()
+        self.assertEqual(len(accepted), 4)
         return port
 
     def test_unix(self):
@@ -512,7 +521,11 @@ def info(path, timeout=5):
     """
     client = redis.Redis(unix_socket_path=path, socket_timeout=timeout)
     try:
-        pid = client.info("server")["process_id"]
+        server = client.info("server")
+        pid = server["process_id"]
+        # INFO also says which worker answered.
+        if server["worker"] not in (1, 2):
+            raise AssertionError("INFO worker:%r" % (server["worker"],))
         client.set("written-by:%d" % pid, pid)
         return pid
     finally:
