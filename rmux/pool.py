@@ -76,10 +76,27 @@ class BackendProtocol(Protocol):
     readTimeout = 0.5
     writeTimeout = 0.5
     dedicated = False
+    failure = None
 
-    def __init__(self):
+    #: A reply must be complete within this many read timeouts, however
+    #: steadily its bytes trickle in (a backend that sends a reply that
+    #: never ends would otherwise hold its requests forever).
+    replyTimeoutFactor = 5
+
+    def __init__(self, pool=None):
+        """
+        @param pool: the L{BackendPool} this connection belongs to; set at
+            once, so that a server that writes or closes before the connect
+            is reported (Redis past C{maxclients}) finds it.
+        """
+        if pool is not None:
+            self.pool = pool
+            self.clock = pool.reactor
+            self.readTimeout = pool.readTimeout
+            self.writeTimeout = pool.writeTimeout
         self.framer = ReplyFramer()
         self.waiting = deque()
+        self.headSince = 0.0
         self.held = None
         self.db = 0
         self.protocolVersion = 2
@@ -98,8 +115,6 @@ class BackendProtocol(Protocol):
 
     def connectionMade(self):
         self.transport.registerProducer(self, True)
-        if self.pool is not None:
-            self.pool.connectionReady(self)
 
     def dataReceived(self, data):
         try:
@@ -116,9 +131,10 @@ class BackendProtocol(Protocol):
                     # An out-of-band push (RESP3): nobody asked for it here.
                     continue
                 if not waiting:
-                    self.fail("sent a reply nobody asked for")
+                    self.fail("sent a reply nobody asked for: %s" % (_firstLine(reply),))
                     return
                 waiting.popleft().fill(reply)
+                self.headSince = self.lastProgress
         finally:
             coalescer.end()
 
@@ -183,7 +199,7 @@ class BackendProtocol(Protocol):
 
     def _write(self, payload, waiter):
         if not self.waiting:
-            self.lastProgress = self.clock.seconds()
+            self.lastProgress = self.headSince = self.clock.seconds()
             if self._readTimer is None and self.readTimeout:
                 self._readTimer = self.clock.callLater(
                     self.readTimeout, self._checkRead
@@ -271,18 +287,31 @@ class BackendProtocol(Protocol):
     # Failure
 
     def _checkRead(self):
+        """
+        Give up when the server has sent nothing for the read timeout, or
+        has not completed the oldest reply within C{replyTimeoutFactor}
+        read timeouts.
+        """
         self._readTimer = None
         if not self.waiting:
             return
-        idle = self.clock.seconds() - self.lastProgress
+        now = self.clock.seconds()
+        idle = now - self.lastProgress
+        replyLimit = self.readTimeout * self.replyTimeoutFactor
+        age = now - self.headSince
         if idle >= self.readTimeout:
             self.fail(
                 "did not reply within %d ms" % (round(self.readTimeout * 1000),),
                 timedOut=True,
             )
+        elif age >= replyLimit:
+            self.fail(
+                "did not complete a reply within %d ms" % (round(replyLimit * 1000),),
+                timedOut=True,
+            )
         else:
             self._readTimer = self.clock.callLater(
-                self.readTimeout - idle, self._checkRead
+                min(self.readTimeout - idle, replyLimit - age), self._checkRead
             )
 
     def _writeTimedOut(self):
@@ -301,6 +330,7 @@ class BackendProtocol(Protocol):
         if self.broken:
             return
         self.broken = True
+        self.failure = why
         self._cancelTimers()
         if self.pool is not None:
             self.pool.connectionFailed(self, why, timedOut)
@@ -475,7 +505,7 @@ class BackendPool:
         @return: a L{Deferred} firing with the ready L{BackendProtocol}:
             authenticated first when the address has credentials.
         """
-        creator = FastClientCreator(self.reactor, self.protocolClass)
+        creator = FastClientCreator(self.reactor, self.protocolClass, pool=self)
         address = self.address
         if address.kind == "unix":
             d = creator.connectUNIX(address.path, timeout=self.connectTimeout)
@@ -488,7 +518,10 @@ class BackendPool:
 
     def _opened(self, protocol):
         self.stats.connects += 1
-        self.prepareProtocol(protocol)
+        if protocol.broken:
+            # It wrote or closed before the connect was reported: Redis
+            # refusing a client (maxclients), or a server going away.
+            raise ConnectionError(protocol.failure or "the server closed the connection")
         self.open.add(protocol)
         protocol.closed.addCallback(lambda _: self.open.discard(protocol))
         password = getattr(self.address, "password", None)
@@ -499,15 +532,6 @@ class BackendPool:
     def _attemptDone(self, result, attempt):
         self.attempts.discard(attempt)
         return result
-
-    def prepareProtocol(self, protocol):
-        """
-        Hook for subclasses: called before a new connection is used.
-        """
-        protocol.pool = self
-        protocol.clock = self.reactor
-        protocol.readTimeout = self.readTimeout
-        protocol.writeTimeout = self.writeTimeout
 
     def _connected(self, protocol):
         self.connecting -= 1
@@ -661,6 +685,10 @@ class BackendPool:
             closing.append(connection.closed)
             connection.transport.loseConnection()
         return DeferredList(closing) if closing else succeed(None)
+
+
+def _firstLine(reply):
+    return reply[:80].split(b"\r\n", 1)[0].decode("utf-8", "replace")
 
 
 class PoolExhausted(Exception):

@@ -192,6 +192,38 @@ class BackendProtocolTests(SynchronousTestCase):
         clock.advance(0.1)
         self.assertTrue(waiters[1].reply.startswith(b"-ERR rmux: backend"))
 
+    def test_trickledReplyHasALimit(self):
+        """
+        Bytes that keep coming without completing the reply do not hold the
+        request forever: a reply must be complete within five read timeouts.
+        """
+        protocol, transport, clock = connect(readTimeout=0.5)
+        waiter = Collector()
+        protocol.send(command(b"GET", b"a"), waiter)
+        for _ in range(12):
+            clock.advance(0.2)
+            protocol.dataReceived(b"x" if protocol.framer.buffered else b"+x")
+        self.assertIsNone(waiter.reply)
+        clock.advance(0.1)
+        self.assertIn(b"did not complete a reply within 2500 ms", waiter.reply)
+
+    def test_earlyRejectionIsAConnectFailure(self):
+        """
+        A server that answers before anything was asked (Redis past
+        maxclients) fails the connect instead of joining the pool.
+        """
+        pool = FakePool()
+        pool.reactor = Clock()
+        pool.readTimeout = pool.writeTimeout = 0.5
+        protocol = BackendProtocol(pool)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(b"-ERR max number of clients reached\r\n")
+        self.assertTrue(protocol.broken)
+        self.assertEqual(
+            pool.failures,
+            [("sent a reply nobody asked for: -ERR max number of clients reached", False)],
+        )
+
     def test_noTimerWhenIdle(self):
         protocol, transport, clock = connect()
         waiter = Collector()
