@@ -9,9 +9,11 @@ owns its backend pools, health monitor and server endpoint, and shares
 nothing with the others (as in Go rmux).
 """
 
+import ctypes
+import ctypes.util
 import socket
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -184,6 +186,30 @@ class ListenerService(MultiService):
         return d
 
 
+def _mallocTrim():
+    """
+    glibc's C{malloc_trim}, or L{None} elsewhere.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+class MemoryTrimmer(TimerService):
+    """
+    Hands memory freed after a burst (many clients, large values) back to
+    the system every C{interval} seconds: glibc keeps freed memory in its
+    arenas, so without this rmux's RSS stays at its peak.
+    """
+
+    def __init__(self, reactor, interval=30.0):
+        trim = _mallocTrim()
+        TimerService.__init__(self, interval, trim if trim is not None else lambda _: None, 0)
+        self.clock = reactor
+
+
 class RmuxService(MultiService):
     """
     Every listener of one rmux configuration.
@@ -192,6 +218,7 @@ class RmuxService(MultiService):
     def __init__(self, config, reactor):
         MultiService.__init__(self)
         self.config = config
+        MemoryTrimmer(reactor).setServiceParent(self)
         self.listeners = []
         table = CommandTable.default()
         for listener in config.listeners:

@@ -60,7 +60,7 @@ from twisted.logger import (
 
 import rmux
 from rmux.commands import CommandTable
-from rmux.service import ListenerService
+from rmux.service import ListenerService, MemoryTrimmer
 from rmux.transport import UNIXPort
 
 __all__ = [
@@ -680,6 +680,7 @@ class WorkerService(MultiService):
         MultiService.__init__(self)
         self.config = config
         self.workerId = workerId
+        MemoryTrimmer(reactor).setServiceParent(self)
         self.listeners = []
         table = CommandTable.default()
         if backlogs is None:

@@ -21,8 +21,8 @@ Transactions and blocking commands, on dedicated connections, get the same
 treatment; random bytes from 200 connections (seeded, RMUX_FUZZ_SEED) must
 leave rmux serving, with no client left behind.
 
-The last classes hold the bugs these tests found, as C{todo} tests: each
-says what is wrong and where.  The load summaries (counts, error kinds,
+The last classes hold the bugs these tests found (fixed since): each says
+what was wrong and where.  The load summaries (counts, error kinds,
 slowest request) go to the test log.
 """
 
@@ -49,8 +49,8 @@ from twisted.trial.unittest import TestCase
 
 from rmux.hashing import RmuxRing
 from rmux.resp import encodeCommand
-from tests.redisserver import RedisServer, startRedis
-from tests.test_integration import ThreadedClients, rawExchange, startRmux
+from tests.redisserver import startRedis, startServers
+from tests.test_integration import ThreadedClients, rawExchange, socketPath, startRmux
 
 
 def sleep(seconds):
@@ -133,7 +133,7 @@ class Failed:
         return "Failed(%r)" % (self.message,)
 
 
-def redisPyClient(path, protocol=2):
+def redisPyClient(path, protocol=2, db=0):
     """
     A redis-py client of rmux on one connection that never reconnects or
     retries behind our back.
@@ -141,13 +141,14 @@ def redisPyClient(path, protocol=2):
     return redis.Redis(
         unix_socket_path=path,
         protocol=protocol,
+        db=db,
         single_connection_client=True,
         retry=Retry(NoBackoff(), 0),
         socket_timeout=LATENCY_BOUND + 6,
     )
 
 
-def redisPyWorker(path, n, stop, rec, lossless=False, protocol=2):
+def redisPyWorker(path, n, stop, rec, lossless=False, protocol=2, db=0):
     """
     One redis-py client in a loop of SET, GET, ECHO, INCR and MGET over
     keys and values that name the request.
@@ -156,7 +157,7 @@ def redisPyWorker(path, n, stop, rec, lossless=False, protocol=2):
         is paused, not killed): then an acknowledged SET must be read back,
         and the INCR counter must only go up.
     """
-    client = redisPyClient(path, protocol)
+    client = redisPyClient(path, protocol, db)
     try:
         startId = client.client_id()
         lastCount = 0
@@ -290,9 +291,10 @@ def rawBatch(n, round, size, keyOf=None):
     return commands, expect
 
 
-def rawWorker(path, n, stop, rec, batch=60, lossless=False, keyOf=None):
+def rawWorker(path, n, stop, rec, batch=60, lossless=False, keyOf=None, db=0):
     """
-    A raw socket pipelining batches of C{batch} commands until C{stop}.
+    A raw socket pipelining batches of C{batch} commands until C{stop}, in
+    db C{db}.
     """
     try:
         client = RawClient(path)
@@ -300,6 +302,8 @@ def rawWorker(path, n, stop, rec, batch=60, lossless=False, keyOf=None):
         rec.violation("raw client %d cannot connect: %s" % (n, e))
         return
     try:
+        if db and client.exchange([[b"SELECT", b"%d" % (db,)]]) != [b"OK"]:
+            rec.violation("raw client %d could not SELECT %d" % (n, db))
         round = 0
         while not stop.is_set():
             round += 1
@@ -514,10 +518,13 @@ class RealBackendFaultTests(FaultTestCase):
 
     def startLoad(self, redisPy=6, raw=3, batch=60, lossless=False):
         load = Load(self, self.clients)
+        # Several dbs and both protocols, so that pooled connections switch
+        # (SELECT, HELLO) while the backend fails.
         for n in range(redisPy):
-            load.add(redisPyWorker, self.rmux.path, n, lossless=lossless, protocol=2 + n % 2)
+            load.add(redisPyWorker, self.rmux.path, n, lossless=lossless,
+                     protocol=2 + n % 2, db=n % 3)
         for n in range(raw):
-            load.add(rawWorker, self.rmux.path, n, batch=batch, lossless=lossless)
+            load.add(rawWorker, self.rmux.path, n, batch=batch, lossless=lossless, db=n % 3)
         return load
 
     @inlineCallbacks
@@ -848,7 +855,7 @@ class FailoverFaultTests(FaultTestCase):
 
     def setUp(self):
         FaultTestCase.setUp(self)
-        self.redis = [startRedis(self) for _ in range(self.servers)]
+        self.redis = startServers(self, self.servers)
         self.rmux = startRmux(
             self, self.redis, failover="true", healthInterval="20",
             healthFailures="2", healthSuccesses="2", remoteReadTimeout="300",
@@ -938,12 +945,13 @@ class FailoverFaultTests(FaultTestCase):
         return time.monotonic()
 
     @inlineCallbacks
-    def test_killOneOfFour(self):
+    def oneOfFour(self, fault, repair):
         """
-        With failover, SIGKILL one of four servers under mixed load: no
-        request for the other three ever fails; the victim's keys fail
-        until it is marked down, then go to their backup; when it is back
-        they go home.
+        Break the victim with C{fault} under mixed load, wait until it is
+        marked down, C{repair} it, wait until it is up: no request for the
+        other three servers ever fails; the victim's keys fail only until
+        it is marked down, then go to their backup, and come home when it
+        is back.
         """
         log = []
         load = Load(self, self.clients)
@@ -955,12 +963,13 @@ class FailoverFaultTests(FaultTestCase):
                 keyOf=lambda n, round, j: b"raw:%d:%d:%d" % (n, round, j),
             )
         yield sleep(0.7)
-        killedAt = time.monotonic()
-        self.redis[self.victim].process.kill()
-        self.redis[self.victim].process.wait()
-        downAt = yield self.waitForState(self.victim, "down")
-        yield sleep(1.0)
-        yield threads.deferToThread(self.redis[self.victim].start)
+        brokenAt = time.monotonic()
+        fault()
+        try:
+            downAt = yield self.waitForState(self.victim, "down")
+            yield sleep(1.0)
+        finally:
+            yield repair()
         upAt = yield self.waitForState(self.victim, "up")
         yield sleep(0.5)
         rec = yield load.finish()
@@ -974,7 +983,7 @@ class FailoverFaultTests(FaultTestCase):
         victims = [e for e in log if self.victim in e[1]]
         # Some failed while it went down (or the test proved nothing) ...
         self.assertTrue(
-            [e for e in victims if isinstance(e[4], Failed) and e[0] >= killedAt - 0.05],
+            [e for e in victims if isinstance(e[4], Failed) and e[0] >= brokenAt - 0.05],
             rec.summary(),
         )
         # ... but none sent once it was down for a moment, nor once back.
@@ -985,10 +994,30 @@ class FailoverFaultTests(FaultTestCase):
         self.assertEqual(late, [], "the victim's keys did not fail over")
         self.assertTrue([e for e in victims if downAt + 0.1 < e[0] < upAt - 0.1])
 
+    @inlineCallbacks
+    def test_pauseOneOfFour(self):
+        """
+        SIGSTOP one of four servers (its health checks and requests time
+        out), then SIGCONT it.
+        """
+        victim = self.redis[self.victim]
+        yield self.oneOfFour(victim.pause, lambda: victim.resume())
+
+    @inlineCallbacks
+    def test_killOneOfFour(self):
+        """
+        SIGKILL one of four servers, then start it again.
+        """
+        victim = self.redis[self.victim]
+
+        def kill():
+            victim.process.kill()
+            victim.process.wait()
+
+        yield self.oneOfFour(kill, lambda: threads.deferToThread(victim.start))
         # And its keys went to the backup Go rmux's walk picks.
         key = self.keyOn(self.victim, b"placed")
-        self.redis[self.victim].process.kill()
-        self.redis[self.victim].process.wait()
+        kill()
         yield self.waitForState(self.victim, "down")
         client = yield self.inThread(redisPyClient, self.rmux.path)
         self.addCleanup(client.close)
@@ -1163,6 +1192,8 @@ class FuzzTests(FaultTestCase):
 
 # ---------------------------------------------------------------------------
 # Bugs found while writing the tests above, each with its reproduction.
+# They were todo tests until fixed (1f5e843 and 042f260); now they guard
+# against the bugs coming back.
 # ---------------------------------------------------------------------------
 
 
@@ -1171,15 +1202,13 @@ class HeldReplyOrderTests(FaultTestCase):
     Commands that arrive while a blocking command or a transaction holds
     the client are handled when its reply comes in; a reply they get at
     once must still leave after the held command's.
-    """
 
-    todo = (
-        "replies answered at once (ECHO, PING, QUIT, errors, ...) for commands "
-        "held behind BLPOP or EXEC overtake that command's reply: "
-        "ClientProtocol.release() runs inside the backend batch of "
-        "rmux.transport.coalescer, slotFilled() defers the EXEC/BLPOP reply to "
-        "coalescer.end() but reply() writes with writeNow() at once"
-    )
+    Found as: replies answered at once (ECHO, PING, QUIT, errors, ...) for
+    commands held behind BLPOP or EXEC overtook that command's reply, because
+    ClientProtocol.release() ran inside the backend batch of
+    rmux.transport.coalescer: slotFilled() deferred the EXEC/BLPOP reply to
+    coalescer.end(), but reply() wrote with writeNow() at once.
+    """
 
     def setUp(self):
         FaultTestCase.setUp(self)
@@ -1241,17 +1270,16 @@ class RejectedConnectionTests(FaultTestCase):
     """
     A server that accepts a connection and closes it at once, as Redis does
     past its maxclients, must not break the pool for good.
-    """
 
-    todo = (
-        "a backend connection that gets data or is closed before "
-        "ClientCreator's Deferred fires (callLater(0) after connectionMade) "
-        "raises AttributeError in BackendProtocol.dataReceived/connectionLost "
-        "(pool and clock are still None); it is then added to the pool "
-        "anyway, broken and with no waiters, so BackendPool.send prefers it "
-        "and every request fails with 'lost connection' forever; its closed "
-        "Deferred never fires, so stopService hangs"
-    )
+    Found as: a backend connection that got data or was closed before
+    ClientCreator's Deferred fired (callLater(0) after connectionMade)
+    raised AttributeError in BackendProtocol.dataReceived/connectionLost
+    (pool and clock were still None); it was then added to the pool anyway,
+    broken and with no waiters, so BackendPool.send preferred it and every
+    request failed with 'lost connection' forever, even once Redis had room;
+    its closed Deferred never fired, so stopService hung.  Redis's own
+    maxclients rejection hits that window within a second.
+    """
 
     @inlineCallbacks
     def test_maxclientsThenRoom(self):
@@ -1266,9 +1294,7 @@ class RejectedConnectionTests(FaultTestCase):
         from rmux.config import fromFlags
         from rmux.service import ListenerService
 
-        directory = tempfile.mkdtemp(prefix="rmux-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        path = os.path.join(directory, "rmux.sock")
+        path = socketPath(self)
         service = ListenerService(
             fromFlags({"socket": path, "unixConnections": server.path, "poolSize": "4"}).listeners[0],
             reactor,
@@ -1296,7 +1322,12 @@ class RejectedConnectionTests(FaultTestCase):
         logMessage("a rejected connection was caught in the window: %r" % (caught,))
         yield self.inThread(admin.sendall, b"CONFIG SET maxclients 1000\r\n")
         self.assertEqual((yield self.inThread(admin.recv, 100)), b"+OK\r\n")
-        yield sleep(0.3)
+        # The health checks were refused too; once they see the server
+        # answer, the pool may connect at once (no backoff left).
+        deadline = time.monotonic() + 5
+        while service.health.states()[pool] != "up" and time.monotonic() < deadline:
+            yield sleep(0.02)
+        yield sleep(0.05)
 
         def use():
             with socket.socket(socket.AF_UNIX) as s:
@@ -1309,7 +1340,7 @@ class RejectedConnectionTests(FaultTestCase):
         replies = yield self.inThread(use)
         finished = yield stopWithin(service, 3)
         stopped.append(finished)
-        # Errors rmux logged (trial would report them apart from the todo).
+        # Errors rmux logged (as failures of this test, not just logged).
         logged = [f.getErrorMessage() for f in self.flushLoggedErrors()]
         self.assertEqual(replies, [[b"OK", b"%d" % (i,)] for i in range(50)])
         self.assertTrue(finished, "stopService did not finish within 3 s")
@@ -1338,14 +1369,12 @@ def rawExchangeOn(sock, payload, count):
 class TricklingBackendTests(FaultTestCase):
     """
     A backend that keeps sending bytes but never finishes its reply.
-    """
 
-    todo = (
-        "remoteReadTimeout counts from the last byte received "
-        "(BackendProtocol.lastProgress is set on every dataReceived), so a "
-        "backend that trickles a reply that never ends holds the request "
-        "forever, and ReplyFramer buffers the unterminated line without a bound"
-    )
+    Found as: remoteReadTimeout counted from the last byte received
+    (BackendProtocol.lastProgress was set on every dataReceived), so a
+    backend that trickled a reply that never ends held the request forever,
+    and ReplyFramer buffered the unterminated line without a bound.
+    """
 
     def setUp(self):
         FaultTestCase.setUp(self)
