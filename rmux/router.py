@@ -104,15 +104,19 @@ class Router:
                 )
                 return
         routing = spec.routing
-        name = spec.name
-        if name in _CHANNEL_COMMANDS:
-            self._keyed(args, spec, slot, [args[1]], db, protocolVersion)
-        elif routing == C.KEYED or routing == C.SPLIT:
+        if routing == C.SPLIT:
             indexes = spec.keyIndexes(args)
-            if routing == C.SPLIT and len(indexes) > 1:
+            if len(indexes) > 1:
                 self._split(args, spec, slot, indexes, db, protocolVersion)
+                return
+        if routing in (C.KEYED, C.SPLIT) or spec.name in _CHANNEL_COMMANDS:
+            pool = self.poolForCommand(args, spec)
+            if pool is None:
+                pool = self._anyPool()
+            if isinstance(pool, bytes):
+                slot.fill(pool)
             else:
-                self._keyed(args, spec, slot, [args[i] for i in indexes], db, protocolVersion)
+                self.send(pool, args, slot, client, db, protocolVersion)
         elif routing == C.KEYLESS_ANY:
             pool = self._anyPool()
             if isinstance(pool, bytes):
@@ -214,15 +218,6 @@ class Router:
             if health is None or health.isUp(pool):
                 return pool
         return errorReply("rmux: every backend is down")
-
-    def _keyed(self, args, spec, slot, keys, db, protocolVersion):
-        pool = self._poolForKeys(keys)
-        if pool is None:
-            pool = self._anyPool()
-        if isinstance(pool, bytes):
-            slot.fill(pool)
-        else:
-            self.send(pool, args, slot, slot.client, db, protocolVersion)
 
     def _split(self, args, spec, slot, indexes, db, protocolVersion):
         """

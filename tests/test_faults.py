@@ -762,10 +762,10 @@ class FakeRedisFactory(Factory):
 FAULTS = ("garbage", "garbageAfterReply", "badBulkEnd", "closeMidBulk", "abortMidBulk")
 
 
-class FakeBackendFaultTests(FaultTestCase):
+class FakeBackendTestCase(FaultTestCase):
     """
-    A backend that sends bytes that are not RESP, or closes in the middle
-    of a bulk reply.
+    rmux in front of a fake server that misbehaves on purpose (a real Redis
+    never does), with a 300 ms remote read timeout.
     """
 
     def setUp(self):
@@ -782,6 +782,14 @@ class FakeBackendFaultTests(FaultTestCase):
 
         self.rmux = startRmux(self, [Server], poolSize="4", remoteReadTimeout="300")
         return sleep(0.1)
+
+
+
+class FakeBackendFaultTests(FakeBackendTestCase):
+    """
+    A backend that sends bytes that are not RESP, or closes in the middle
+    of a bulk reply.
+    """
 
     @inlineCallbacks
     def test_eachFaultAfterGoodReplies(self):
@@ -1366,7 +1374,7 @@ def rawExchangeOn(sock, payload, count):
     return [str(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
 
 
-class TricklingBackendTests(FaultTestCase):
+class TricklingBackendTests(FakeBackendTestCase):
     """
     A backend that keeps sending bytes but never finishes its reply.
 
@@ -1375,21 +1383,6 @@ class TricklingBackendTests(FaultTestCase):
     backend that trickled a reply that never ends held the request forever,
     and ReplyFramer buffered the unterminated line without a bound.
     """
-
-    def setUp(self):
-        FaultTestCase.setUp(self)
-        directory = tempfile.mkdtemp(prefix="rmux-fake-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        self.fake = FakeRedisFactory()
-        self.fakePath = os.path.join(directory, "fake.sock")
-        port = reactor.listenUNIX(self.fakePath, self.fake)
-        self.addCleanup(port.stopListening)
-
-        class Server:
-            path = self.fakePath
-
-        self.rmux = startRmux(self, [Server], poolSize="4", remoteReadTimeout="300")
-        return sleep(0.1)
 
     @inlineCallbacks
     def test_neverEndingReply(self):
