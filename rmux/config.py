@@ -197,6 +197,15 @@ Milliseconds that clients have, after a SIGTERM, to collect the replies
 they are owed before they are closed.
 """
 
+DEFAULT_STATS_HOST = "127.0.0.1"
+"""
+Where the stats and metrics ports listen: loopback, since twemproxy's
+collectd and nagios plugins run on the same host.
+"""
+
+DEFAULT_STATS_INTERVAL = 10000
+"""Milliseconds between statsd pushes and worker reports."""
+
 _MAX_SOCKET_MODE = 0o777
 _MAX_ID = 2**32 - 2
 """
@@ -1391,6 +1400,14 @@ class RmuxConfig:
     @ivar graphite: statsd endpoint C{host:port} (UDP), or C{None}.
     @ivar timing: Also send timing metrics to statsd.
     @ivar cpuProfile: File to write a CPU profile to, or C{None}.
+    @ivar statsPort: TCP port serving twemproxy's stats JSON, 0 for none.
+    @ivar metricsPort: TCP port serving Prometheus C{/metrics}, 0 for none.
+    @ivar statsHost: The interface both listen on; loopback by default,
+        since the numbers describe the host's traffic.
+    @ivar statsInterval: How often (ms) statsd gets the counters, and
+        worker processes report theirs to the parent.
+    @ivar configPath: The C{--config} file the listeners came from, which
+        SIGHUP re-reads; C{None} when they came from flags.
     """
 
     listeners: tuple[ListenerConfig, ...]
@@ -1399,6 +1416,11 @@ class RmuxConfig:
     graphite: str | None = None
     timing: bool = False
     cpuProfile: str | None = None
+    statsPort: int = 0
+    metricsPort: int = 0
+    statsHost: str = DEFAULT_STATS_HOST
+    statsInterval: int = DEFAULT_STATS_INTERVAL
+    configPath: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.listeners, ListenerConfig) or not isinstance(
@@ -1420,6 +1442,19 @@ class RmuxConfig:
         cpuProfile = _checkOptionalStr(self.cpuProfile, "cpuProfile")
         if cpuProfile == "":
             raise ConfigError("cpuProfile: must be a file name or None, got ''")
+        for name in ("statsPort", "metricsPort"):
+            value = getattr(self, name)
+            if not _isInt(value) or not 0 <= value <= 65535:
+                raise ConfigError(f"{name}: must be a TCP port (0 for none), got {value!r}")
+        if self.statsPort and self.statsPort == self.metricsPort:
+            raise ConfigError(f"metricsPort: {self.metricsPort} is already the statsPort")
+        if not isinstance(self.statsHost, str) or not self.statsHost.strip():
+            raise ConfigError(f"statsHost: must be an interface address, got {self.statsHost!r}")
+        if not _isInt(self.statsInterval) or self.statsInterval <= 0:
+            raise ConfigError(
+                f"statsInterval: must be a positive number of ms, got {self.statsInterval!r}"
+            )
+        _checkOptionalStr(self.configPath, "configPath")
 
 
 def _checkGraphite(value: object, label: str) -> str:
@@ -1946,7 +1981,18 @@ _POOL_FLAGS = (
     "maxInlineLength",
     "shutdownTimeout",
 )
-_GLOBAL_FLAGS = ("config", "debug", "useSyslog", "graphite", "timing", "cpuProfile")
+_GLOBAL_FLAGS = (
+    "config",
+    "debug",
+    "useSyslog",
+    "graphite",
+    "timing",
+    "cpuProfile",
+    "statsPort",
+    "metricsPort",
+    "statsHost",
+    "statsInterval",
+)
 _BOOLEAN_FLAGS = frozenset(["failover", "allowFlush", "debug", "useSyslog", "timing"])
 _INTEGER_FLAGS = frozenset(
     [
@@ -1971,6 +2017,9 @@ _INTEGER_FLAGS = frozenset(
         "maxClients",
         "maxArguments",
         "shutdownTimeout",
+        "statsPort",
+        "metricsPort",
+        "statsInterval",
     ]
 )
 FLAG_NAMES = _POOL_FLAGS + _GLOBAL_FLAGS
@@ -2119,6 +2168,15 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
         globalValues["graphite"] = _checkGraphite(given["graphite"], "--graphite")
     if "cpuProfile" in given:
         globalValues["cpuProfile"] = given["cpuProfile"]
+    for name in ("statsPort", "metricsPort", "statsInterval"):
+        if name in given:
+            globalValues[name] = _flagInteger(given[name], name)
+    if "statsHost" in given:
+        if not isinstance(given["statsHost"], str):
+            raise ConfigError(f"--statsHost: must be a string, got {given['statsHost']!r}")
+        globalValues["statsHost"] = given["statsHost"]
+    if "config" in given:
+        globalValues["configPath"] = os.fspath(given["config"])
     try:
         return RmuxConfig(listeners=listeners, **globalValues)
     except ConfigError as e:

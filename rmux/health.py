@@ -77,6 +77,9 @@ class BackendHealth:
         self.lastError = None
         self.databases = None
         self.version = None
+        self.ejections = 0
+        self.ejectedAt = 0.0
+        self.clock = reactor
 
     def check(self):
         if self.inFlight:
@@ -101,6 +104,9 @@ class BackendHealth:
 
     def _become(self, state, why):
         previous, self.state = self.state, state
+        if state == DOWN:
+            self.ejections += 1
+            self.ejectedAt = self.clock.seconds()
         if state == UP:
             self.log.info("backend {address} is up", address=str(self.address))
         else:

@@ -19,12 +19,14 @@ import random
 from collections import deque
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from rmux.resp import ProtocolError, ReplyFramer, encodeCommand
+from rmux.stats import PoolStats
 from rmux.transport import FastClientCreator, coalescer, writeNow
 
 
@@ -77,6 +79,7 @@ class BackendProtocol(Protocol):
     writeTimeout = 0.5
     dedicated = False
     failure = None
+    retiring = False
 
     #: A reply must be complete within this many read timeouts, however
     #: steadily its bytes trickle in (a backend that sends a reply that
@@ -94,6 +97,12 @@ class BackendProtocol(Protocol):
             self.clock = pool.reactor
             self.readTimeout = pool.readTimeout
             self.writeTimeout = pool.writeTimeout
+            self.stats = pool.stats
+        else:
+            self.stats = PoolStats()
+        self.sent = 0
+        self.replied = 0
+        self.batches = deque()
         self.framer = ReplyFramer()
         self.waiting = deque()
         self.headSince = 0.0
@@ -122,23 +131,62 @@ class BackendProtocol(Protocol):
         except ProtocolError as e:
             self.fail("sent a malformed reply (%s)" % (e,))
             return
-        self.lastProgress = self.clock.seconds()
+        now = self.lastProgress = self.clock.seconds()
         waiting = self.waiting
+        answered = errors = 0
         coalescer.begin()
         try:
             for reply in replies:
-                if reply[:1] == b">":
+                first = reply[:1]
+                if first == b">":
                     # An out-of-band push (RESP3): nobody asked for it here.
                     continue
                 if not waiting:
                     self.fail("sent a reply nobody asked for: %s" % (_firstLine(reply),))
                     return
+                if first == b"-":
+                    errors += 1
+                answered += 1
                 waiting.popleft().fill(reply)
-                self.headSince = self.lastProgress
+                self.headSince = now
         finally:
             coalescer.end()
+            self._counted(len(data), answered, errors, now)
+        if self.retiring and not self.load:
+            self.transport.loseConnection()
+
+    def retire(self):
+        """
+        Close once every reply this connection owes has arrived; the pool
+        no longer gives it requests.
+        """
+        self.retiring = True
+        if not self.load and self.transport is not None:
+            self.transport.loseConnection()
+
+    def _counted(self, size, answered, errors, now):
+        """
+        Count what one read brought, and the latency of every write batch
+        whose last reply it completed.
+        """
+        stats = self.stats
+        stats.responseBytes += size
+        if not answered:
+            return
+        stats.responses += answered
+        stats.errorReplies += errors
+        replied = self.replied = self.replied + answered
+        batches = self.batches
+        while batches and batches[0][0] <= replied:
+            end, count, sentAt = batches.popleft()
+            stats.latency.observe(now - sentAt, count)
 
     def connectionLost(self, reason):
+        if not self.broken and not reason.check(ConnectionAborted):
+            transport = self.transport
+            if not (transport is not None and transport.disconnecting):
+                # Neither rmux nor a failure closed it: the server did.
+                self.stats.eof += 1
         self.broken = True
         self._cancelTimers()
         self._failAll(
@@ -228,12 +276,22 @@ class BackendProtocol(Protocol):
         self._flushCall = None
         if not out or self.broken:
             return
+        end = self.replied + len(self.waiting)
+        stats = self.stats
+        stats.requests += end - self.sent
+        self.batches.append((end, end - self.sent, self.clock.seconds()))
+        self.sent = end
         if len(out) == 1:
-            writeNow(self.transport, out[0])
-        elif sum(map(len, out)) > self.joinLimit:
-            self.transport.writeSequence(out)
+            data = out[0]
+            stats.requestBytes += len(data)
+            writeNow(self.transport, data)
         else:
-            writeNow(self.transport, b"".join(out))
+            size = sum(map(len, out))
+            stats.requestBytes += size
+            if size > self.joinLimit:
+                self.transport.writeSequence(out)
+            else:
+                writeNow(self.transport, b"".join(out))
 
     def _switch(self, db, protocolVersion):
         if protocolVersion != self.protocolVersion:
@@ -341,6 +399,8 @@ class BackendProtocol(Protocol):
     def _failAll(self, reply):
         waiting, self.waiting = self.waiting, deque()
         held, self.held = self.held, None
+        self.batches.clear()
+        self.stats.failedRequests += len(waiting) + (len(held) if held else 0)
         for waiter in waiting:
             waiter.fill(reply)
         for payload, waiter, db, protocolVersion in held or ():
@@ -475,6 +535,34 @@ class BackendPool:
         else:
             waiter.fill(self._cannotConnect())
         return best
+
+    def configure(
+        self, size, connectTimeout, readTimeout, writeTimeout, maxPinned, pinnedWait
+    ):
+        """
+        Take new settings while serving (a live reload).  Open connections
+        get the new timeouts; past a smaller C{size}, the surplus ones
+        stop taking requests and close once they have delivered what they
+        owe, so no request is lost.
+        """
+        self.size = size
+        self.connectTimeout = connectTimeout
+        self.readTimeout = readTimeout
+        self.writeTimeout = writeTimeout
+        self.maxPinned = maxPinned
+        self.pinnedWait = pinnedWait
+        self.tokens = min(self.tokens, float(size))
+        for connection in self.connections:
+            connection.readTimeout = readTimeout
+            connection.writeTimeout = writeTimeout
+        surplus = self.connections[size:]
+        del self.connections[size:]
+        for connection in surplus:
+            connection.retire()
+        for protocol in self.idlePinned:
+            protocol.readTimeout = readTimeout
+            protocol.writeTimeout = writeTimeout
+        self._servePinnedWaiters()
 
     def _cannotConnect(self):
         return errorReply(
@@ -702,17 +790,3 @@ class PoolExhausted(Exception):
             "rmux: all %d dedicated connections to backend %s are in use "
             "(waited %d ms)" % (cap, address, round(wait * 1000)),
         )
-
-
-class PoolStats:
-    """
-    Counters for one backend pool, shown by INFO.
-    """
-
-    __slots__ = ("connects", "connectFailures", "errors", "timeouts")
-
-    def __init__(self):
-        self.connects = 0
-        self.connectFailures = 0
-        self.errors = 0
-        self.timeouts = 0

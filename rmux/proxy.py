@@ -15,6 +15,7 @@ from collections import deque
 from itertools import count
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -26,6 +27,7 @@ from rmux import resp
 from rmux.auth import NOAUTH, NOPASSWORD, WRONGPASS, Authenticator
 from rmux.pool import PoolExhausted, errorReply
 from rmux.resp import encodeCommand
+from rmux.stats import ListenerStats, listenerSnapshot
 from rmux.transport import coalescer
 
 
@@ -333,6 +335,11 @@ class ClientProtocol(Protocol):
             return
         self.disconnected = True
         self.closing = True
+        stats = self.factory.stats
+        if reason.check(ConnectionDone):
+            stats.clientEOF += 1
+        else:
+            stats.clientErrors += 1
         self.queue.clear()
         self.held = None
         if self.blockedOn is not None:
@@ -377,7 +384,9 @@ class ClientProtocol(Protocol):
         elif not self.disconnected:
             # Through the coalescer, like backend replies: a reply that is
             # ready now must not overtake one still held back there.
-            self.factory.stats.bytesOut += len(data)
+            stats = self.factory.stats
+            stats.bytesOut += len(data)
+            stats.responses += 1
             coalescer.write(self.transport, data)
             if self.paused:
                 self._checkOutputLimit()
@@ -395,7 +404,9 @@ class ClientProtocol(Protocol):
         if self.disconnected:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
-        self.factory.stats.bytesOut += len(data)
+        stats = self.factory.stats
+        stats.bytesOut += len(data)
+        stats.responses += len(out)
         coalescer.write(self.transport, data)
         if self.paused:
             self._checkOutputLimit()
@@ -425,25 +436,31 @@ class ClientProtocol(Protocol):
             # transaction, a delayed AUTH failure): Redis would not read on.
             self.held.append(args)
             return
-        self.factory.stats.commands += 1
+        stats = self.factory.stats
+        stats.commands += 1
         spec = self.table.lookup(args)
         if spec is None:
+            stats.requestsByClass["invalid"] += 1
             self._transactionError()
             self.reply(self._unknown(args))
             return
         if not spec.checkArity(len(args)):
+            stats.requestsByClass["invalid"] += 1
             self._transactionError()
             self.reply(C.wrongArityError(spec.name))
             return
         name = spec.name
         if not self.authenticated and name not in _WITHOUT_AUTH:
+            stats.requestsByClass["invalid"] += 1
             self._transactionError()
             self.reply(NOAUTH)
             return
         if self.multi is not None and name not in _TRANSACTION_CONTROL:
+            stats.requestsByClass["stateful"] += 1
             self._queueInTransaction(args, spec)
             return
         if self.usedPubSub and name not in _WHILE_SUBSCRIBED and self.subscribedResp2:
+            stats.requestsByClass["invalid"] += 1
             self.reply(
                 errorReply(
                     "Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / "
@@ -455,17 +472,21 @@ class ClientProtocol(Protocol):
         if policy == C.FORWARD:
             self.forward(args, spec)
         elif policy == C.LOCAL:
+            stats.requestsByClass["local"] += 1
             self.lastCommand = name
             getattr(self, "local_" + name.replace("|", "_").replace("-", "_"))(args)
         elif policy == C.BLOCKING:
             if spec.isBlocking(args):
+                stats.requestsByClass["blocking"] += 1
                 self.blocking(args, spec)
             else:
                 self.forward(args, spec)
         elif policy == C.STATEFUL and name in _STATEFUL_HANDLERS:
+            stats.requestsByClass["stateful"] += 1
             self.lastCommand = name
             getattr(self, "stateful_" + name)(args, spec)
         elif policy == C.PUBSUB and self.factory.hub is not None:
+            stats.requestsByClass["pubsub"] += 1
             self.lastCommand = name
             self.usedPubSub = True
             hub = self.factory.hub
@@ -473,7 +494,8 @@ class ClientProtocol(Protocol):
             if hub.isBusy(self):
                 self.hold()
         else:
-            self.factory.stats.refused += 1
+            stats.refused += 1
+            stats.requestsByClass["refused"] += 1
             self.reply(self.refusal(spec))
 
     def newSlot(self):
@@ -1043,10 +1065,12 @@ class ClientProtocol(Protocol):
         quiet = self.clock.seconds() - self.lastActivity
         readTimeout, idleTimeout = factory.localReadTimeout, factory.idleTimeout
         if readTimeout and self.parser.buffered and quiet >= readTimeout:
+            factory.stats.localTimeouts += 1
             self.reply(errorReply("rmux: request not completed within the local read timeout"))
             self.closeAfterReplies()
             return
         if idleTimeout and not self.queue and quiet >= idleTimeout:
+            factory.stats.localTimeouts += 1
             self.transport.loseConnection()
             return
         remaining = [t - quiet for t in (readTimeout, idleTimeout) if t and t > quiet]
@@ -1106,6 +1130,7 @@ class ClientProtocol(Protocol):
 
     def _writeTimedOut(self):
         self._writeTimer = None
+        self.factory.stats.localTimeouts += 1
         self.log.info("closing client {id}: it stopped reading its replies", id=self.id)
         self.transport.abortConnection()
 
@@ -1149,13 +1174,24 @@ class ProxyFactory(Factory):
         self.listener = listener
         self.health = health
         self.hub = hub
-        self.auth = _authenticatorFor(listener)
         self.scripts = {}
         self.clients = set()
         self._drained = None
         self.stats = ListenerStats()
         self.startedAt = reactor.seconds()
         self._ids = count(1)
+        self.configure(listener)
+
+    def configure(self, listener):
+        """
+        Take the client-side settings of C{listener}: its timeouts, limits
+        and credentials.  Called again on a live reload, it applies to every
+        client from then on: connected clients keep their connection (and
+        an authenticated client its login), new ones get the new parser
+        limits.
+        """
+        self.listener = listener
+        self.auth = _authenticatorFor(listener)
         ms = lambda name: getattr(listener, name, 0) / 1000.0 if listener else 0.0
         self.localReadTimeout = ms("localReadTimeout")
         self.localWriteTimeout = ms("localWriteTimeout")
@@ -1254,6 +1290,12 @@ class ProxyFactory(Factory):
             version = self.health.redisVersion()
         return {"version": version or "7.0.0"}
 
+    def snapshot(self):
+        """
+        This listener's counters as plain data; see L{rmux.stats}.
+        """
+        return listenerSnapshot(self, self.router.pools, self.health, self.workerId)
+
     # INFO
 
     def infoText(self, sections):
@@ -1336,25 +1378,3 @@ class ProxyFactory(Factory):
                 )
             )
         return fields
-
-
-class ListenerStats:
-    """
-    Counters for one listener, shown by INFO.
-    """
-
-    __slots__ = (
-        "connectionsReceived",
-        "commands",
-        "bytesIn",
-        "bytesOut",
-        "refused",
-        "protocolErrors",
-        "authFailures",
-        "rejectedConnections",
-        "outputLimitDrops",
-    )
-
-    def __init__(self):
-        for name in self.__slots__:
-            setattr(self, name, 0)

@@ -37,6 +37,8 @@ from rmux.config import (
     DEFAULT_REMOTE_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STARTUP_WAIT,
+    DEFAULT_STATS_HOST,
+    DEFAULT_STATS_INTERVAL,
     DEFAULT_TCP_CONNECTIONS,
     HASHES,
     FLAG_NAMES,
@@ -134,6 +136,12 @@ class Options(usage.Options):
             "its own logging (twistd --syslog).",
         ],
         ["timing", None, "Also send timing metrics to --graphite."],
+        [
+            "checkConfig",
+            None,
+            "Check the options and the --config file, print the result and "
+            "exit (0 if valid, 1 if not) instead of running.",
+        ],
     ]
 
     optParameters = [
@@ -331,6 +339,30 @@ class Options(usage.Options):
             "--debug, --graphite etc. still apply.",
         ],
         ["graphite", None, None, "statsd host:port (UDP) to send metrics to."],
+        [
+            "statsPort",
+            None,
+            0,
+            "TCP port serving twemproxy-compatible stats JSON (0 = none).",
+        ],
+        [
+            "metricsPort",
+            None,
+            0,
+            "TCP port serving Prometheus metrics at /metrics (0 = none).",
+        ],
+        [
+            "statsHost",
+            None,
+            DEFAULT_STATS_HOST,
+            "Interface the stats and metrics ports listen on.",
+        ],
+        [
+            "statsInterval",
+            None,
+            DEFAULT_STATS_INTERVAL,
+            "How often statsd gets the counters, and workers report theirs (ms).",
+        ],
         ["cpuProfile", None, None, "Write a CPU profile to this file."],
     ]
 

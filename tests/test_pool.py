@@ -5,13 +5,16 @@ remote timeouts, driven by L{Clock}; then the pool against a real Redis.
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rmux.config import BackendAddress
 from rmux.pool import BackendPool, BackendProtocol, errorReply
 from rmux.resp import encodeCommand
+from rmux.stats import PoolStats
 from tests.redisserver import freePort, startRedis
 
 
@@ -36,6 +39,7 @@ class FakePool:
     def __init__(self):
         self.failures = []
         self.gone = []
+        self.stats = PoolStats()
 
     def connectionFailed(self, protocol, why, timedOut):
         self.failures.append((why, timedOut))
@@ -283,7 +287,7 @@ class BackendProtocolTests(SynchronousTestCase):
         protocol, transport, clock = connect()
         waiter = Collector()
         protocol.send(command(b"GET", b"a"), waiter)
-        protocol.connectionLost(None)
+        protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(
             waiter.reply,
             errorReply("rmux: lost connection to backend redis.example:6379"),

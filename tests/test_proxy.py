@@ -6,8 +6,10 @@ L{tests.test_integration}, against real servers.)
 """
 
 from twisted.internet.address import UNIXAddress
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from rmux.commands import CommandTable
@@ -101,7 +103,7 @@ class OrderingTests(SynchronousTestCase):
     def test_replyForDisconnectedClientIsDropped(self):
         client, transport, router, clock = makeClient()
         client.dataReceived(b"GET a\r\n")
-        client.connectionLost(None)
+        client.connectionLost(Failure(ConnectionDone()))
         router.routed[0][1].fill(b"$-1\r\n")
         self.assertEqual(transport.value(), b"")
 
@@ -237,7 +239,7 @@ class LocalTimeoutTests(SynchronousTestCase):
 
     def test_disconnectCancelsTimer(self):
         client, transport, router, clock = makeClient(idleTimeout="1000")
-        client.connectionLost(None)
+        client.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
@@ -255,7 +257,7 @@ class OverloadTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"-ERR max number of clients reached\r\n")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(factory.clients), 1)
-        second.connectionLost(None)
+        second.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(factory.clients), 1)
 
     def test_slowReaderStopsBeingRead(self):

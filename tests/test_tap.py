@@ -93,6 +93,10 @@ PARAMETER_CASES = [
     ("maxArguments", "64", lambda c: c.listeners[0].maxArguments, 64),
     ("maxInlineLength", "4k", lambda c: c.listeners[0].maxInlineLength, 4000),
     ("shutdownTimeout", "0", lambda c: c.listeners[0].shutdownTimeout, 0),
+    ("statsPort", "22222", lambda c: c.statsPort, 22222),
+    ("metricsPort", "9121", lambda c: c.metricsPort, 9121),
+    ("statsHost", "::1", lambda c: c.statsHost, "::1"),
+    ("statsInterval", "1000", lambda c: c.statsInterval, 1000),
 ]
 
 # Options a case needs besides its own: --hash is refused without ketama,
@@ -273,7 +277,9 @@ class OptionsTests(SynchronousTestCase):
         """
         usage = tap.Options().getUsage(width=2000)
         listed = re.findall(r"^ +--([A-Za-z-]+)=? ", usage, re.MULTILINE)
-        self.assertEqual(sorted(listed), sorted(list(FLAG_NAMES) + ["help", "version"]))
+        self.assertEqual(
+            sorted(listed), sorted(list(FLAG_NAMES) + ["checkConfig", "help", "version"])
+        )
         text = " ".join(usage.split())
         for alias in ("--tcp-connections", "--pool-size", "--remote-read-timeout"):
             self.assertIn(alias, text)
