@@ -17,6 +17,7 @@ back, so a request never runs in the wrong db even if the switch fails.
 
 import random
 from collections import deque
+from itertools import repeat
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ConnectionAborted
@@ -80,6 +81,9 @@ class BackendProtocol(Protocol):
     dedicated = False
     failure = None
     retiring = False
+    _takenAtCheck = None
+    #: Bytes handed to the transport so far.
+    bytesWritten = 0
 
     #: A reply must be complete within this many read timeouts, however
     #: steadily its bytes trickle in (a backend that sends a reply that
@@ -202,6 +206,7 @@ class BackendProtocol(Protocol):
 
     def pauseProducing(self):
         if self._writeTimer is None and self.writeTimeout:
+            self._takenAtCheck = self._taken()
             self._writeTimer = self.clock.callLater(
                 self.writeTimeout, self._writeTimedOut
             )
@@ -221,38 +226,44 @@ class BackendProtocol(Protocol):
         """
         How many replies this connection still owes, including held requests.
         """
-        return len(self.waiting) + (len(self.held) if self.held else 0)
+        return len(self.waiting) + (sum(entry[4] for entry in self.held) if self.held else 0)
 
-    def send(self, payload, waiter, db=0, protocolVersion=2):
+    def send(self, payload, waiter, db=0, protocolVersion=2, count=1):
         """
-        Write one encoded request; C{waiter.fill} gets its reply.
+        Write encoded requests; C{waiter.fill} gets each reply.
 
-        @param payload: the request, RESP-encoded.
+        @param payload: the request, RESP-encoded, or C{count} of them.
         @param db: the db the request must run in.
         @param protocolVersion: the RESP version its reply must be in.
+        @param count: how many requests C{payload} holds: C{waiter.fill} is
+            called once for each of their replies, in order.
         """
         if self.broken:
-            waiter.fill(
-                errorReply("rmux: lost connection to backend %s" % (self.pool.address,))
+            _failEach(
+                waiter, count,
+                errorReply("rmux: lost connection to backend %s" % (self.pool.address,)),
             )
             return
         if self.held is not None:
-            self.held.append((payload, waiter, db, protocolVersion))
+            self.held.append((payload, waiter, db, protocolVersion, count))
             return
         if db != self.db or protocolVersion != self.protocolVersion:
-            self.held = deque([(payload, waiter, db, protocolVersion)])
+            self.held = deque([(payload, waiter, db, protocolVersion, count)])
             self._switch(db, protocolVersion)
             return
-        self._write(payload, waiter)
+        self._write(payload, waiter, count)
 
-    def _write(self, payload, waiter):
+    def _write(self, payload, waiter, count=1):
         if not self.waiting:
             self.lastProgress = self.headSince = self.clock.seconds()
             if self._readTimer is None and self.readTimeout:
                 self._readTimer = self.clock.callLater(
                     self.readTimeout, self._checkRead
                 )
-        self.waiting.append(waiter)
+        if count == 1:
+            self.waiting.append(waiter)
+        else:
+            self.waiting.extend(repeat(waiter, count))
         out = self._out
         if out is None:
             # The first write this loop turn: every request written before
@@ -284,10 +295,12 @@ class BackendProtocol(Protocol):
         if len(out) == 1:
             data = out[0]
             stats.requestBytes += len(data)
+            self.bytesWritten += len(data)
             writeNow(self.transport, data)
         else:
             size = sum(map(len, out))
             stats.requestBytes += size
+            self.bytesWritten += size
             if size > self.joinLimit:
                 self.transport.writeSequence(out)
             else:
@@ -328,19 +341,20 @@ class BackendProtocol(Protocol):
             elif reply[:1] != b"-":
                 reply = errorReply("rmux: backend %s refused %s" % (self.pool.address, what))
             held, self.held = self.held, None
-            for payload, waiter, db, protocolVersion in held or ():
-                waiter.fill(reply)
+            for payload, waiter, db, protocolVersion, count in held or ():
+                _failEach(waiter, count, reply)
             self.fail("refused an internal %s" % (what,))
             return
         held, self.held = self.held, None
         while held:
-            payload, waiter, db, protocolVersion = held.popleft()
+            entry = held.popleft()
+            payload, waiter, db, protocolVersion, count = entry
             if db != self.db or protocolVersion != self.protocolVersion:
-                held.appendleft((payload, waiter, db, protocolVersion))
+                held.appendleft(entry)
                 self.held = held
                 self._switch(db, protocolVersion)
                 return
-            self._write(payload, waiter)
+            self._write(payload, waiter, count)
 
     # Failure
 
@@ -372,8 +386,26 @@ class BackendProtocol(Protocol):
                 min(self.readTimeout - idle, replyLimit - age), self._checkRead
             )
 
+    def _taken(self):
+        """
+        How many of the bytes written so far the server has taken, or
+        L{None} if the transport does not say.
+        """
+        unsent = _unsent(self.transport)
+        return None if unsent is None else self.bytesWritten - unsent
+
     def _writeTimedOut(self):
+        """
+        The server has not drained rmux's writes within the write timeout:
+        give up, unless it did take some of them meanwhile (a big backlog
+        of large values draining slowly is not a hung server).
+        """
         self._writeTimer = None
+        taken = self._taken()
+        if taken is not None and taken > self._takenAtCheck:
+            self._takenAtCheck = taken
+            self._writeTimer = self.clock.callLater(self.writeTimeout, self._writeTimedOut)
+            return
         self.fail(
             "did not accept a write within %d ms" % (round(self.writeTimeout * 1000),),
             timedOut=True,
@@ -400,11 +432,11 @@ class BackendProtocol(Protocol):
         waiting, self.waiting = self.waiting, deque()
         held, self.held = self.held, None
         self.batches.clear()
-        self.stats.failedRequests += len(waiting) + (len(held) if held else 0)
+        self.stats.failedRequests += len(waiting) + sum(entry[4] for entry in held or ())
         for waiter in waiting:
             waiter.fill(reply)
-        for payload, waiter, db, protocolVersion in held or ():
-            waiter.fill(reply)
+        for payload, waiter, db, protocolVersion, count in held or ():
+            _failEach(waiter, count, reply)
 
     def _cancelTimers(self):
         self._out = None
@@ -487,10 +519,11 @@ class BackendPool:
     def __repr__(self):
         return "<BackendPool %s %d/%d>" % (self.address, len(self.connections), self.size)
 
-    def send(self, payload, waiter, db=0, protocolVersion=2, after=None):
+    def send(self, payload, waiter, db=0, protocolVersion=2, after=None, count=1):
         """
         Send one request to this server; C{waiter.fill} gets its reply or an
-        C{-ERR} naming the server.
+        C{-ERR} naming the server.  (Or C{count} requests in one
+        C{payload}, C{waiter.fill} getting each reply.)
 
         @param after: the L{BackendProtocol} that carries the same client's
             earlier requests that are still unanswered, if any.  Redis runs
@@ -503,7 +536,7 @@ class BackendPool:
         if self.fixedDb is not None:
             db = self.fixedDb
         if after is not None and not after.broken:
-            after.send(payload, waiter, db, protocolVersion)
+            after.send(payload, waiter, db, protocolVersion, count)
             return after
         # The first connection in the right state that is not busy: load
         # concentrates on few connections, so more requests share each
@@ -516,7 +549,7 @@ class BackendPool:
                 and connection.held is None
                 and len(connection.waiting) < threshold
             ):
-                connection.send(payload, waiter, db, protocolVersion)
+                connection.send(payload, waiter, db, protocolVersion, count)
                 return connection
         if len(self.connections) + self.connecting < self.size:
             self._connect()
@@ -529,11 +562,11 @@ class BackendPool:
             if best is None or load < bestLoad:
                 best, bestLoad = connection, load
         if best is not None:
-            best.send(payload, waiter, db, protocolVersion)
+            best.send(payload, waiter, db, protocolVersion, count)
         elif self.connecting:
-            self.waitingForConnection.append((payload, waiter, db, protocolVersion))
+            self.waitingForConnection.append((payload, waiter, db, protocolVersion, count))
         else:
-            waiter.fill(self._cannotConnect())
+            _failEach(waiter, count, self._cannotConnect())
         return best
 
     def configure(
@@ -639,8 +672,8 @@ class BackendPool:
         if not self.connecting and not self.connections:
             waiting, self.waitingForConnection = self.waitingForConnection, deque()
             reply = self._cannotConnect()
-            for payload, waiter, db, protocolVersion in waiting:
-                waiter.fill(reply)
+            for payload, waiter, db, protocolVersion, count in waiting:
+                _failEach(waiter, count, reply)
 
     def connectionReady(self, protocol):
         """
@@ -653,8 +686,8 @@ class BackendPool:
         self.nextAttemptAt = None
         self.connections.append(protocol)
         waiting, self.waitingForConnection = self.waitingForConnection, deque()
-        for payload, waiter, db, protocolVersion in waiting:
-            protocol.send(payload, waiter, db, protocolVersion)
+        for payload, waiter, db, protocolVersion, count in waiting:
+            protocol.send(payload, waiter, db, protocolVersion, count)
 
     def serverIsBack(self):
         """
@@ -773,6 +806,25 @@ class BackendPool:
             closing.append(connection.closed)
             connection.transport.loseConnection()
         return DeferredList(closing) if closing else succeed(None)
+
+
+def _unsent(transport):
+    """
+    How many bytes C{transport} holds that the peer has not taken, or
+    L{None} for a transport that does not say.
+    """
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return None
+
+
+def _failEach(waiter, count, reply):
+    """
+    Give each of C{count} requests that were never sent the same error.
+    """
+    for _ in range(count):
+        waiter.fill(reply)
 
 
 def _firstLine(reply):

@@ -239,6 +239,47 @@ class ReplySlot:
         self.client.slotFilled(self)
 
 
+class _Pipeline:
+    """
+    The waiter for a client's pipeline forwarded whole: gathers its
+    replies, then fills the pipeline's one slot with all of them.
+    """
+
+    __slots__ = ("slot", "replies", "count")
+
+    def __init__(self, slot, count):
+        self.slot = slot
+        self.replies = []
+        self.count = count
+
+    @property
+    def data(self):
+        # Router's affinity asks whether the waiter has been answered.
+        return self.slot.data
+
+    def fill(self, reply):
+        replies = self.replies
+        replies.append(reply)
+        if len(replies) == self.count:
+            slot = self.slot
+            # The client counts one response per slot.
+            slot.client.factory.stats.responses += self.count - 1
+            slot.fill(b"".join(replies))
+
+
+#: Per command spec: whether it may be passed through whole (see
+#: L{ClientProtocol._passThrough}).
+_PLAIN_FORWARD = {}
+
+
+def _isPlainForward(spec):
+    return (
+        spec.policy == C.FORWARD
+        and spec.name not in _SCRIPT_SOURCES
+        and spec.name not in _SHA_COMMANDS
+    )
+
+
 def _isValidName(value):
     # Redis refuses spaces, newlines and anything outside '!'..'~'.
     return all(33 <= byte <= 126 for byte in value)
@@ -361,17 +402,57 @@ class ClientProtocol(Protocol):
         self.lastActivity = self.clock.seconds()
         self.factory.stats.bytesIn += len(data)
         parser = self.parser
-        handle = self.handleCommand
-        for args in parser.feed(data):
-            handle(args)
-            if self.closing:
-                return
+        commands = parser.feed(data)
+        if not (parser.wholeFeed and self._passThrough(commands, data)):
+            handle = self.handleCommand
+            for args in commands:
+                handle(args)
+                if self.closing:
+                    return
         if len(self.queue) > self.factory.maxPending:
             self._pauseReading()
         if parser.error is not None:
             self.factory.stats.protocolErrors += 1
             self.reply(parser.error.asReply())
             self.closeAfterReplies()
+
+    def _passThrough(self, commands, data):
+        """
+        Forward C{data}, which is exactly C{commands}, as it is: one write
+        and one place in the reply queue for the whole pipeline, and no
+        encoding.  Only for the plain case: one backend, and commands that
+        need nothing of rmux but forwarding, in a client with no state.
+
+        @return: whether it did; if not, nothing was done.
+        """
+        pool = self.router.single
+        if (
+            pool is None
+            or self.held is not None
+            or self.multi is not None
+            or self.pin is not None
+            or self.usedPubSub
+            or not self.authenticated
+        ):
+            return False
+        lookup = self.table.lookup
+        plain = _PLAIN_FORWARD
+        for args in commands:
+            spec = lookup(args)
+            if spec is None:
+                return False
+            known = plain.get(spec)
+            if known is None:
+                known = plain[spec] = _isPlainForward(spec)
+            if not known or not spec.checkArity(len(args)):
+                return False
+        count = len(commands)
+        self.factory.stats.commands += count
+        slot = ReplySlot(self)
+        self.queue.append(slot)
+        waiter = slot if count == 1 else _Pipeline(slot, count)
+        self.router.sendPayload(pool, data, waiter, self, self.db, self.protocolVersion, count)
+        return True
 
     # Replies, in request order
 
@@ -1309,20 +1390,23 @@ class ProxyFactory(Factory):
             ("server", self._infoServer),
             ("clients", self._infoClients),
             ("stats", self._infoStats),
-            ("replication", lambda: [("role", "master")]),
+            ("replication", lambda snapshot: [("role", "master")]),
             ("backends", self._infoBackends),
         ]
         wanted = set(sections)
         if not wanted or wanted & {"all", "everything", "default"}:
             wanted = {name for name, _ in available}
+        # The numbers come from the snapshot the stats port, Prometheus and
+        # statsd format too, so that INFO never disagrees with them.
+        snapshot = self.snapshot()
         parts = []
         for name, fields in available:
             if name in wanted:
-                body = "".join("%s:%s\r\n" % pair for pair in fields())
+                body = "".join("%s:%s\r\n" % pair for pair in fields(snapshot))
                 parts.append("# %s\r\n%s" % (name.capitalize(), body))
         return "\r\n".join(parts)
 
-    def _infoServer(self):
+    def _infoServer(self, snapshot):
         import twisted
 
         listener = self.listener
@@ -1335,45 +1419,82 @@ class ProxyFactory(Factory):
             ("worker", self.workerId if self.workerId is not None else 0),
             ("listener", listener.name if listener is not None else ""),
             ("multiplexing", int(bool(listener and listener.multiplexing))),
-            ("uptime_in_seconds", int(self.reactor.seconds() - self.startedAt)),
+            ("uptime_in_seconds", int(snapshot["uptime"])),
         ]
 
-    def _infoClients(self):
-        return [("connected_clients", len(self.clients))]
+    def _infoClients(self, snapshot):
+        return [("connected_clients", snapshot["clients"]["current"])]
 
-    def _infoStats(self):
-        s = self.stats
+    def _infoStats(self, snapshot):
+        from rmux.stats import REQUEST_CLASSES
+
+        clients, errors = snapshot["clients"], snapshot["errors"]
+        byClass = snapshot["requestsByClass"]
         return [
-            ("total_connections_received", s.connectionsReceived),
-            ("total_commands_processed", s.commands),
-            ("total_net_input_bytes", s.bytesIn),
-            ("total_net_output_bytes", s.bytesOut),
-            ("rejected_commands", s.refused),
-            ("rejected_connections", s.rejectedConnections),
-            ("client_output_limit_drops", s.outputLimitDrops),
-            ("protocol_errors", s.protocolErrors),
+            ("total_connections_received", clients["total"]),
+            ("total_commands_processed", snapshot["requests"]),
+            ("total_net_input_bytes", snapshot["bytesIn"]),
+            ("total_net_output_bytes", snapshot["bytesOut"]),
+            ("rejected_commands", errors["refused"]),
+            ("rejected_connections", clients["rejected"]),
+            ("client_output_limit_drops", errors["outputLimit"]),
+            ("protocol_errors", errors["protocol"]),
+        ] + [
+            ("requests_%s" % (name,), byClass.get(name, 0)) for name in REQUEST_CLASSES
+        ] + [
+            ("total_responses", snapshot["responses"]),
+            ("client_eof", clients["eof"]),
+            ("client_errors", clients["errors"]),
+            ("local_timeouts", snapshot["timeouts"]),
+            ("auth_failures", errors["auth"]),
         ]
 
-    def _infoBackends(self):
-        pools = self.router.pools
-        states = self.health.states() if self.health is not None else {}
-        active = sum(1 for p in pools if states.get(p) == "up")
-        fields = [("active_endpoints", active), ("total_endpoints", len(pools))]
-        for index, pool in enumerate(pools):
-            st = pool.stats
+    def _infoBackends(self, snapshot):
+        """
+        One C{backendN} line per backend, with its latency's p50 and p99 in
+        microseconds as the histogram bounds them: 0 before any reply,
+        C{inf} beyond the histogram's last bound.
+        """
+        from rmux.metrics import percentile
+
+        def microseconds(latency, q):
+            seconds = percentile(latency, q)
+            if seconds is None:
+                return "0"
+            if seconds == float("inf"):
+                return "inf"
+            return "%d" % (round(seconds * 1000000),)
+
+        backends = snapshot["backends"]
+        active = sum(1 for b in backends if b["state"] == "up")
+        fields = [("active_endpoints", active), ("total_endpoints", len(backends))]
+        for index, b in enumerate(backends):
             fields.append(
                 (
                     "backend%d" % (index,),
                     "address=%s,status=%s,connections=%d,connects=%d,"
-                    "connect_failures=%d,errors=%d,timeouts=%d"
+                    "connect_failures=%d,errors=%d,timeouts=%d,requests=%d,"
+                    "responses=%d,error_replies=%d,failed_requests=%d,eof=%d,"
+                    "ejections=%d,in_queue=%d,out_queue=%d,"
+                    "latency_p50_usec=%s,latency_p99_usec=%s"
                     % (
-                        pool.address,
-                        states.get(pool, "unknown"),
-                        len(pool.connections),
-                        st.connects,
-                        st.connectFailures,
-                        st.errors,
-                        st.timeouts,
+                        b["address"],
+                        b["state"],
+                        b["connections"],
+                        b["connects"],
+                        b["connectFailures"],
+                        b["errors"],
+                        b["timeouts"],
+                        b["requests"],
+                        b["responses"],
+                        b["errorReplies"],
+                        b["failedRequests"],
+                        b["eof"],
+                        b["ejections"],
+                        b["inQueue"],
+                        b["outQueue"],
+                        microseconds(b["latency"], 0.5),
+                        microseconds(b["latency"], 0.99),
                     ),
                 )
             )

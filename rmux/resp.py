@@ -216,6 +216,9 @@ _NOTHING, _LINE, _HEADER, _BODY = range(4)
 _BIG_ARRAY = re.compile(rb"\*[1-9][0-9]{4}").search
 _BIG_OTHER = re.compile(rb"[~>|][1-9][0-9]{4}").search
 
+#: The most bytes hiredis is given at once (see L{RequestParser._parseFast}).
+_FAST_WINDOW = 16 * 1024
+
 
 
 class RequestParser(object):
@@ -252,6 +255,10 @@ class RequestParser(object):
     @cvar useHiredis: whether to use hiredis for RESP arrays.
 
     @ivar error: the L{ProtocolError} that killed this parser, or L{None}.
+    @ivar wholeFeed: whether the last L{feed}'s bytes were exactly the
+        commands it returned, all complete and canonically encoded (RESP
+        arrays of bulk strings): then those bytes may be forwarded as they
+        are, instead of being encoded again.
     """
 
     maxBulkLength = 512 * 1024 * 1024
@@ -263,7 +270,7 @@ class RequestParser(object):
         "error", "_maxBulk", "_maxArgs", "_maxInline", "_fast", "_reader",
         "_tooManyArgs", "_tooLong", "_saved",
         "_argv", "_argc", "_bulkLen", "_held", "_chunks", "_pending",
-        "_wait",
+        "_wait", "wholeFeed",
     )
 
     def __init__(self, maxBulkLength=None, maxArguments=None,
@@ -274,6 +281,7 @@ class RequestParser(object):
         @param maxInlineLength: overrides L{maxInlineLength} for this parser.
         """
         self.error = None
+        self.wholeFeed = False
         self._maxBulk = (self.maxBulkLength if maxBulkLength is None
                          else maxBulkLength)
         self._maxArgs = (self.maxArguments if maxArguments is None
@@ -344,18 +352,26 @@ class RequestParser(object):
             set.
         @rtype: C{list} of C{list} of C{bytes}
         """
+        self.wholeFeed = False
         if self.error is not None or not data:
             return []
         if type(data) is not bytes:
             data = bytes(data)
         out = []
         pos = 0
-        if self._wait:
+        fast = self._fast
+        if fast and not self._wait and self._argv is None and data[0] == 42:
+            pos, fast = self._parseFast(data, 0, out)
+            if pos == len(data):
+                # wholeFeed is set by _parseFast when hiredis's commands
+                # were exactly these bytes.
+                return out
+            self.wholeFeed = False
+        elif self._wait:
             pos = self._resume(data, out)
             if pos < 0:
                 return out
         n = len(data)
-        fast = self._fast
         while pos < n:
             if fast and self._argv is None and data[pos] == 42:
                 pos, fast = self._parseFast(data, pos, out)
@@ -482,14 +498,19 @@ class RequestParser(object):
             accepted, and whether hiredis may be used again in this feed.
         """
         n = len(data)
-        if (n - pos > self._maxBulk or _BIG_ARRAY(data, pos) is not None
-                or ((126 in data or 62 in data or 124 in data)
-                    and _BIG_OTHER(data, pos) is not None)):
+        # hiredis sees at most a window of the bytes: a big value is left to
+        # the pure-Python parser, which keeps it without scanning or copying
+        # it again, and the checks below stay cheap.
+        end = min(n, pos + _FAST_WINDOW)
+        if (end - pos > self._maxBulk or _BIG_ARRAY(data, pos, end) is not None
+                or ((data.find(b"~", pos, end) >= 0 or data.find(b">", pos, end) >= 0
+                     or data.find(b"|", pos, end) >= 0)
+                    and _BIG_OTHER(data, pos, end) is not None)):
             return pos, False
         reader = self._reader
         if reader is None:
             reader = self._reader = hiredis.Reader()
-        reader.feed(data, pos)
+        reader.feed(data, pos, end - pos)
         commands = []
         clean = True
         try:
@@ -550,9 +571,14 @@ class RequestParser(object):
         out.extend(commands)
         used = pos + len(encoded)
         if clean and used == n:
+            self.wholeFeed = not pos and bool(commands)
             return n, True
         # hiredis holds part of a command (or an error); forget it.
         self._reader = None
+        if clean and end < n and used > pos:
+            # The window ended inside a command: carry on after the last
+            # complete one.
+            return used, True
         return used, False
 
 

@@ -134,8 +134,10 @@ def _backendSnapshot(pool, check, state):
     st = pool.stats
     connections = list(pool.connections)
     outQueue = sum(len(c.waiting) for c in connections)
-    inQueue = len(pool.waitingForConnection) + sum(
-        len(c.held) if c.held else 0 for c in connections
+    # Requests not yet written: waiting for a connection, or held behind
+    # a SELECT/HELLO/AUTH on one (each entry may carry several requests).
+    inQueue = sum(entry[4] for entry in pool.waitingForConnection) + sum(
+        c.load - len(c.waiting) for c in connections
     )
     return {
         "address": str(pool.address),

@@ -49,6 +49,11 @@ class UNIXServer(_PlainRead, unix.Server):
 
     bufferSize = 256 * 1024
 
+    #: Close without C{shutdown} first: that is only needed when another
+    #: process shares the socket, which an accepted client's never is, and
+    #: it costs a system call per client, most of them short-lived.
+    _shouldShutdown = False
+
 
 class UNIXPort(unix.Port):
     """

@@ -249,6 +249,24 @@ class BackendProtocolTests(SynchronousTestCase):
         clock.advance(0.2)
         self.assertIn(b"did not accept a write within 200 ms", waiter.reply)
 
+    def test_slowDrainIsNotATimeout(self):
+        """
+        A backend that keeps taking our writes, only more slowly than they
+        pile up, is not given up on; one that stops taking them is.
+        """
+        protocol, transport, clock = connect(readTimeout=0, writeTimeout=0.2)
+        transport.dataBuffer, transport.offset, transport._tempDataLen = b"x" * 1000, 0, 0
+        waiter = Collector()
+        protocol.send(command(b"SET", b"a", b"b"), waiter)
+        protocol.pauseProducing()
+        for taken in (100, 200, 300):
+            transport.offset = taken
+            clock.advance(0.2)
+            self.assertFalse(protocol.broken)
+        clock.advance(0.2)
+        self.assertTrue(protocol.broken)
+        self.assertIn(b"did not accept a write within 200 ms", waiter.reply)
+
     def test_resumeCancelsWriteTimeout(self):
         protocol, transport, clock = connect(readTimeout=0, writeTimeout=0.2)
         protocol.pauseProducing()

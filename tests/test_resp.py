@@ -583,6 +583,52 @@ class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
         self.assertEqual(fed, [])
 
 
+    def test_windows(self):
+        """
+        hiredis is given at most a window of a long feed: a long pipeline
+        is parsed window after window, each ending at a command boundary,
+        and a big value is left to the pure parser after the commands
+        before it.
+        """
+        fed = self.recordFeeds()
+        small = [[b"SET", b"key:%06d" % (i,), b"v" * 20] for i in range(2000)]
+        data = b"".join(encodeCommand(c) for c in small)
+        self.assertGreater(len(data), 3 * resp._FAST_WINDOW)
+        parser = RequestParser()
+        self.assertEqual(parser.feed(data), small)
+        self.assertFalse(parser.wholeFeed)
+        self.assertGreater(len(fed), 3)
+        self.assertTrue(all(len(piece) <= resp._FAST_WINDOW for piece in fed))
+        self.assertTrue(all(piece.startswith(b"*3\r\n$3\r\nSET\r\n") for piece in fed))
+
+        del fed[:]
+        big = [b"SET", b"big", b"x" * (4 * resp._FAST_WINDOW)]
+        data = encodeCommand(small[0]) + encodeCommand(big) + encodeCommand(small[1])
+        self.assertEqual(RequestParser().feed(data), [small[0], big, small[1]])
+        self.assertTrue(all(len(piece) <= resp._FAST_WINDOW for piece in fed))
+
+
+    def test_wholeFeed(self):
+        """
+        L{RequestParser.wholeFeed} says whether the feed's bytes were
+        exactly its commands, canonically encoded.
+        """
+        parser = RequestParser()
+        data = encodeCommand([b"GET", b"a"]) + encodeCommand([b"SET", b"a", b"b"])
+        parser.feed(data)
+        self.assertTrue(parser.wholeFeed)
+        for other in [b"PING\r\n", data[:-1], b"*0\r\n" + data, data + b"*0\r\n",
+                      b"*1\r\n$03\r\nGET\r\n", b""]:
+            parser = RequestParser()
+            parser.feed(other)
+            self.assertFalse(parser.wholeFeed, other)
+        parser = RequestParser()
+        parser.feed(data[:5])
+        parser.feed(data[5:])
+        self.assertFalse(parser.wholeFeed)
+        self.assertFalse(PureRequestParser().feed(data) and PureRequestParser().wholeFeed)
+
+
 
 class PureRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
     parserClass = PureRequestParser
