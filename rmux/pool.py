@@ -277,7 +277,7 @@ class BackendProtocol(Protocol):
 
     #: Batches larger than this are handed to the transport in pieces
     #: rather than joined into one string first.
-    joinLimit = 1 << 20
+    joinLimit = 256 * 1024
 
     def flush(self):
         """

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "ProtocolError", "RequestParser", "ReplyFramer", "splitArgs",
     "scanReplies", "isPush", "isError",
-    "encodeCommand", "encodeCommandParts",
+    "encodeCommand", "encodeCommandParts", "encodeRequest",
     "simpleString", "error", "integer", "bulkString", "nullReply",
     "arrayReply", "mapReply", "setReply", "verbatimString",
     "OK", "PONG",
@@ -1307,6 +1307,20 @@ def encodeCommandParts(args, copyLimit=65536):
         append(_CRLF)
     pieces.append(b"".join(parts))
     return pieces
+
+
+
+def encodeRequest(args, copyLimit=65536):
+    """
+    Encode a command for forwarding: as L{encodeCommand}, or when it
+    carries big values, as L{encodeCommandParts}'s pieces, so that a
+    megabyte C{SET} is not copied once more just to put a header before it.
+
+    @return: C{bytes}, or a C{list} of C{bytes} to be written in order.
+    """
+    if sum(map(len, args)) >= copyLimit:
+        return encodeCommandParts(args, copyLimit)
+    return encodeCommand(args)
 
 
 

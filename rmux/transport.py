@@ -214,4 +214,13 @@ def writeNow(transport, data):
     except OSError:
         sent = 0
     if sent < len(data):
-        transport.write(data[sent:] if sent else data)
+        if sent:
+            # What is left becomes the transport's send buffer as it is:
+            # Twisted sends from a view of it, where write() would copy it
+            # now and join it again later (a megabyte GET, twice).
+            transport.dataBuffer = data
+            transport.offset = sent
+            transport._maybePauseProducer()
+            transport.startWriting()
+        else:
+            transport.write(data)

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from rmux import resp
 from rmux.resp import (
     ProtocolError, ReplyFramer, RequestParser, encodeCommand,
-    encodeCommandParts, isError, isPush, splitArgs,
+    encodeCommandParts, encodeRequest, isError, isPush, splitArgs,
 )
 
 
@@ -761,6 +761,21 @@ class EncoderTests(SynchronousTestCase):
                          b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n")
         self.assertEqual(encodeCommand([b"x" * 2000])[:9], b"*1\r\n$2000")
 
+
+    def test_encodeRequest(self):
+        """
+        L{encodeRequest} gives L{encodeCommand}'s bytes for small commands,
+        and for big ones pieces that join to the same bytes, with the big
+        value itself not copied.
+        """
+        small = [b"SET", b"k", b"v" * 100]
+        self.assertEqual(encodeRequest(small), encodeCommand(small))
+        value = b"x" * 100000
+        big = [b"SET", b"k", value]
+        pieces = encodeRequest(big)
+        self.assertIsInstance(pieces, list)
+        self.assertEqual(b"".join(pieces), encodeCommand(big))
+        self.assertTrue(any(piece is value for piece in pieces))
 
     def test_encodeCommandParts(self):
         big = b"b" * 100000

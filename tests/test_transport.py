@@ -34,6 +34,12 @@ class FakeTransport:
     def write(self, data):
         self.written.append(data)
 
+    def _maybePauseProducer(self):
+        self.pauseChecked = True
+
+    def startWriting(self):
+        self.writing = True
+
 
 class WriteNowTests(SynchronousTestCase):
     def setUp(self):
@@ -64,9 +70,13 @@ class WriteNowTests(SynchronousTestCase):
         transport = FakeTransport(self.ours)
         data = os.urandom(1 << 20)
         writeNow(transport, data)
-        (rest,) = transport.written
-        self.assertTrue(0 < len(rest) < len(data))
-        self.assertTrue(data.endswith(rest))
+        # The rest becomes the send buffer as it is, not a copy.
+        self.assertEqual(transport.written, [])
+        self.assertIs(transport.dataBuffer, data)
+        self.assertTrue(0 < transport.offset < len(data))
+        self.assertEqual(self.peer.recv(1 << 20, socket.MSG_PEEK)[:10], data[:10])
+        self.assertTrue(transport.pauseChecked)
+        self.assertTrue(transport.writing)
 
     def test_noSocket(self):
         class Plain:
