@@ -16,6 +16,7 @@ Everything else (buffering, producers, closing, errors) stays Twisted's.
 """
 
 import shutil
+import socket
 from errno import EWOULDBLOCK
 
 from twisted.internet import main, unix
@@ -55,12 +56,32 @@ class UNIXServer(_PlainRead, unix.Server):
     _shouldShutdown = False
 
 
+class _ListeningSocket(socket.socket):
+    """
+    A listening UNIX socket whose C{accept} skips what the standard
+    library's spends on every client (reading C{family} back as an enum,
+    checking the default timeout): with one connection per request, that
+    is per request.
+    """
+
+    __slots__ = ()
+
+    def accept(self):
+        fd, address = self._accept()
+        return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd), address
+
+
 class UNIXPort(unix.Port):
     """
     A UNIX listening port whose connections read with C{recv}.
     """
 
     transport = UNIXServer
+
+    def createInternetSocket(self):
+        listening = _ListeningSocket(self.addressFamily, self.socketType)
+        listening.setblocking(False)
+        return listening
 
 
 class UNIXClient(_PlainRead, unix.Client):
