@@ -8,10 +8,14 @@ server delays nobody else's check; a check still waiting for its reply when
 the next round comes is not sent twice.  The monitor also learns what the
 proxy must know about its servers (db count, version) on every transition to
 up, so SELECT can be validated locally.
+
+A live reload changes the monitor in place (L{HealthMonitor.configure},
+L{HealthMonitor.watch}, L{HealthMonitor.unwatch}): the servers that stay
+keep their state, so a reload alone never moves a key.
 """
 
 import hiredis
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -80,6 +84,7 @@ class BackendHealth:
         self.ejections = 0
         self.ejectedAt = 0.0
         self.clock = reactor
+        self.stopped = False
 
     def check(self):
         if self.inFlight:
@@ -89,6 +94,10 @@ class BackendHealth:
 
     def fill(self, reply):
         self.inFlight = False
+        if self.stopped:
+            # The connection closing under a check of a server taken out
+            # of the configuration: no news about it.
+            return
         if reply == b"+PONG\r\n":
             self.failures = 0
             self.successes += 1
@@ -131,8 +140,44 @@ class BackendHealth:
         self.pool.send(_DATABASES, _Fact(databases))
         self.pool.send(_INFO_SERVER, _Fact(info))
 
+    def configure(self, timeout, fall, rise):
+        """
+        Take new settings (a live reload); the state and counts are kept.
+        """
+        self.fall = fall
+        self.rise = rise
+        pool = self.pool
+        pool.configure(1, timeout, timeout, timeout, pool.maxPinned, pool.pinnedWait)
+
     def stop(self):
+        self.stopped = True
         return self.pool.stop()
+
+
+class _FirstVerdicts:
+    """
+    Waits until some checks have their first verdict, or the monitor's
+    C{startupWait} is over; see L{HealthMonitor.watch}.
+    """
+
+    def __init__(self, monitor, checks):
+        self.monitor = monitor
+        self.pending = set(checks)
+        self.deferred = Deferred()
+        self._timer = monitor.reactor.callLater(monitor.startupWait, self.finish)
+
+    def verdict(self, check):
+        self.pending.discard(check)
+        if not self.pending:
+            self.finish()
+
+    def finish(self):
+        if self in self.monitor._verdictWaiters:
+            self.monitor._verdictWaiters.remove(self)
+        if self._timer.active():
+            self._timer.cancel()
+        if not self.deferred.called:
+            self.deferred.callback(None)
 
 
 class HealthMonitor:
@@ -153,19 +198,37 @@ class HealthMonitor:
     ):
         self.reactor = reactor
         self.checks = {}
-        for pool in pools:
-            if pool not in self.checks:
-                self.checks[pool] = BackendHealth(
-                    reactor, pool.address, timeout, fall, rise, self._changed
-                )
         self.interval = interval
+        self.timeout = timeout
+        self.fall = fall
+        self.rise = rise
         self.startupWait = startupWait
         self.starting = False
         self.onChange = []
         self._startWaiters = []
         self._startTimer = None
-        self._loop = LoopingCall(self.checkAll)
-        self._loop.clock = reactor
+        self._verdictWaiters = []
+        self._loop = self._newLoop()
+        for pool in pools:
+            self._add(pool)
+
+    def _newLoop(self):
+        loop = LoopingCall(self.checkAll)
+        loop.clock = self.reactor
+        return loop
+
+    def _add(self, pool):
+        """
+        Start keeping C{pool}'s health, unless it is already kept.
+
+        @return: the new L{BackendHealth}, or L{None}.
+        """
+        if pool in self.checks:
+            return None
+        check = self.checks[pool] = BackendHealth(
+            self.reactor, pool.address, self.timeout, self.fall, self.rise, self._changed
+        )
+        return check
 
     def start(self):
         if self._loop.running:
@@ -183,13 +246,84 @@ class HealthMonitor:
         if self._loop.running:
             self._loop.stop()
         self._started()
+        for waiter in list(self._verdictWaiters):
+            waiter.finish()
         return DeferredList([check.stop() for check in self.checks.values()])
+
+    # Live reconfiguration
+
+    def configure(self, interval, timeout, fall, rise, startupWait):
+        """
+        Take new settings while running (a live reload).  Every backend's
+        state and counts are kept, so a reload alone never moves a key: a
+        lower C{fall} or C{rise} takes effect at the next check.
+
+        @param interval: seconds between two rounds of checks; a change
+            restarts the schedule, the first round one new interval away.
+        @param timeout: seconds a check may take.
+        @param fall: consecutive failed checks that take a backend down.
+        @param rise: consecutive good checks that bring it back.
+        @param startupWait: the most that L{watch} waits for a new
+            backend's first verdict.
+        """
+        self.timeout = timeout
+        self.fall = fall
+        self.rise = rise
+        self.startupWait = startupWait
+        for check in self.checks.values():
+            check.configure(timeout, fall, rise)
+        if interval != self.interval:
+            self.interval = interval
+            if self._loop.running:
+                self._loop.stop()
+                self._loop = self._newLoop()
+                self._loop.start(interval, now=False)
+
+    def watch(self, pools):
+        """
+        Start checking the pools among C{pools} that are not checked yet,
+        at once, so that a reload can hold back the new placement until
+        its new servers have a verdict (a server that turns out down then
+        never takes a key it would fail).
+
+        @return: a L{Deferred} that fires with L{None} when each new pool
+            has its first verdict, or after C{startupWait} seconds,
+            whichever is first; at once when there is nothing to wait for
+            or the monitor is not running.
+        """
+        added = [check for check in map(self._add, pools) if check is not None]
+        if not added or not self._loop.running:
+            return succeed(None)
+        waiter = _FirstVerdicts(self, added)
+        self._verdictWaiters.append(waiter)
+        for check in added:
+            check.check()
+        return waiter.deferred
+
+    def unwatch(self, pools):
+        """
+        Stop checking C{pools}, servers taken out of the configuration.
+
+        @return: a L{Deferred} that fires when their check connections are
+            closed.
+        """
+        stopping = []
+        for pool in pools:
+            check = self.checks.pop(pool, None)
+            if check is not None:
+                stopping.append(check.stop())
+                for waiter in list(self._verdictWaiters):
+                    waiter.verdict(check)
+        return DeferredList(stopping)
 
     def checkAll(self):
         for check in self.checks.values():
             check.check()
 
     def _changed(self, check, previous, state):
+        if previous == UNKNOWN and self._verdictWaiters:
+            for waiter in list(self._verdictWaiters):
+                waiter.verdict(check)
         for listener in self.onChange:
             listener(check, previous, state)
         if previous == UNKNOWN and self.starting:

@@ -394,6 +394,20 @@ class BackendProtocol(Protocol):
         unsent = _unsent(self.transport)
         return None if unsent is None else self.bytesWritten - unsent
 
+    def recheckRead(self):
+        """
+        Hold this connection to its current read timeout now: a timer armed
+        before a change keeps its old delay, so a lowered timeout would
+        otherwise wait out the old one.
+        """
+        timer = self._readTimer
+        if timer is None:
+            return
+        if timer.active():
+            timer.cancel()
+        self._readTimer = None
+        self._checkRead()
+
     def _writeTimedOut(self):
         """
         The server has not drained rmux's writes within the write timeout:
@@ -588,6 +602,7 @@ class BackendPool:
         for connection in self.connections:
             connection.readTimeout = readTimeout
             connection.writeTimeout = writeTimeout
+            connection.recheckRead()
         surplus = self.connections[size:]
         del self.connections[size:]
         for connection in surplus:

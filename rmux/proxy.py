@@ -1133,6 +1133,19 @@ class ClientProtocol(Protocol):
         if delay:
             self._timer = self.clock.callLater(delay, self._checkTimeouts)
 
+    def recheckTimeouts(self):
+        """
+        Hold this client to the factory's current local timeouts now: its
+        timer was armed for the settings it connected under (none at all
+        when they were off).  One already idle for longer than a new idle
+        timeout is closed, as Redis does when its C{timeout} is lowered.
+        """
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._timer = None
+        self._checkTimeouts()
+
     def _checkTimeouts(self):
         """
         Enforce the local read and idle timeouts.  One timer per client,
@@ -1271,6 +1284,7 @@ class ProxyFactory(Factory):
         an authenticated client its login), new ones get the new parser
         limits.
         """
+        timeouts = (getattr(self, "localReadTimeout", 0.0), getattr(self, "idleTimeout", 0.0))
         self.listener = listener
         self.auth = _authenticatorFor(listener)
         ms = lambda name: getattr(listener, name, 0) / 1000.0 if listener else 0.0
@@ -1286,6 +1300,9 @@ class ProxyFactory(Factory):
             if hasattr(listener, name)
         }
         self.firstTimerDelay = self.timerDelay()
+        if (self.localReadTimeout, self.idleTimeout) != timeouts:
+            for client in list(self.clients):
+                client.recheckTimeouts()
 
     def rememberScript(self, body):
         """

@@ -878,17 +878,33 @@ class SubscriptionHub(object):
         Move the channel and shard channel subscriptions whose channel is
         now placed on another server (after a failover, or when a server is
         back), so that subscribers keep getting what C{PUBLISH}, routed by
-        the same placement, sends.  Call it when the placement changes.
+        the same placement, sends; and subscribe patterns on the servers a
+        reload added, off those it removed.  Call it when the placement
+        changes.
 
         Clients see nothing of it.  A channel that cannot be placed now
         stays where it is; a move the new server cannot make yet is made
         when it can, as after a reconnect.
         """
         placed = {}
+        everywhere = None
         for client, state in list(self._clients.items()):
             for key, backends in list(state.keys.items()):
                 kind, name = key
                 if kind.everywhere:
+                    # A pattern follows the set of servers (a reload may
+                    # add or remove some).
+                    if everywhere is None:
+                        everywhere = tuple(self.backendFor(pool) for pool in self.allPools())
+                    if not everywhere or set(backends) == set(everywhere):
+                        continue
+                    state.keys[key] = everywhere
+                    for backend in everywhere:
+                        if backend not in backends:
+                            backend.want(key, client)
+                    for old in backends:
+                        if old not in everywhere:
+                            old.unwant(key, client)
                     continue
                 if name not in placed:
                     pool = self.placeChannel(name)

@@ -13,7 +13,7 @@ the command table says.
 from rmux import commands as C
 from rmux.hashing import PrefixRoutes, hashTagged
 from rmux.pool import errorReply
-from rmux.resp import ReplyFramer, encodeCommand
+from rmux.resp import ReplyFramer, encodeRequest
 
 #: Commands whose first argument is a channel, placed like a key so that
 #: every rmux host publishes a channel on the same server.
@@ -70,6 +70,19 @@ class Router:
         self.pools = seen
         self.single = default.pools[0] if len(seen) == 1 else None
 
+    def adopt(self, other):
+        """
+        Take C{other}'s placement (groups, routes, pools, settings), all in
+        one step: a live reload builds a whole new L{Router}, then this one,
+        which every client and the pub/sub hub hold on to, becomes it.
+        Nothing runs between the assignments, so no request sees half of
+        the new placement; requests already sent stay where they went.
+
+        Every attribute is copied, so that one added to L{Router} later
+        cannot be forgotten here.
+        """
+        vars(self).update(vars(other))
+
     # Sending, with per-client connection affinity
 
     @staticmethod
@@ -80,12 +93,20 @@ class Router:
         connection in order but interleaves connections, so a GET sent on
         another connection could overtake its own SET.
         """
+        Router.sendPayload(pool, encodeRequest(args), waiter, client, db, protocolVersion)
+
+    @staticmethod
+    def sendPayload(pool, payload, waiter, client, db, protocolVersion, count=1):
+        """
+        Like L{send}, for C{count} requests already encoded in C{payload}
+        (a client's pipeline passed through whole).
+        """
         affinity = client.affinity
         previous = affinity.get(pool)
         after = None
         if previous is not None and previous[0].data is None:
             after = previous[1]
-        connection = pool.send(encodeCommand(args), waiter, db, protocolVersion, after)
+        connection = pool.send(payload, waiter, db, protocolVersion, after, count)
         affinity[pool] = (waiter, connection)
 
     def route(self, args, spec, slot, db, protocolVersion):

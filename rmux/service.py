@@ -7,6 +7,11 @@ L{makeService} turns an L{rmux.config.RmuxConfig} into one
 L{MultiService} with a child L{ListenerService} per listener; each listener
 owns its backend pools, health monitor and server endpoint, and shares
 nothing with the others (as in Go rmux).
+
+SIGHUP re-reads the C{--config} file and applies it to the running
+listeners (L{RmuxService.reload}; see L{rmux.reload}): each listener builds
+its new placement beside the running one, reusing the pools of the
+servers it keeps, and switches to it in one step.
 """
 
 import ctypes
@@ -15,8 +20,14 @@ import socket
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList, maybeDeferred
+from twisted.internet.defer import (
+    DeferredList,
+    DeferredLock,
+    inlineCallbacks,
+    maybeDeferred,
+)
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
 
 from rmux.commands import CommandTable
 from rmux.health import HealthMonitor
@@ -24,6 +35,16 @@ from rmux.pool import BackendPool
 from rmux.proxy import ProxyFactory
 from rmux.pubsub import SubscriptionHub, connectAuthenticated
 from rmux.hashing import makeRing, twemproxyServerName
+from rmux.reload import (
+    HangupHandler,
+    NothingToReload,
+    PoolRetirement,
+    ReloadRefused,
+    describeChanges,
+    describeSource,
+    nextConfig,
+    serverKey,
+)
 from rmux.router import PoolGroup, Router
 from rmux.transport import UNIXServerEndpoint
 
@@ -38,44 +59,142 @@ def _seconds(milliseconds):
     return milliseconds / 1000.0
 
 
-class ListenerService(MultiService):
+class _PoolSet:
     """
-    One rmux listener: a server endpoint, its pools and its health monitor.
+    The pools of one placement, one per server however many routes list
+    it; on a reload, the running pool of a server that stays is reused, so
+    it keeps its connections.
 
-    @ivar factory: the L{ProxyFactory} serving clients.
-    @ivar pools: one L{BackendPool} per configured backend, in hashing order.
+    @ivar pools: the distinct pools, in configuration order.
+    @ivar byServer: the same, by L{serverKey}.
+    @ivar created: the pools made here rather than reused.
     """
 
-    def __init__(self, listener, reactor, table=None):
-        MultiService.__init__(self)
-        self.listener = listener
+    def __init__(self, reactor, listener, running=None):
+        """
+        @param listener: the L{rmux.config.ListenerConfig} new pools are
+            configured from.
+        @param running: the running pools by L{serverKey}, to reuse.
+        """
         self.reactor = reactor
-        self._poolsByServer = {}
+        self.listener = listener
+        self.running = running or {}
         self.pools = []
-        default = self._group(
+        self.byServer = {}
+        self.created = []
+
+    def pool(self, address):
+        """
+        The pool for one server.
+        """
+        key = serverKey(address)
+        pool = self.byServer.get(key)
+        if pool is not None:
+            return pool
+        pool = self.running.get(key)
+        if pool is None or pool.address.password != address.password:
+            # New credentials are a new pool: the running one's connections
+            # are logged in with the old ones.
+            pool = _newPool(self.reactor, address, self.listener)
+            self.created.append(pool)
+        self.byServer[key] = pool
+        self.pools.append(pool)
+        return pool
+
+    def group(self, backends, distribution, hashName, hashTag, failover):
+        pools = [self.pool(address) for address in backends]
+        ring = None
+        if len(pools) > 1:
+            ring = makeRing(
+                distribution,
+                [
+                    (twemproxyServerName(str(address), address.name), address.weight)
+                    for address in backends
+                ],
+                hashName,
+            )
+        tag = hashTag.encode("utf-8") if isinstance(hashTag, str) else hashTag
+        return PoolGroup(pools, ring, tag, failover)
+
+    def placement(self):
+        """
+        The listener's catch-all group and its routes, built from this set.
+
+        @return: C{(default, routes)} for L{Router}.
+        """
+        listener = self.listener
+        default = self.group(
             listener.backends, listener.distribution, listener.hash,
             listener.hashTag, listener.failover,
         )
         routes = [
             (
                 route.prefix,
-                self._group(
+                self.group(
                     route.backends, route.distribution, route.hash,
                     route.hashTag, route.failover,
                 ),
             )
             for route in listener.routes
         ]
-        self.health = HealthMonitor(
-            reactor,
-            self.pools,
-            interval=_seconds(listener.healthInterval),
-            timeout=_seconds(listener.healthTimeout),
-            fall=listener.healthFailures,
-            rise=listener.healthSuccesses,
-            startupWait=_seconds(listener.startupWait),
-        )
+        return default, routes
+
+
+def _poolSettings(listener):
+    """
+    The settings of L{BackendPool.configure} that C{listener} sets.
+    """
+    return dict(
+        size=listener.poolSize,
+        connectTimeout=_seconds(listener.remoteConnectTimeout),
+        readTimeout=_seconds(listener.remoteReadTimeout),
+        writeTimeout=_seconds(listener.remoteWriteTimeout),
+        maxPinned=getattr(listener, "maxPinned", 32),
+        pinnedWait=_seconds(getattr(listener, "pinnedWait", 1000)),
+    )
+
+
+def _healthSettings(listener):
+    return dict(
+        interval=_seconds(listener.healthInterval),
+        timeout=_seconds(listener.healthTimeout),
+        fall=listener.healthFailures,
+        rise=listener.healthSuccesses,
+        startupWait=_seconds(listener.startupWait),
+    )
+
+
+def _newPool(reactor, address, listener):
+    return BackendPool(reactor, address, **_poolSettings(listener))
+
+
+class ListenerService(MultiService):
+    """
+    One rmux listener: a server endpoint, its pools and its health monitor.
+
+    A reload (L{prepareReload}) changes its backends and settings in place;
+    its endpoint, and the router, hub and factory objects that clients
+    hold, stay for its whole life.
+
+    @ivar factory: the L{ProxyFactory} serving clients.
+    @ivar pools: one L{BackendPool} per configured backend, in hashing order.
+    @ivar retiring: the L{PoolRetirement}s of pools a reload removed and
+        that still owe replies.
+    """
+
+    def __init__(self, listener, reactor, table=None):
+        MultiService.__init__(self)
+        self.listener = listener
+        self.reactor = reactor
+        self.retiring = set()
+        pools = _PoolSet(reactor, listener)
+        default, routes = pools.placement()
+        self.pools = pools.pools
+        self._poolsByServer = pools.byServer
+        self.health = HealthMonitor(reactor, self.pools, **_healthSettings(listener))
         self.router = Router(default, routes, self.health, listener.allowFlush)
+        # The hub and every client hold this router for good: a reload
+        # changes what it holds (Router.adopt), never which router it is.
         self.hub = SubscriptionHub(
             reactor,
             self.router.poolForKey,
@@ -106,42 +225,19 @@ class ListenerService(MultiService):
                 if pool.address == check.address:
                     pool.serverIsBack()
 
-    def _pool(self, address):
+    def prepareReload(self, listener):
         """
-        The pool for one server, shared by every route that lists it.
-        """
-        key = (address.kind, address.host, address.port, address.path,
-               address.username, address.db)
-        pool = self._poolsByServer.get(key)
-        if pool is None:
-            listener = self.listener
-            pool = self._poolsByServer[key] = BackendPool(
-                self.reactor,
-                address,
-                size=listener.poolSize,
-                connectTimeout=_seconds(listener.remoteConnectTimeout),
-                readTimeout=_seconds(listener.remoteReadTimeout),
-                writeTimeout=_seconds(listener.remoteWriteTimeout),
-                maxPinned=getattr(listener, "maxPinned", 32),
-                pinnedWait=_seconds(getattr(listener, "pinnedWait", 1000)),
-            )
-            self.pools.append(pool)
-        return pool
+        Build what C{listener} needs beside what runs: pools for new
+        servers (the running pool of every server that stays is reused) and
+        a whole new placement.  Nothing changes for clients until the
+        result's C{apply}.
 
-    def _group(self, backends, distribution, hashName, hashTag, failover):
-        pools = [self._pool(address) for address in backends]
-        ring = None
-        if len(pools) > 1:
-            ring = makeRing(
-                distribution,
-                [
-                    (twemproxyServerName(str(address), address.name), address.weight)
-                    for address in backends
-                ],
-                hashName,
-            )
-        tag = hashTag.encode("utf-8") if isinstance(hashTag, str) else hashTag
-        return PoolGroup(pools, ring, tag, failover)
+        @param listener: the new L{rmux.config.ListenerConfig}, for the
+            same address.
+        @return: a L{ListenerReload}.
+        @raise ValueError: if a placement cannot be built.
+        """
+        return ListenerReload(self, listener)
 
     def endpoint(self):
         listener = self.listener
@@ -173,7 +269,8 @@ class ListenerService(MultiService):
     def stopService(self):
         """
         Stop listening, let clients collect the replies they are owed, then
-        close every backend connection.
+        close every backend connection, those of pools a reload removed
+        included.
         """
         d = maybeDeferred(MultiService.stopService, self)
         d.addCallback(lambda _: self.factory.disconnectAll())
@@ -181,9 +278,101 @@ class ListenerService(MultiService):
             lambda _: DeferredList(
                 [self.health.stop(), self.hub.stop()]
                 + [pool.stop() for pool in self.pools]
+                + [retirement.finish() for retirement in list(self.retiring)]
             )
         )
         return d
+
+    def retire(self, pools):
+        """
+        Take C{pools}, which the placement no longer uses, out of service
+        once they have delivered what they owe (see L{PoolRetirement}).
+        """
+        for pool in pools:
+            retirement = PoolRetirement(
+                self.reactor, pool, self.factory.shutdownTimeout, self.factory.clients
+            )
+            self.retiring.add(retirement)
+            retirement.start().addBoth(
+                lambda result, retirement=retirement: self.retiring.discard(retirement)
+            )
+
+
+class ListenerReload:
+    """
+    One listener's part of a reload, built beside what runs and applied in
+    one step.
+
+    @ivar added: pools of servers the new configuration adds.
+    @ivar removed: running pools of servers it drops.
+    """
+
+    def __init__(self, service, listener):
+        self.service = service
+        self.listener = listener
+        pools = _PoolSet(service.reactor, listener, service._poolsByServer)
+        try:
+            default, routes = pools.placement()
+        except BaseException:
+            for pool in pools.created:
+                pool.stop()
+            raise
+        self.pools = pools
+        self.router = Router(default, routes, service.health, listener.allowFlush)
+        self.added = pools.created
+        staying = set(pools.pools)
+        self.removed = [pool for pool in service.pools if pool not in staying]
+
+    def ready(self):
+        """
+        Check the new servers' health now, so that the new placement knows
+        whether they are up before it sends them anything.
+
+        @return: a L{Deferred} that fires when each new server has its
+            first verdict, or after the listener's C{startupWait}.
+        """
+        return self.service.health.watch(self.added)
+
+    def apply(self):
+        """
+        Switch the listener to the new configuration.  Everything here runs
+        in one turn of the reactor, so no request sees a mix of old and
+        new: from the next request on, commands are placed the new way;
+        those already sent get their replies from where they went.
+        """
+        service = self.service
+        listener = self.listener
+        settings = _poolSettings(listener)
+        added = set(self.added)
+        for pool in self.pools.pools:
+            if pool not in added:
+                pool.configure(**settings)
+        service.router.adopt(self.router)
+        service.pools = self.pools.pools
+        service._poolsByServer = self.pools.byServer
+        service.listener = listener
+        service.health.configure(**_healthSettings(listener))
+        service.factory.configure(listener)
+        service.health.unwatch(self.removed)
+        service.retire(self.removed)
+        hub = service.hub
+        hub.placementChanged()
+        for pool in self.removed:
+            subscriber = hub.backends.get(pool)
+            if subscriber is not None and not subscriber.wanted:
+                # Every channel moved to its new server: the idle
+                # connection to the removed one has no more use.
+                del hub.backends[pool]
+                subscriber.stop()
+
+    def abandon(self):
+        """
+        Give up the new configuration (the service is stopping, or another
+        listener's part failed): close what was built for it.
+        """
+        self.service.health.unwatch(self.added)
+        for pool in self.added:
+            pool.stop()
 
 
 def _mallocTrim():
@@ -210,21 +399,150 @@ class MemoryTrimmer(TimerService):
         self.clock = reactor
 
 
-class RmuxService(MultiService):
+class Listeners(MultiService):
     """
-    Every listener of one rmux configuration.
+    Every listener of one configuration, which a reload changes as a whole:
+    what a process that serves clients runs (L{RmuxService}, and
+    L{rmux.workers.WorkerService} in each worker process).
+
+    @ivar config: the L{rmux.config.RmuxConfig} in force.
+    @ivar listeners: the L{ListenerService}s, in the configuration's order.
     """
+
+    log = Logger()
+
+    #: How a reload names the configuration it applies, in its log line.
+    reloadSource = None
 
     def __init__(self, config, reactor):
         MultiService.__init__(self)
         self.config = config
-        MemoryTrimmer(reactor).setServiceParent(self)
+        self.reactor = reactor
         self.listeners = []
+        self._reloads = DeferredLock()
+        self._stopping = False
+
+    def snapshots(self):
+        """
+        Every listener's counters (L{rmux.proxy.ProxyFactory.snapshot}),
+        in the configuration's order.
+        """
+        return [listener.factory.snapshot() for listener in self.listeners]
+
+    def reload(self, newConfig=None):
+        """
+        Apply a new configuration to the running listeners, keeping every
+        client and every request (see L{rmux.reload}).  Reloads run one at a
+        time, in the order asked.  What happens is logged in one line: what
+        changed, or why nothing did.
+
+        @param newConfig: an L{rmux.config.RmuxConfig} with the same
+            listeners (addresses) as the running one, or L{None} to re-read
+            the C{--config} file (C{config.configPath}).
+        @return: a L{Deferred} that fires with C{True} once the new
+            configuration is in force, or with C{False} if it was refused
+            (the running one stays) or there was nothing to reload.
+        """
+        return self._reloads.run(self._reload, newConfig)
+
+    @inlineCallbacks
+    def _reload(self, newConfig):
+        source = self.reloadSource or describeSource(self.config, newConfig)
+        try:
+            newConfig = nextConfig(self.config, newConfig)
+        except NothingToReload as e:
+            self.log.info("rmux: nothing to reload: {why}", why=str(e))
+            return False
+        except ReloadRefused as e:
+            self.log.error(
+                "rmux: reload refused, the running configuration stays: {why}",
+                why=str(e),
+            )
+            return False
+        if self._stopping:
+            return False
+        changes = describeChanges(self.config, newConfig)
+        reloads = []
+        try:
+            for service, listener in zip(self.listeners, newConfig.listeners):
+                reloads.append(service.prepareReload(listener))
+        except Exception:
+            for prepared in reloads:
+                prepared.abandon()
+            self.log.failure(
+                "rmux: reload failed, the running configuration stays"
+            )
+            return False
+        yield DeferredList([prepared.ready() for prepared in reloads])
+        if self._stopping:
+            for prepared in reloads:
+                prepared.abandon()
+            return False
+        for prepared in reloads:
+            prepared.apply()
+        self.config = newConfig
+        self.log.info(
+            "rmux: reloaded {source}: {changes}", source=source, changes=changes
+        )
+        return True
+
+    def stopService(self):
+        self._stopping = True
+        return MultiService.stopService(self)
+
+
+def metricsService(config, reactor, snapshots):
+    """
+    The stats and metrics reporting C{config} asks for, if any.
+
+    L{rmux.metrics} (and the libraries it needs) is imported only when
+    some report is configured.
+
+    @param snapshots: returns the listeners' snapshots, one per listener.
+    @return: an L{rmux.metrics.MetricsService}, or L{None}.
+    """
+    if not (config.statsPort or config.metricsPort or config.graphite):
+        return None
+    from rmux.metrics import MetricsService, metricsWanted
+
+    if not metricsWanted(config):
+        return None
+    return MetricsService(config, reactor, snapshots)
+
+
+class RmuxService(Listeners):
+    """
+    Every listener of one rmux configuration, in this process; SIGHUP
+    reloads the configuration (L{reload}).
+
+    @cvar reloadOnHangup: whether the service handles SIGHUP while it runs;
+        a program that embeds rmux and has its own use for the signal turns
+        it off, and calls L{reload} itself.
+    """
+
+    reloadOnHangup = True
+
+    def __init__(self, config, reactor):
+        Listeners.__init__(self, config, reactor)
+        MemoryTrimmer(reactor).setServiceParent(self)
         table = CommandTable.default()
         for listener in config.listeners:
             service = ListenerService(listener, reactor, table)
             service.setServiceParent(self)
             self.listeners.append(service)
+        self.metrics = metricsService(config, reactor, self.snapshots)
+        if self.metrics is not None:
+            self.metrics.setServiceParent(self)
+        self.hangup = HangupHandler(reactor, self.reload)
+
+    def startService(self):
+        Listeners.startService(self)
+        if self.reloadOnHangup:
+            self.hangup.install()
+
+    def stopService(self):
+        self.hangup.uninstall()
+        return Listeners.stopService(self)
 
 
 def makeService(config, reactor=None):

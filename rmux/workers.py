@@ -19,16 +19,26 @@ What is per-listener is now per-worker: each worker has its own backend
 connections (C{poolSize} of them per backend, and up to C{maxPinned}
 dedicated ones), its own health checks, INFO counters and script cache.
 
-The parent talks to a worker over three pipes.  The configuration, an
-L{RmuxConfig} pickled by the parent (an exact copy, with no second
-serialisation to keep in step with L{rmux.config}), goes down the worker's
-stdin rather than on its command line or in its environment, where local
-users could read backend passwords and C{requirepass}.  After that, stdin
-stays open as a lifeline: when it reaches end of file the parent is gone,
-and the worker shuts down instead of serving on as an orphan.  The
-worker's log comes back on stdout (info and below) and stderr (warnings,
-errors, and whatever Python itself prints), and the parent logs each line
-with the worker's number.
+The parent talks to a worker over pipes.  The worker's stdin carries
+messages from the parent, each a 4-byte length then a pickle: first the
+configuration, an L{RmuxConfig} pickled by the parent (an exact copy, with
+no second serialisation to keep in step with L{rmux.config}), with the
+file descriptors of the sockets, rather than on its command line or in its
+environment, where local users could read backend passwords and
+C{requirepass}; then, on each reload, the new configuration
+(L{ParentService.reload}: SIGHUP goes to the parent, which reads and
+checks the file once).  Stdin also stays open as a lifeline: when it
+reaches end of file the parent is gone, and the worker shuts down instead
+of serving on as an orphan.  The worker's log comes back on stdout (info
+and below) and stderr (warnings, errors, and whatever Python itself
+prints), and the parent logs each line with the worker's number.
+
+When the parent reports stats (a stats or metrics port, statsd; see
+L{rmux.metrics}), one more pipe, after the listeners' descriptors, brings
+each worker's counters back every second or C{statsInterval}, as
+length-prefixed JSON: the parent holds no client connection and knows only
+what the workers tell it, and adds up their latest reports
+(L{combineReports}).
 
 This is a process supervisor in the manner of
 L{twisted.runner.procmon.ProcessMonitor}, which cannot be used as is
@@ -36,6 +46,7 @@ because it cannot pass file descriptors to its children.
 """
 
 import argparse
+import json
 import os
 import pickle
 import signal
@@ -45,9 +56,10 @@ import sys
 
 from zope.interface import implementer
 
-from twisted.application.service import MultiService, Service
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
 from twisted.internet import error, fdesc, tcp
-from twisted.internet.defer import Deferred, DeferredList, execute, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, execute, maybeDeferred, succeed
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import (
@@ -60,7 +72,16 @@ from twisted.logger import (
 
 import rmux
 from rmux.commands import CommandTable
-from rmux.service import ListenerService, MemoryTrimmer
+from rmux.reload import (
+    HangupHandler,
+    NothingToReload,
+    ReloadRefused,
+    describeChanges,
+    describeSource,
+    nextConfig,
+)
+from rmux.service import ListenerService, Listeners, MemoryTrimmer, metricsService
+from rmux.stats import ListenerStats, combine, listenerSnapshot
 from rmux.transport import UNIXPort
 
 __all__ = [
@@ -71,6 +92,10 @@ __all__ = [
     "WorkerService",
     "InheritedListenerService",
     "InheritedPortEndpoint",
+    "StatsReporter",
+    "Frames",
+    "frame",
+    "combineReports",
     "main",
 ]
 
@@ -81,6 +106,102 @@ listener's is one more, and so on, in the configuration's order.
 """
 
 _LENGTH = struct.Struct("!I")
+
+
+def frame(data):
+    """
+    One message of a pipe between the parent and a worker: its length, then
+    its bytes.
+    """
+    return _LENGTH.pack(len(data)) + data
+
+
+class Frames:
+    """
+    Cuts a byte stream into the messages L{frame} made.
+
+    @cvar maxLength: the longest message accepted; a longer length can only
+        be a stream out of step, and is an error.
+    """
+
+    maxLength = 256 << 20
+
+    def __init__(self):
+        self._buffer = b""
+
+    def feed(self, data):
+        """
+        @return: the messages C{data} completes, in order.
+        @raise ValueError: for a length beyond L{maxLength}.
+        """
+        buffer = self._buffer + data
+        messages = []
+        while len(buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer)
+            if length > self.maxLength:
+                raise ValueError("a message of %d bytes: out of step" % (length,))
+            end = _LENGTH.size + length
+            if len(buffer) < end:
+                break
+            messages.append(buffer[_LENGTH.size:end])
+            buffer = buffer[end:]
+        self._buffer = buffer
+        return messages
+
+
+def reportInterval(config):
+    """
+    How often, in seconds, workers report their counters to the parent:
+    every C{statsInterval}, and at least every second, so that the parent's
+    stats and metrics ports are never more than a second behind.
+    """
+    return min(1.0, config.statsInterval / 1000.0)
+
+
+class _Unreported:
+    """
+    Stands for the L{rmux.proxy.ProxyFactory} of a listener no worker has
+    reported on yet (they are starting): no client, every counter zero.
+    """
+
+    clients = ()
+
+    def __init__(self, listener, clock):
+        self.listener = listener
+        self.reactor = clock
+        self.startedAt = clock.seconds()
+        self.stats = ListenerStats()
+
+
+def _noReport(listener, clock):
+    """
+    The snapshot of a listener no worker has reported on yet.
+    """
+    snapshot = listenerSnapshot(_Unreported(listener, clock), [])
+    snapshot["workers"] = []
+    return snapshot
+
+
+def combineReports(reports, listeners, clock):
+    """
+    The listeners' snapshots, each added up over the workers' latest
+    reports.
+
+    @param reports: each worker's latest report by its number: a list of
+        snapshots, one per listener, in the configuration's order.
+    @param listeners: the L{rmux.config.ListenerConfig}s.
+    @param clock: an L{IReactorTime}, for a listener nobody reported on.
+    @return: one snapshot per listener, in order (see L{rmux.stats.combine}).
+    """
+    combined = []
+    for index, listener in enumerate(listeners):
+        mine = [
+            report[index]
+            for workerId, report in sorted(reports.items())
+            if index < len(report)
+        ]
+        combined.append(combine(mine) if mine else _noReport(listener, clock))
+    return combined
 
 
 def workerCount(config):
@@ -203,9 +324,9 @@ def listenShared(reactor, listener):
 
 class WorkerProtocol(ProcessProtocol):
     """
-    The parent's end of one worker process: hands it its configuration,
-    relays its output line by line, and tells the L{ParentService} when
-    it has ended.
+    The parent's end of one worker process: hands it its configuration
+    (and later ones), relays its output line by line, passes its stats
+    reports on, and tells the L{ParentService} when it has ended.
 
     @ivar workerId: the worker's number, from 1.
     @ivar pid: the process id, or L{None} before the process exists.
@@ -216,15 +337,20 @@ class WorkerProtocol(ProcessProtocol):
     maxLineLength = 65536
     pid = None
 
-    def __init__(self, parent, workerId, payload):
+    def __init__(self, parent, workerId, payload, reportFd=None):
         """
         @param parent: the L{ParentService}.
         @param workerId: the worker's number.
-        @param payload: the bytes to write to the worker's stdin.
+        @param payload: the bytes to write to the worker's stdin first.
+        @param reportFd: the worker's file descriptor for stats reports, or
+            L{None} if it sends none.
         """
         self.parent = parent
         self.workerId = workerId
         self.payload = payload
+        self.reportFd = reportFd
+        self._reports = Frames()
+        self._reportsBroken = False
         self._buffers = {}
         self._ended = []
         self._killer = None
@@ -235,7 +361,16 @@ class WorkerProtocol(ProcessProtocol):
         # stdin stays open: it is the worker's lifeline.
         self.transport.write(self.payload)
 
+    def send(self, message):
+        """
+        Send the worker one message (a picklable C{dict}) on its stdin.
+        """
+        self.transport.write(frame(pickle.dumps(message)))
+
     def childDataReceived(self, childFD, data):
+        if childFD == self.reportFd:
+            self._reportReceived(data)
+            return
         buffer = self._buffers.get(childFD, b"") + data
         *lines, buffer = buffer.split(b"\n")
         while len(buffer) >= self.maxLineLength:
@@ -244,6 +379,25 @@ class WorkerProtocol(ProcessProtocol):
         self._buffers[childFD] = buffer
         for line in lines:
             self.parent.workerOutput(self.workerId, childFD, line.rstrip(b"\r"))
+
+    def _reportReceived(self, data):
+        if self._reportsBroken:
+            return
+        try:
+            messages = self._reports.feed(data)
+            reports = [json.loads(message) for message in messages]
+        except ValueError as e:
+            # Only a broken worker writes this: ignore the rest of what it
+            # reports (its next life starts afresh).
+            self._reportsBroken = True
+            self.parent.log.error(
+                "worker {workerId} sent an unreadable stats report: {why}",
+                workerId=self.workerId,
+                why=str(e),
+            )
+            return
+        for report in reports:
+            self.parent.workerReported(self, report)
 
     def terminate(self, clock, killTime):
         """
@@ -309,10 +463,16 @@ def _describeEnd(reason):
     return "exited with status %s" % (getattr(value, "exitCode", None),)
 
 
-class ParentService(Service):
+class ParentService(MultiService):
     """
     The twistd process when rmux runs in several processes: it holds the
     listening sockets and keeps L{count} worker processes serving on them.
+
+    SIGHUP re-reads the configuration file, here once, and hands the new
+    configuration to every worker (L{reload}); a worker started later, as
+    a replacement, gets the one then in force.  The stats and metrics
+    ports, when configured, run here, fed by the workers' reports
+    (L{snapshots}).
 
     Binding happens in L{privilegedStartService}, so that under twistd a
     port below 1024 or a socket in a root-owned directory can be bound
@@ -322,6 +482,10 @@ class ParentService(Service):
 
     @ivar config: the L{rmux.config.RmuxConfig} every worker runs.
     @ivar count: how many workers to run.
+    @ivar reports: the latest stats report of each running worker, by
+        number: a list of listener snapshots.
+    @ivar wantReports: whether workers report their stats; so when a
+        metrics service runs here.
     @ivar ports: the listening ports, in the order of the listeners, while
         the service runs.
     @ivar workers: the running workers' L{WorkerProtocol}s by number.
@@ -334,9 +498,12 @@ class ParentService(Service):
         collect the replies they are owed) plus L{killGrace}.
     @ivar killGrace: what a worker gets beyond C{shutdownTimeout} to close
         its backend connections and exit.
+    @cvar reloadOnHangup: whether the service handles SIGHUP while it runs
+        (see L{rmux.service.RmuxService.reloadOnHangup}).
     """
 
     log = Logger()
+    reloadOnHangup = True
 
     minRestartDelay = 0.5
     maxRestartDelay = 30.0
@@ -352,14 +519,22 @@ class ParentService(Service):
         @param count: the number of workers; L{workerCount} of C{config}
             if L{None}.
         """
+        MultiService.__init__(self)
         self.config = config
         self.reactor = reactor
         self.count = workerCount(config) if count is None else count
         self.ports = []
         self.workers = {}
+        self.reports = {}
         self._policies = {}
         self._restarts = {}
         self._payload = None
+        self._reportFd = None
+        self.metrics = metricsService(config, reactor, self.snapshots)
+        if self.metrics is not None:
+            self.metrics.setServiceParent(self)
+        self.wantReports = self.metrics is not None
+        self.hangup = HangupHandler(reactor, self.reload)
 
     def workerCommand(self, workerId):
         """
@@ -401,17 +576,30 @@ class ParentService(Service):
 
     def privilegedStartService(self):
         self._listen()
-        Service.privilegedStartService(self)
+        MultiService.privilegedStartService(self)
+
+    def _makePayload(self):
+        """
+        What a worker reads first on its stdin: the configuration in force,
+        its sockets' descriptors and backlogs, and where and how often to
+        report its stats.
+        """
+        filenos = [FIRST_LISTENER_FD + i for i in range(len(self.ports))]
+        backlogs = [getattr(port, "backlog", 50) for port in self.ports]
+        message = {"config": self.config, "fds": filenos, "backlogs": backlogs}
+        if self._reportFd is not None:
+            message["reportFd"] = self._reportFd
+            message["reportInterval"] = reportInterval(self.config)
+        self._payload = frame(pickle.dumps(message))
 
     def startService(self):
         self._listen()
-        Service.startService(self)
-        filenos = [FIRST_LISTENER_FD + i for i in range(len(self.ports))]
-        backlogs = [getattr(port, "backlog", 50) for port in self.ports]
-        payload = pickle.dumps(
-            {"config": self.config, "fds": filenos, "backlogs": backlogs}
-        )
-        self._payload = _LENGTH.pack(len(payload)) + payload
+        MultiService.startService(self)
+        if self.wantReports:
+            self._reportFd = FIRST_LISTENER_FD + len(self.ports)
+        self._makePayload()
+        if self.reloadOnHangup:
+            self.hangup.install()
         for workerId in range(1, self.count + 1):
             self._policies[workerId] = RestartPolicy(
                 self.reactor, self.minRestartDelay, self.maxRestartDelay,
@@ -426,10 +614,12 @@ class ParentService(Service):
 
     def _spawn(self, workerId):
         self._restarts.pop(workerId, None)
-        protocol = WorkerProtocol(self, workerId, self._payload)
+        protocol = WorkerProtocol(self, workerId, self._payload, self._reportFd)
         childFDs = {0: "w", 1: "r", 2: "r"}
         for index, port in enumerate(self.ports):
             childFDs[FIRST_LISTENER_FD + index] = port.fileno()
+        if self._reportFd is not None:
+            childFDs[self._reportFd] = "r"
         executable, args = self.workerCommand(workerId)
         self._policies[workerId].started()
         try:
@@ -460,14 +650,74 @@ class ParentService(Service):
         else:
             self.log.warn("worker {workerId}: {line}", workerId=workerId, line=text)
 
+    def workerReported(self, protocol, report):
+        """
+        A worker sent its stats: keep them until its next report, or until
+        it ends.
+
+        @param protocol: the worker's L{WorkerProtocol}.
+        @param report: its listeners' snapshots.
+        """
+        if self.workers.get(protocol.workerId) is protocol:
+            self.reports[protocol.workerId] = report
+
+    def snapshots(self):
+        """
+        Every listener's snapshot, added up over the workers' latest
+        reports: the source of the stats and metrics ports.
+        """
+        return combineReports(self.reports, self.config.listeners, self.reactor)
+
+    def reload(self, newConfig=None):
+        """
+        Re-read and check the configuration file (or take C{newConfig}),
+        once for all workers, and send it to every running worker, which
+        applies it as a single rmux would (L{Listeners.reload}) and logs
+        what it did.  Workers started afterwards get it on their stdin.
+
+        @param newConfig: an L{rmux.config.RmuxConfig}, or L{None} to
+            re-read C{config.configPath}.
+        @return: a L{Deferred} that fires with C{True} if the configuration
+            was sent, C{False} if it was refused (the running one stays) or
+            there was nothing to reload.
+        """
+        given = newConfig
+        try:
+            newConfig = nextConfig(self.config, newConfig)
+        except NothingToReload as e:
+            self.log.info("rmux: nothing to reload: {why}", why=str(e))
+            return succeed(False)
+        except ReloadRefused as e:
+            self.log.error(
+                "rmux: reload refused, the running configuration stays: {why}",
+                why=str(e),
+            )
+            return succeed(False)
+        source = describeSource(self.config, given)
+        changes = describeChanges(self.config, newConfig)
+        self.config = newConfig
+        if self._payload is not None:
+            self._makePayload()
+        for protocol in list(self.workers.values()):
+            protocol.send({"config": newConfig})
+        self.log.info(
+            "rmux: reloaded {source} for {count} workers: {changes}",
+            source=source,
+            count=len(self.workers),
+            changes=changes,
+        )
+        return succeed(True)
+
     def workerEnded(self, protocol, reason):
         """
-        A worker process has ended: start another in its place after the
-        delay of its L{RestartPolicy}, unless we are stopping.
+        A worker process has ended: forget its stats, and start another in
+        its place after the delay of its L{RestartPolicy}, unless we are
+        stopping.
         """
         workerId = protocol.workerId
         if self.workers.get(workerId) is protocol:
             del self.workers[workerId]
+            self.reports.pop(workerId, None)
         if not self.running:
             return
         delay = self._scheduleRestart(workerId)
@@ -487,7 +737,8 @@ class ParentService(Service):
         @return: a L{Deferred} that fires when every worker has exited and
             every socket is closed.
         """
-        Service.stopService(self)
+        self.hangup.uninstall()
+        stopped = MultiService.stopService(self)
         for call in self._restarts.values():
             if call.active():
                 call.cancel()
@@ -505,6 +756,7 @@ class ParentService(Service):
             protocol.terminate(self.reactor, killTime)
         ports, self.ports = self.ports, []
         waiting.extend(maybeDeferred(port.stopListening) for port in ports)
+        waiting.append(stopped)
 
         def done(results):
             for ok, result in results:
@@ -657,11 +909,12 @@ class InheritedListenerService(ListenerService):
         return InheritedPortEndpoint(self.reactor, self.fileno, self.backlog)
 
 
-class WorkerService(MultiService):
+class WorkerService(Listeners):
     """
     Everything one worker process runs: every listener of the
     configuration, on the sockets it inherited (the L{RmuxService} of a
-    worker).
+    worker).  It reloads (L{Listeners.reload}) the configurations the
+    parent sends, never on a signal of its own.
 
     @ivar listeners: the L{InheritedListenerService}s, in the
         configuration's order.
@@ -677,11 +930,10 @@ class WorkerService(MultiService):
         @param backlogs: their backlogs, in the same order; 50 each, as
             Twisted's, if L{None}.
         """
-        MultiService.__init__(self)
-        self.config = config
+        Listeners.__init__(self, config, reactor)
         self.workerId = workerId
+        self.reloadSource = "the parent's configuration"
         MemoryTrimmer(reactor).setServiceParent(self)
-        self.listeners = []
         table = CommandTable.default()
         if backlogs is None:
             backlogs = [50] * len(filenos)
@@ -695,18 +947,48 @@ class WorkerService(MultiService):
             self.listeners.append(service)
 
 
-class _Lifeline:
+class StatsReporter(TimerService):
     """
-    Watches the worker's stdin, which the parent holds open: end of file
-    means the parent has gone, and the worker stops rather than serve on
-    as an orphan nobody will stop.
+    Sends the worker's stats to the parent every C{interval} seconds: the
+    listeners' snapshots (L{rmux.stats.listenerSnapshot}) as one
+    length-prefixed JSON list, on a pipe the parent reads.
+    """
+
+    def __init__(self, reactor, writer, snapshots, interval):
+        """
+        @param reactor: an L{IReactorTime}.
+        @param writer: the pipe's transport (its C{write} buffers, so a
+            busy parent never blocks the worker).
+        @param snapshots: returns the listeners' snapshots.
+        @param interval: seconds between two reports.
+        """
+        TimerService.__init__(self, interval, self.report)
+        self.clock = reactor
+        self.writer = writer
+        self.snapshots = snapshots
+
+    def report(self):
+        self.writer.write(frame(json.dumps(self.snapshots()).encode("utf-8")))
+
+
+class _ParentChannel:
+    """
+    The worker's stdin, which the parent holds open: messages from the
+    parent (new configurations) come in on it, and end of file means the
+    parent has gone, so the worker stops rather than serve on as an orphan
+    nobody will stop.
     """
 
     log = Logger()
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, service):
+        """
+        @param service: the L{WorkerService} new configurations go to.
+        """
         self.reactor = reactor
+        self.service = service
         self.stopping = False
+        self._frames = Frames()
         reactor.addSystemEventTrigger("before", "shutdown", self._stopping)
 
     def _stopping(self):
@@ -714,7 +996,15 @@ class _Lifeline:
         self.stopping = True
 
     def childDataReceived(self, name, data):
-        pass
+        for message in self._frames.feed(data):
+            self.messageReceived(pickle.loads(message))
+
+    def messageReceived(self, message):
+        config = message.get("config")
+        if config is not None:
+            self.service.reload(config).addErrback(
+                lambda failure: self.log.failure("rmux: reload failed", failure)
+            )
 
     def childConnectionLost(self, name, reason):
         if self.stopping:
@@ -728,8 +1018,9 @@ class _Lifeline:
 
 def _readPayload(fd):
     """
-    Read the parent's length-prefixed, pickled payload from C{fd} without
-    reading past it, so that the rest of the pipe is the lifeline.
+    Read the parent's first message, length-prefixed and pickled, from
+    C{fd} without reading past it, so that the rest of the pipe (later
+    messages, and the lifeline) is left to L{_ParentChannel}.
     """
 
     def read(n):
@@ -767,7 +1058,10 @@ def _asLine(event):
     return eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n"
 
 
-def runWorker(reactor, workerId, config, filenos, backlogs=None, stdin=0):
+def runWorker(
+    reactor, workerId, config, filenos, backlogs=None, stdin=0,
+    reportFd=None, reportInterval=1.0,
+):
     """
     Run one worker until it is told to stop (SIGTERM, SIGINT) or its
     parent goes away.
@@ -777,27 +1071,40 @@ def runWorker(reactor, workerId, config, filenos, backlogs=None, stdin=0):
     @param config: the L{rmux.config.RmuxConfig}.
     @param filenos: see L{WorkerService}.
     @param backlogs: see L{WorkerService}.
-    @param stdin: the file descriptor of the lifeline from the parent.
+    @param stdin: the file descriptor of the channel from the parent.
+    @param reportFd: the file descriptor to send stats reports on, or
+        L{None} for none.
+    @param reportInterval: seconds between two reports.
     @return: the process's exit status.
     """
-    from twisted.internet.process import ProcessReader
+    from twisted.internet.process import ProcessReader, ProcessWriter
 
     globalLogBeginner.beginLoggingTo(
         [_logTo(sys.stdout, sys.stderr)], redirectStandardIO=False
     )
     log = Logger(namespace="rmux.workers")
+    channel = None
     try:
         service = WorkerService(config, reactor, workerId, filenos, backlogs)
+        channel = _ParentChannel(reactor, service)
+        if reportFd is not None:
+            writer = ProcessWriter(reactor, channel, "reports", reportFd)
+            StatsReporter(
+                reactor, writer, service.snapshots, reportInterval
+            ).setServiceParent(service)
         service.startService()
     except BaseException:
         log.failure("worker {workerId} could not start", workerId=workerId)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    ProcessReader(reactor, _Lifeline(reactor), "lifeline", stdin)
+    ProcessReader(reactor, channel, "parent", stdin)
     # Ctrl-C at a terminal signals the parent and its workers alike; the
     # parent stops the workers (SIGTERM) itself, and workers that stopped
     # on their own first would only be logged as dead and rescheduled.
+    # A hang-up of the terminal or an operator's "kill -HUP" of the whole
+    # group likewise: the parent reloads, and sends the workers the result.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     log.info(
         "worker {workerId} (pid {pid}) serving", workerId=workerId, pid=os.getpid()
     )
@@ -822,7 +1129,9 @@ def main(argv=None):
     from twisted.internet import reactor
 
     return runWorker(
-        reactor, args.worker, payload["config"], payload["fds"], payload.get("backlogs")
+        reactor, args.worker, payload["config"], payload["fds"], payload.get("backlogs"),
+        reportFd=payload.get("reportFd"),
+        reportInterval=payload.get("reportInterval", 1.0),
     )
 
 

@@ -128,3 +128,84 @@ class MonitorTests(SynchronousTestCase):
         self.monitor.stop()
         self.assertFalse(self.monitor.starting)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class ReconfigureTests(SynchronousTestCase):
+    """
+    What a live reload asks of the monitor: new settings, new servers to
+    check, servers to forget.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.pools = [
+            BackendPool(self.reactor, BackendAddress(kind="unix", path="/r%d.sock" % i))
+            for i in range(3)
+        ]
+        self.monitor = HealthMonitor(
+            self.reactor, self.pools[:2], interval=0.1, timeout=0.5, fall=3, rise=2,
+            startupWait=1.0,
+        )
+        self.monitor.start()
+        for pool in self.pools[:2]:
+            self.monitor.checks[pool].fill(PONG)
+
+    def test_watchWaitsForTheFirstVerdict(self):
+        """
+        A new server is checked at once, and the reload waits for its
+        verdict, not for the next round.
+        """
+        fired = []
+        self.monitor.watch(self.pools).addCallback(fired.append)
+        check = self.monitor.checks[self.pools[2]]
+        self.assertTrue(check.inFlight)
+        self.assertEqual(fired, [])
+        check.fill(FAILED)
+        self.assertEqual(fired, [None])
+        self.assertFalse(self.monitor.isUp(self.pools[2]))
+        self.assertTrue(self.monitor.isUp(self.pools[0]))
+
+    def test_watchIsBounded(self):
+        fired = []
+        self.monitor.watch([self.pools[2]]).addCallback(fired.append)
+        self.reactor.advance(0.99)
+        self.assertEqual(fired, [])
+        self.reactor.advance(0.01)
+        self.assertEqual(fired, [None])
+
+    def test_watchNothingNew(self):
+        self.assertIsNone(self.successResultOf(self.monitor.watch(self.pools[:2])))
+
+    def test_unwatch(self):
+        """
+        A removed server's check stops and closes its connection; a reload
+        waiting for its verdict does not wait on.
+        """
+        fired = []
+        self.monitor.watch([self.pools[2]]).addCallback(fired.append)
+        check = self.monitor.checks[self.pools[2]]
+        self.monitor.unwatch([self.pools[2]])
+        self.assertEqual(fired, [None])
+        self.assertNotIn(self.pools[2], self.monitor.checks)
+        self.assertTrue(check.pool.stopped)
+
+    def test_configureKeepsStates(self):
+        """
+        New fall, rise and timeout apply to the servers already checked,
+        whose states stay; a new interval restarts the schedule.
+        """
+        first = self.monitor.checks[self.pools[0]]
+        self.monitor.configure(interval=1.0, timeout=2.0, fall=1, rise=5, startupWait=3.0)
+        self.assertEqual(first.state, UP)
+        self.assertEqual((first.fall, first.rise), (1, 5))
+        self.assertEqual(first.pool.connectTimeout, 2.0)
+        self.assertEqual(self.monitor.startupWait, 3.0)
+        first.fill(PONG)
+        self.reactor.advance(0.5)
+        self.assertFalse(first.inFlight)
+        self.reactor.advance(0.5)
+        self.assertTrue(first.inFlight)
+        first.fill(FAILED)
+        self.assertEqual(first.state, DOWN)
+        self.monitor.stop()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])

@@ -7,7 +7,8 @@ against real servers in L{tests.test_multiplex}.)
 from twisted.trial.unittest import SynchronousTestCase
 
 from rmux import commands as C
-from rmux.router import FanOut, merge
+from rmux.hashing import RmuxRing
+from rmux.router import FanOut, PoolGroup, Router, merge
 
 
 class Part:
@@ -108,3 +109,27 @@ class FanOutTests(SynchronousTestCase):
         self.assertIsNone(slot.data)
         first.fill(b":2\r\n")
         self.assertEqual(slot.data, b":3\r\n")
+
+
+class AdoptTests(SynchronousTestCase):
+    def test_heldReferencesSeeTheNewPlacement(self):
+        """
+        What holds the router, or one of its bound methods (every client,
+        the pub/sub hub), places keys the new way once it has adopted a
+        new router.
+        """
+        a, b = object(), object()
+        router = Router(PoolGroup([a]))
+        placeChannel = router.poolForKey
+        allPools = lambda: router.pools
+        self.assertIs(placeChannel(b"k1"), a)
+        ring = RmuxRing(2)
+        router.adopt(Router(PoolGroup([a, b], ring), allowFlush=True))
+        keys = [b"k%d" % i for i in range(20)]
+        self.assertEqual(
+            [placeChannel(key) for key in keys],
+            [(a, b)[ring.backendOf(key)] for key in keys],
+        )
+        self.assertEqual(allPools(), [a, b])
+        self.assertIsNone(router.single)
+        self.assertTrue(router.allowFlush)

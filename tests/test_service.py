@@ -5,7 +5,8 @@ Tests for L{rmux.service}'s own pieces.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from rmux.service import MemoryTrimmer, _mallocTrim
+from rmux.config import fromFlags
+from rmux.service import MemoryTrimmer, RmuxService, _mallocTrim, metricsService
 
 
 class MemoryTrimmerTests(SynchronousTestCase):
@@ -28,3 +29,28 @@ class MemoryTrimmerTests(SynchronousTestCase):
         trim = _mallocTrim()
         self.assertIsNotNone(trim, "this Debian machine runs glibc")
         self.assertIn(trim(0), (0, 1))
+
+
+class MetricsWiringTests(SynchronousTestCase):
+    def config(self, **flags):
+        values = {"socket": "/nonexistent/rmux.sock", "unixConnections": "/nonexistent/r.sock"}
+        values.update(flags)
+        return fromFlags(values)
+
+    def test_metricsWhenAsked(self):
+        """
+        A stats or metrics port or statsd adds a L{MetricsService} beside
+        the listeners, reading this process's listeners' snapshots.
+        """
+        from rmux.metrics import MetricsService
+
+        service = RmuxService(self.config(metricsPort="19999"), Clock())
+        self.assertIsInstance(service.metrics, MetricsService)
+        self.assertIs(service.metrics.parent, service)
+        (snapshot,) = service.snapshots()
+        self.assertEqual(snapshot["listener"], "/nonexistent/rmux.sock")
+        self.assertEqual(snapshot["workers"], [0])
+
+    def test_noMetrics(self):
+        self.assertIsNone(RmuxService(self.config(), Clock()).metrics)
+        self.assertIsNone(metricsService(self.config(), Clock(), list))

@@ -4,6 +4,7 @@ on a fake reactor, then real worker processes sharing a real socket in
 front of a real redis-server.
 """
 
+import json
 import os
 import pickle
 import shutil
@@ -26,12 +27,16 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rmux.config import fromFlags
 from rmux.service import RmuxService, makeService
+from rmux.stats import listenerSnapshot
 from rmux.workers import (
     FIRST_LISTENER_FD,
+    Frames,
     InheritedPortEndpoint,
     ParentService,
     RestartPolicy,
     WorkerService,
+    combineReports,
+    frame,
     workerCount,
 )
 from tests.redisserver import freePort, startRedis
@@ -179,6 +184,8 @@ class FakeReactor(Clock):
 
 class ParentServiceTests(SynchronousTestCase):
     def setUp(self):
+        # SIGHUP is this process's: see HangupTests for the handler.
+        self.patch(ParentService, "reloadOnHangup", False)
         self.reactor = FakeReactor()
         self.events = []
         self.config = configFor(maxProcesses="2")
@@ -374,6 +381,165 @@ class ParentServiceTests(SynchronousTestCase):
         )
         self.assertEqual(self.messages()[0], "worker 2: serving on")
 
+    def messagesTo(self, process):
+        """
+        The messages a worker got on its stdin.
+        """
+        return [pickle.loads(m) for m in Frames().feed(process.written)]
+
+    def test_reloadReachesEveryWorker(self):
+        """
+        A reload is checked once, here, then sent to every worker on its
+        stdin after what it got at start; a worker started later gets the
+        configuration in force.
+        """
+        new = configFor(maxProcesses="2", poolSize="3")
+        self.assertTrue(self.successResultOf(self.service.reload(new)))
+        self.assertIs(self.service.config, new)
+        for process in self.reactor.processes:
+            first, second = self.messagesTo(process)
+            self.assertEqual(first["config"], self.config)
+            self.assertEqual(second, {"config": new})
+        self.assertEqual(
+            self.messages()[-1],
+            "rmux: reloaded the new configuration for 2 workers: "
+            "listener /nonexistent/rmux.sock: poolSize 20->3",
+        )
+        self.reactor.processes[0].end(exitCode=1)
+        self.reactor.advance(0.5)
+        (payload,) = self.messagesTo(self.reactor.processes[2])
+        self.assertEqual(payload["config"], new)
+
+    def test_reloadRefusedSendsNothing(self):
+        before = [p.written for p in self.reactor.processes]
+        self.assertFalse(
+            self.successResultOf(self.service.reload(configFor(maxProcesses="3")))
+        )
+        self.assertIs(self.service.config, self.config)
+        self.assertEqual([p.written for p in self.reactor.processes], before)
+        self.assertEqual(self.events[-1]["log_level"].name, "error")
+        self.assertIn("maxProcesses changed from 2 to 3", self.messages()[-1])
+
+    def startReporting(self):
+        reactor = FakeReactor()
+        service = ParentService(self.config, reactor)
+        service.log = Logger(observer=self.events.append)
+        service.wantReports = True
+        service.startService()
+        return reactor, service
+
+    def test_reportChannel(self):
+        """
+        With reports wanted, each worker gets a pipe for them after the
+        listeners' descriptors, and is told where it is and how often to
+        report: every second, or every statsInterval if shorter.
+        """
+        reactor, service = self.startReporting()
+        for process in reactor.processes:
+            self.assertEqual(process.childFDs[FIRST_LISTENER_FD + 1], "r")
+            (payload,) = self.messagesTo(process)
+            self.assertEqual(
+                (payload["reportFd"], payload["reportInterval"]),
+                (FIRST_LISTENER_FD + 1, 1.0),
+            )
+        fast = ParentService(configFor(maxProcesses="2", statsInterval="250"), reactor)
+        fast.wantReports = True
+        fast.startService()
+        (payload,) = self.messagesTo(reactor.processes[-1])
+        self.assertEqual(payload["reportInterval"], 0.25)
+
+    def test_reportsKeptPerWorker(self):
+        """
+        The parent keeps each worker's latest report, read however the pipe
+        cuts it, combines them per listener, and forgets a worker's report
+        when it ends.
+        """
+        reactor, service = self.startReporting()
+        fd = FIRST_LISTENER_FD + 1
+        reports = {1: [snapshot(1, clients=2)], 2: [snapshot(2, clients=3)]}
+        for workerId, report in reports.items():
+            data = frame(json.dumps(report).encode())
+            protocol = service.workers[workerId]
+            protocol.childDataReceived(fd, data[:3])
+            protocol.childDataReceived(fd, data[3:])
+        self.assertEqual(service.reports, reports)
+        (combined,) = service.snapshots()
+        self.assertEqual(combined["workers"], [1, 2])
+        self.assertEqual(combined["clients"]["current"], 5)
+        reactor.processes[0].end(exitCode=1)
+        self.assertEqual(list(service.reports), [2])
+        self.assertEqual(service.snapshots()[0]["workers"], [2])
+        # Nothing of it reached the log.
+        self.assertEqual([e for e in self.events if "line" in e], [])
+
+
+class FakeFactory:
+    """
+    What L{listenerSnapshot} reads of a L{rmux.proxy.ProxyFactory}.
+    """
+
+    def __init__(self, clients, listener):
+        from rmux.stats import ListenerStats
+
+        self.stats = ListenerStats()
+        self.stats.connectionsReceived = clients
+        self.clients = [object()] * clients
+        self.listener = listener
+        self.reactor = Clock()
+        self.startedAt = 0.0
+
+
+def snapshot(workerId, clients, listener=None):
+    listener = listener or configFor().listeners[0]
+    return listenerSnapshot(FakeFactory(clients, listener), [], None, workerId)
+
+
+class ReportTests(SynchronousTestCase):
+    def test_combine(self):
+        """
+        Each listener's snapshot is the sum of the workers' latest reports
+        for it; a listener nobody reported on yet has zeros and no worker.
+        """
+        listeners = (
+            configFor(socket="/a.sock").listeners[0],
+            configFor(socket="/b.sock").listeners[0],
+        )
+        reports = {
+            2: [snapshot(2, 4, listeners[0])],
+            1: [snapshot(1, 1, listeners[0])],
+        }
+        first, nobody = combineReports(reports, listeners, Clock())
+        self.assertEqual(first["workers"], [1, 2])
+        self.assertEqual((first["clients"]["current"], first["clients"]["total"]), (5, 5))
+        self.assertEqual(nobody["workers"], [])
+        self.assertEqual(nobody["listener"], "/b.sock")
+        self.assertEqual(nobody["clients"]["current"], 0)
+
+    def test_frames(self):
+        frames = Frames()
+        data = frame(b"one") + frame(b"") + frame(b"three")
+        self.assertEqual(frames.feed(data[:5]), [])
+        self.assertEqual(frames.feed(data[5:]), [b"one", b"", b"three"])
+        self.assertRaises(ValueError, Frames().feed, b"\xff\xff\xff\xff")
+
+
+class HangupTests(SynchronousTestCase):
+    def test_installedWhileRunning(self):
+        """
+        The parent handles SIGHUP from its start to its stop, then puts
+        back the handler that was there.
+        """
+        import signal as signals
+
+        previous = signals.getsignal(signals.SIGHUP)
+        reactor = FakeReactor()
+        service = ParentService(configFor(maxProcesses="2"), reactor)
+        service.startService()
+        self.addCleanup(service.hangup.uninstall)
+        self.assertEqual(signals.getsignal(signals.SIGHUP), service.hangup._received)
+        service.stopService()
+        self.assertEqual(signals.getsignal(signals.SIGHUP), previous)
+
 
 # Real processes
 
@@ -549,12 +715,13 @@ class ParentProcessTests(TestCase):
         self.direct = redis.Redis(unix_socket_path=self.server.path)
         self.addCleanup(self.direct.close)
 
-    def startParent(self, **flags):
+    def startParent(self, wantReports=False, **flags):
         values = {"socket": self.path, "maxProcesses": "2", "poolSize": "4"}
         values.update(flags)
         service = makeService(configFor(self.server.path, **values), reactor)
         self.assertIsInstance(service, ParentService)
         service.minRestartDelay = 0.2
+        service.wantReports = service.wantReports or wantReports
         pids = set()
         # Whatever happens, no worker outlives the test.
         self.addCleanup(self.killAll, pids)
@@ -672,6 +839,86 @@ class ParentProcessTests(TestCase):
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
         self.assertFalse(os.path.exists(self.path))
         self.assertFalse(os.path.lexists(self.path + ".lock"))
+
+    @inlineCallbacks
+    def connectUntilEveryWorker(self, service):
+        """
+        Connect (INFO) in bursts until every worker has answered.
+
+        @return: how many connections were made.
+        """
+        workers = self.pids(service)
+        seen = set()
+        made = 0
+        while seen != workers:
+            self.assertLess(made, 500, "not every worker answered")
+            results = yield DeferredList(
+                [self.clients.run(info, self.path) for _ in range(10)], fireOnOneErrback=True
+            )
+            made += 10
+            seen.update(pid for ok, pid in results)
+        return made
+
+    @inlineCallbacks
+    def waitForReports(self, service, connections):
+        end = time.monotonic() + 10
+        while service.snapshots()[0]["clients"]["total"] != connections:
+            self.assertLess(time.monotonic(), end, service.snapshots()[0]["clients"])
+            yield deferLater(reactor, 0.05, lambda: None)
+
+    @inlineCallbacks
+    def test_workersReportStats(self):
+        """
+        Each worker reports its counters to the parent, which adds up the
+        latest report of each: the parent holds no client, and knows their
+        number only from the reports.
+        """
+        service = self.startParent(wantReports=True)
+        made = yield self.connectUntilEveryWorker(service)
+        yield self.waitForReports(service, made)
+        (combined,) = service.snapshots()
+        self.assertEqual(sorted(combined["workers"]), [1, 2])
+        self.assertEqual(sorted(service.reports), [1, 2])
+        self.assertEqual(combined["listener"], self.path)
+        self.assertEqual(combined["backends"][0]["address"], self.server.path)
+        self.assertEqual(
+            combined["clients"]["total"],
+            sum(report[0]["clients"]["total"] for report in service.reports.values()),
+        )
+
+    @inlineCallbacks
+    def test_metricsAddUpWorkers(self):
+        """
+        With a metrics port, the parent serves the workers' counters added
+        up; INFO in a worker still counts that worker's clients only.
+        """
+        port = freePort()
+        service = self.startParent(metricsPort=str(port))
+        self.assertIsNotNone(service.metrics)
+        self.assertTrue(service.wantReports)
+        made = yield self.connectUntilEveryWorker(service)
+        yield self.waitForReports(service, made)
+
+        def scrape():
+            from urllib.request import urlopen
+
+            with urlopen("http://127.0.0.1:%d/metrics" % (port,), timeout=5) as page:
+                return page.read().decode("utf-8")
+
+        text = yield self.clients.run(scrape)
+        self.assertIn(
+            'rmux_client_connections_total{listener="%s"} %d.0' % (self.path, made), text
+        )
+
+        def ownCount():
+            client = redis.Redis(unix_socket_path=self.path, socket_timeout=5)
+            try:
+                return client.info("stats")["total_connections_received"]
+            finally:
+                client.close()
+
+        # Both workers took clients, so neither has seen all of them.
+        self.assertLess((yield self.clients.run(ownCount)), made)
 
     @inlineCallbacks
     def test_tcp(self):
