@@ -403,7 +403,14 @@ class ClientProtocol(Protocol):
         self.factory.stats.bytesIn += len(data)
         parser = self.parser
         commands = parser.feed(data)
-        if not (parser.wholeFeed and self._passThrough(commands, data)):
+        if parser.wholeFeed and self._passThrough(commands, data):
+            pass
+        elif parser.wholeFeed and len(commands) == 1:
+            # One command, canonically encoded: forwarded as received.
+            self.handleCommand(commands[0], data)
+            if self.closing:
+                return
+        else:
             handle = self.handleCommand
             for args in commands:
                 handle(args)
@@ -508,9 +515,11 @@ class ClientProtocol(Protocol):
 
     # Commands
 
-    def handleCommand(self, args):
+    def handleCommand(self, args, payload=None):
         """
         Answer one parsed request locally, refuse it, or forward it.
+
+        @param payload: C{args} as the client encoded them, if canonical.
         """
         if self.held is not None:
             # An earlier command must finish first (a blocking command, a
@@ -551,7 +560,7 @@ class ClientProtocol(Protocol):
             return
         policy = spec.policy
         if policy == C.FORWARD:
-            self.forward(args, spec)
+            self.forward(args, spec, payload)
         elif policy == C.LOCAL:
             stats.requestsByClass["local"] += 1
             self.lastCommand = name
@@ -604,7 +613,7 @@ class ClientProtocol(Protocol):
             and hub.isSubscribed(self)
         )
 
-    def forward(self, args, spec):
+    def forward(self, args, spec, payload=None):
         """
         Send a command to the server that holds its keys: on the client's
         dedicated connection if it is pinned to that server, else through
@@ -623,7 +632,7 @@ class ClientProtocol(Protocol):
             if pool is None or pool is pin.pool:
                 self.sendDedicated(pin.connection, args, slot)
                 return
-        self.router.route(args, spec, slot, self.db, self.protocolVersion)
+        self.router.route(args, spec, slot, self.db, self.protocolVersion, payload)
 
     def forwardInternal(self, args, placeBy, spec, waiter):
         """

@@ -109,19 +109,25 @@ class Router:
         connection = pool.send(payload, waiter, db, protocolVersion, after, count)
         affinity[pool] = (waiter, connection)
 
-    def route(self, args, spec, slot, db, protocolVersion):
+    def route(self, args, spec, slot, db, protocolVersion, payload=None):
         """
         Send one command; C{slot.fill} gets its reply.
+
+        @param payload: C{args} as the client encoded them, when that is
+            canonical: sent as they are to the one server the command goes
+            to, instead of encoding C{args} again.
         """
         client = slot.client
         if self.single is not None:
-            self.send(self.single, args, slot, client, db, protocolVersion)
+            if payload is None:
+                payload = encodeRequest(args)
+            self.sendPayload(self.single, payload, slot, client, db, protocolVersion)
             return
         if self.health is not None and self.health.starting:
             pending = self.health.whenStarted()
             if pending is not None:
                 pending.addCallback(
-                    lambda _: self.route(args, spec, slot, db, protocolVersion)
+                    lambda _: self.route(args, spec, slot, db, protocolVersion, payload)
                 )
                 return
         routing = spec.routing
@@ -137,13 +143,17 @@ class Router:
             if isinstance(pool, bytes):
                 slot.fill(pool)
             else:
-                self.send(pool, args, slot, client, db, protocolVersion)
+                if payload is None:
+                    payload = encodeRequest(args)
+                self.sendPayload(pool, payload, slot, client, db, protocolVersion)
         elif routing == C.KEYLESS_ANY:
             pool = self._anyPool()
             if isinstance(pool, bytes):
                 slot.fill(pool)
             else:
-                self.send(pool, args, slot, client, db, protocolVersion)
+                if payload is None:
+                    payload = encodeRequest(args)
+                self.sendPayload(pool, payload, slot, client, db, protocolVersion)
         elif routing == C.KEYLESS_ALL:
             if spec.requiresOption == C.OPTION_ALLOW_FLUSH and not self.allowFlush:
                 slot.fill(

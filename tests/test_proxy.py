@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from rmux.commands import CommandTable
 from rmux.config import fromFlags
 from rmux.proxy import ProxyFactory
+from rmux.resp import encodeCommand
 
 
 class RecordingRouter:
@@ -23,12 +24,15 @@ class RecordingRouter:
     """
 
     pools = ()
+    single = None
 
     def __init__(self):
         self.routed = []
+        self.payloads = []
 
-    def route(self, args, spec, slot, db, protocolVersion):
+    def route(self, args, spec, slot, db, protocolVersion, payload=None):
         self.routed.append((args, slot, db, protocolVersion))
+        self.payloads.append(payload)
 
 
 def makeClient(**flags):
@@ -45,6 +49,53 @@ def makeClient(**flags):
     )
     protocol.makeConnection(transport)
     return protocol, transport, router, clock
+
+
+class PassThroughTests(SynchronousTestCase):
+    """
+    Canonically encoded requests are forwarded as the client sent them.
+    """
+
+    def test_oneCommandKeepsItsBytes(self):
+        client, transport, router, clock = makeClient()
+        data = encodeCommand([b"GET", b"a"])
+        client.dataReceived(data)
+        client.dataReceived(b"GET b\r\n")
+        self.assertEqual(router.payloads, [data, None])
+
+    def test_pipelineForwardedWhole(self):
+        """
+        With one backend, a plain pipeline goes out as one payload with one
+        waiter for all its replies, and the client gets them in order.
+        """
+        client, transport, router, clock = makeClient()
+        sent = []
+
+        class Single:
+            pass
+
+        router.single = Single()
+        router.sendPayload = lambda *args: sent.append(args)
+        data = encodeCommand([b"SET", b"a", b"1"]) + encodeCommand([b"GET", b"a"])
+        client.dataReceived(data)
+        ((pool, payload, waiter, who, db, protocolVersion, count),) = sent
+        self.assertEqual((pool, payload, who, count), (router.single, data, client, 2))
+        self.assertEqual(router.routed, [])
+        client.dataReceived(b"PING\r\n")
+        waiter.fill(b"+OK\r\n")
+        self.assertEqual(transport.value(), b"")
+        waiter.fill(b"$1\r\n1\r\n")
+        self.assertEqual(transport.value(), b"+OK\r\n$1\r\n1\r\n+PONG\r\n")
+        self.assertEqual(client.factory.stats.responses, 3)
+
+    def test_pipelineWithLocalCommandsGoesOneByOne(self):
+        client, transport, router, clock = makeClient()
+        router.single = object()
+        router.sendPayload = lambda *args: self.fail("passed through")
+        data = encodeCommand([b"GET", b"a"]) + encodeCommand([b"PING"])
+        client.dataReceived(data)
+        self.assertEqual(len(router.routed), 1)
+        self.assertEqual(transport.value(), b"")
 
 
 class OrderingTests(SynchronousTestCase):
