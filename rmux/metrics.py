@@ -163,8 +163,8 @@ def _twemproxyPool(snapshot):
         # Requests answered with an error because the connection carrying
         # them failed, as twemproxy counts requests it could not forward.
         "forward_error": int(sum(b["failedRequests"] for b in backends)),
-        # rmux does not count the requests it splits across servers.
-        "fragments": 0,
+        # The requests multi-key and all-server commands were split into.
+        "fragments": int(snapshot.get("fragments", 0)),
     }
     for backend in backends:
         pool[backend["name"]] = _twemproxyServer(backend)

@@ -272,6 +272,7 @@ class Router:
             return
         head = args[: indexes[0]]
         fanOut = FanOut(slot, spec.merge, len(order), len(indexes))
+        _countFragments(slot, len(order))
         for part, pool in enumerate(order):
             pieces = units[pool]
             partArgs = list(head)
@@ -286,6 +287,7 @@ class Router:
             self.send(pools[0], args, slot, slot.client, db, protocolVersion)
             return
         fanOut = FanOut(slot, spec.merge, len(pools))
+        _countFragments(slot, len(pools))
         for part, pool in enumerate(pools):
             self.send(pool, args, fanOut.part(part), slot.client, db, protocolVersion)
 
@@ -306,6 +308,16 @@ class _Part:
     def fill(self, reply):
         self.data = reply
         self.fanOut.partFilled()
+
+
+def _countFragments(slot, count):
+    """
+    Count the requests one client request was split into (twemproxy's
+    C{fragments}).
+    """
+    stats = getattr(getattr(slot.client, "factory", None), "stats", None)
+    if stats is not None:
+        stats.fragments += count
 
 
 class FanOut:

@@ -89,6 +89,7 @@ class ListenerStats:
         "clientEOF",
         "clientErrors",
         "localTimeouts",
+        "fragments",
         "requestsByClass",
     )
 
@@ -215,6 +216,7 @@ def listenerSnapshot(factory, pools, health=None, workerId=None):
             "outputLimit": s.outputLimitDrops,
         },
         "timeouts": s.localTimeouts,
+        "fragments": s.fragments,
         "backends": backends,
     }
 

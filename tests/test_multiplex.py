@@ -169,6 +169,21 @@ class PublishTests(MultiplexTestCase):
 
 class FanOutTests(MultiplexTestCase):
     @inlineCallbacks
+    def test_fragmentsCounted(self):
+        """
+        The parts a command is split into are counted, as twemproxy's
+        C{fragments}: per server for MGET, on every server for DBSIZE.
+        """
+        ring = RmuxRing(4)
+        keys = [next("f%d" % i for i in range(100) if ring.backendOf(b"f%d" % i) == server)
+                for server in (0, 1, 2)]
+        client = self.client()
+        yield self.clients.run(client.mget, keys)
+        yield self.clients.run(client.get, keys[0])
+        yield self.clients.run(client.dbsize)
+        self.assertEqual(self.service.factory.snapshot()["fragments"], 3 + 4)
+
+    @inlineCallbacks
     def test_sameAsOneServer(self):
         """
         Split and fanned-out commands give what a single server holding all
