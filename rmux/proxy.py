@@ -267,17 +267,7 @@ class _Pipeline:
             slot.fill(b"".join(replies))
 
 
-#: Per command spec: whether it may be passed through whole (see
-#: L{ClientProtocol._passThrough}).
-_PLAIN_FORWARD = {}
-
-
-def _isPlainForward(spec):
-    return (
-        spec.policy == C.FORWARD
-        and spec.name not in _SCRIPT_SOURCES
-        and spec.name not in _SHA_COMMANDS
-    )
+_UNKNOWN = object()
 
 
 def _isValidName(value):
@@ -442,16 +432,15 @@ class ClientProtocol(Protocol):
             or not self.authenticated
         ):
             return False
-        lookup = self.table.lookup
-        plain = _PLAIN_FORWARD
+        factory = self.factory
+        arities = factory.plainArities
         for args in commands:
-            spec = lookup(args)
-            if spec is None:
+            arity = arities.get(args[0], _UNKNOWN)
+            if arity is _UNKNOWN:
+                arity = factory.learnPlainArity(args[0])
+            if arity is None:
                 return False
-            known = plain.get(spec)
-            if known is None:
-                known = plain[spec] = _isPlainForward(spec)
-            if not known or not spec.checkArity(len(args)):
+            if (len(args) != arity) if arity >= 0 else (len(args) < -arity):
                 return False
         count = len(commands)
         self.factory.stats.commands += count
@@ -1278,6 +1267,7 @@ class ProxyFactory(Factory):
         self.health = health
         self.hub = hub
         self.scripts = {}
+        self.plainArities = {}
         self.clients = set()
         self._drained = None
         self.stats = ListenerStats()
@@ -1331,6 +1321,31 @@ class ProxyFactory(Factory):
     #: Replies a client may have outstanding before rmux stops reading its
     #: requests until half of them are written.
     maxPending = 10000
+
+    #: Most command names (as clients spell them) whose pass-through
+    #: verdict is remembered.
+    maxPlainArities = 4096
+
+    def learnPlainArity(self, name):
+        """
+        Whether a command called C{name} (as the client spelled it) can be
+        passed through whole (see L{ClientProtocol._passThrough}): its
+        arity if so, else L{None}.  Remembered per spelling, so that a
+        pipeline costs one dictionary lookup a command.
+        """
+        spec = self.table.lookup([name])
+        arity = None
+        if (
+            spec is not None
+            and spec._subLookup is None
+            and spec.policy == C.FORWARD
+            and spec.name not in _SCRIPT_SOURCES
+            and spec.name not in _SHA_COMMANDS
+        ):
+            arity = spec.arity
+        if len(self.plainArities) < self.maxPlainArities:
+            self.plainArities[name] = arity
+        return arity
 
     def makeParser(self):
         return resp.RequestParser(**self.parserLimits)

@@ -88,6 +88,23 @@ class PassThroughTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"+OK\r\n$1\r\n1\r\n+PONG\r\n")
         self.assertEqual(client.factory.stats.responses, 3)
 
+    def test_wrongArityOrContainerGoesOneByOne(self):
+        """
+        A pipeline holding a command with the wrong number of arguments, or
+        a command with subcommands, is handled command by command, so each
+        gets what Redis would answer.
+        """
+        client, transport, router, clock = makeClient()
+        router.single = object()
+        router.sendPayload = lambda *args: self.fail("passed through")
+        client.dataReceived(encodeCommand([b"get", b"a"]) + encodeCommand([b"GET"]))
+        self.assertEqual(len(router.routed), 1)
+        client.dataReceived(encodeCommand([b"Get", b"a"]) + encodeCommand([b"OBJECT", b"ENCODING", b"a"]))
+        self.assertEqual(len(router.routed), 3)
+        self.assertEqual(
+            client.factory.plainArities, {b"get": 2, b"GET": 2, b"Get": 2, b"OBJECT": None}
+        )
+
     def test_pipelineWithLocalCommandsGoesOneByOne(self):
         client, transport, router, clock = makeClient()
         router.single = object()
