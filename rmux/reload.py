@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from rmux.config import ConfigError, ListenerConfig, loadConfigFile
+from rmux.config import ConfigError, ListenerConfig, RmuxConfig, loadConfigFile
 from rmux.pool import BackendProtocol
 
 __all__ = [
@@ -75,16 +75,10 @@ Listener fields a reload cannot change: where and how a listener listens
 many processes serve, and the command table every listener shares.
 """
 
-_GLOBAL_FIELDS = (
-    "debug",
-    "useSyslog",
-    "graphite",
-    "timing",
-    "cpuProfile",
-    "statsPort",
-    "metricsPort",
-    "statsHost",
-    "statsInterval",
+_GLOBAL_FIELDS = tuple(
+    field.name
+    for field in dataclasses.fields(RmuxConfig)
+    if field.name not in ("listeners", "configPath")
 )
 """
 Process-wide settings: they come from command-line options, which a

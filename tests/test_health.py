@@ -69,13 +69,20 @@ class HysteresisTests(SynchronousTestCase):
             self.assertEqual(health.state, DOWN, reply)
 
 
+def unixPools(reactor, count):
+    """
+    Pools for C{count} unix-socket servers that no test connects to.
+    """
+    return [
+        BackendPool(reactor, BackendAddress(kind="unix", path="/r%d.sock" % i))
+        for i in range(count)
+    ]
+
+
 class MonitorTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        self.pools = [
-            BackendPool(self.reactor, BackendAddress(kind="unix", path="/r%d.sock" % i))
-            for i in range(3)
-        ]
+        self.pools = unixPools(self.reactor, 3)
         self.monitor = HealthMonitor(
             self.reactor, self.pools, interval=0.1, timeout=0.5, startupWait=1.0
         )
@@ -138,10 +145,7 @@ class ReconfigureTests(SynchronousTestCase):
 
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        self.pools = [
-            BackendPool(self.reactor, BackendAddress(kind="unix", path="/r%d.sock" % i))
-            for i in range(3)
-        ]
+        self.pools = unixPools(self.reactor, 3)
         self.monitor = HealthMonitor(
             self.reactor, self.pools[:2], interval=0.1, timeout=0.5, fall=3, rise=2,
             startupWait=1.0,
