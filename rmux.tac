@@ -8,8 +8,10 @@ service to your own service tree.  Edit the addresses below to suit.
 """
 
 from twisted.application.service import Application
+from twisted.internet import reactor
 
 from rmux.config import ListenerConfig, RmuxConfig, BackendAddress
+from rmux.logs import configureLogging
 from rmux.service import makeService
 
 listener = ListenerConfig(
@@ -19,5 +21,9 @@ listener = ListenerConfig(
     remoteReadTimeout=1000,
 )
 
+config = RmuxConfig(listeners=(listener,))
+# Before twistd begins logging: --debug filtering and the repeat limiter.
+configureLogging(config, reactor)
+
 application = Application("rmux")
-makeService(RmuxConfig(listeners=(listener,))).setServiceParent(application)
+makeService(config, reactor).setServiceParent(application)

@@ -1,28 +1,65 @@
 """
-Installs the rmux package and its twistd plugin.
+Installs the rmux package, its twistd plugin and the C{rmux} command.
 
 The plugin module lives in Twisted's C{twisted.plugins} namespace package,
 which must not get an C{__init__.py} of ours: that would hide Twisted's own
-plugins.
+plugins.  Listing C{twisted.plugins} as a package installs its one module,
+C{rmux_plugin.py}, and nothing else from that directory: in particular not
+a C{dropin.cache} left there by a test run, which would replace Twisted's
+own cache of every installed plugin.  That cache is out of date after the
+install, and no step of a wheel install can regenerate it; see
+L{rmux.cli.refreshPluginCache} for what takes care of it.
 """
+
+import os
+import re
 
 from setuptools import setup
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read(*path):
+    with open(os.path.join(HERE, *path), encoding="utf-8") as f:
+        return f.read()
+
+
+# The version is rmux.__version__, read rather than imported: importing
+# rmux here would need its dependencies before they are installed.
+VERSION = re.search(r'^__version__ = "([^"]+)"', read("rmux", "__init__.py"), re.M).group(1)
+
 setup(
     name="rmux",
-    version="0.1.0",
+    version=VERSION,
     description="A Redis connection pooler and key-hashing multiplexer on Twisted",
-    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description=read("README.md") if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
     packages=["rmux", "twisted.plugins"],
-    package_data={"rmux": ["*.json"], "twisted": ["plugins/rmux_plugin.py"]},
+    package_data={"rmux": ["*.json"]},
+    entry_points={"console_scripts": ["rmux = rmux.cli:main"]},
     python_requires=">=3.10",
     install_requires=[
         "Twisted>=23.8",
         "hiredis>=2.0",
+        "prometheus-client>=0.17",
         "zope.interface>=5",
     ],
     extras_require={
         "test": ["redis>=5", "txredisapi>=1.4", "hypothesis>=6"],
     },
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Environment :: No Input/Output (Daemon)",
+        "Framework :: Twisted",
+        "Intended Audience :: System Administrators",
+        "Operating System :: POSIX",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Database",
+        "Topic :: System :: Networking",
+    ],
 )

@@ -12,16 +12,29 @@ option once, under rmux's name.
 The values are handed to L{rmux.config.fromFlags} unconverted, so that every
 check and every error message lives in one place; a L{ConfigError} becomes a
 L{usage.UsageError}, which twistd prints before exiting with status 1.
+C{--checkConfig} stops there: it prints the verdict and exits, while twistd
+is still reading its command line, before any pid file or log is touched.
+
+L{makeService} is where rmux's own logging flags take effect
+(L{rmux.logs.configureLogging}), and C{--cpuProfile}.  The C{rmux} command
+(L{rmux.cli}) runs the same options and service through twistd.
 """
 
 from __future__ import annotations
 
+import cProfile
+import os
 import re
 import sys
+import textwrap
 from typing import Sequence
 
+from twisted.application.service import MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
+import rmux
+from rmux import logs
 from rmux.config import (
     DEFAULT_CLIENT_OUTPUT_LIMIT,
     DEFAULT_HEALTH_FAILURES,
@@ -48,7 +61,7 @@ from rmux.config import (
     parseFlagBoolean,
 )
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "CPUProfiledService", "describeConfig", "makeService"]
 
 
 def dashed(name: str) -> str:
@@ -103,17 +116,74 @@ class Options(usage.Options):
 
     longdesc = (
         "A Redis connection pooler and key-hashing proxy, compatible with "
-        "Pardot's Go rmux. Timeouts are integers in milliseconds, and 0 means "
+        "Pardot's Go rmux. Example: twistd -n rmux --socket=/tmp/rmux.sock "
+        '--tcpConnections="redis1:6379 redis2:6379", or the same options '
+        "after the rmux command, which runs in the foreground.\n\n"
+        "Timeouts are integers in milliseconds, and 0 means "
         "'not set' (for --startupWait, --pinnedWait and --shutdownTimeout: do "
         "not wait). Sizes are in bytes, or a number with a unit as in "
         "redis.conf: kb, mb, gb count in 1024s, k, m, g in 1000s (64mb). Every "
-        "camelCase option may also be spelled with dashes (--tcp-connections, --pool-size, "
-        "--remote-read-timeout, ...), and "
-        "Go rmux's single-dash spelling (-poolSize=5, -failover=true) works "
-        "too. Example: twistd -n rmux --socket=/tmp/rmux.sock "
-        '--tcpConnections="redis1:6379 redis2:6379". Prefix routes and '
-        "ACL-style users are set in the --config file only."
+        "camelCase option may also be spelled with dashes (--tcp-connections, "
+        "--pool-size, --remote-read-timeout, ...), and Go rmux's single-dash "
+        "spelling (-poolSize=5, -failover=true) works too.\n\n"
+        "Prefix routes and ACL-style users are set in the --config file only. "
+        "SIGHUP (kill -HUP) re-reads the --config file and applies it without "
+        "dropping a client; --checkConfig checks a file before that. "
+        "--statsPort serves twemproxy-style stats JSON and --metricsPort "
+        "Prometheus metrics, on --statsHost."
     )
+
+    helpGroups = (
+        ("Listening", ("socket", "socketMode", "socketOwner", "host", "port", "maxProcesses")),
+        (
+            "Backends",
+            (
+                "tcpConnections",
+                "unixConnections",
+                "config",
+                "poolSize",
+                "remoteTimeout",
+                "remoteConnectTimeout",
+                "remoteReadTimeout",
+                "remoteWriteTimeout",
+                "maxPinned",
+                "pinnedWait",
+            ),
+        ),
+        ("Key placement", ("distribution", "hash", "hashTag", "failover", "allowFlush")),
+        (
+            "Health checks",
+            ("healthInterval", "healthTimeout", "healthFailures", "healthSuccesses", "startupWait"),
+        ),
+        (
+            "Clients",
+            (
+                "requirepass",
+                "maxClients",
+                "localTimeout",
+                "localReadTimeout",
+                "localWriteTimeout",
+                "idleTimeout",
+                "clientOutputLimit",
+                "maxBulkLength",
+                "maxArguments",
+                "maxInlineLength",
+                "shutdownTimeout",
+            ),
+        ),
+        (
+            "Stats and metrics",
+            ("statsPort", "metricsPort", "statsHost", "statsInterval", "graphite", "timing"),
+        ),
+        ("Logging and profiling", ("debug", "useSyslog", "cpuProfile")),
+        ("This command", ("checkConfig", "help", "version")),
+    )
+    """
+    How C{--help} groups the options: a title, then option names in the
+    order shown.  An option left out of every group is shown under "Other
+    options", so that each option is listed exactly once however this
+    table and the options drift apart.
+    """
 
     optFlags = [
         [
@@ -128,12 +198,20 @@ class Options(usage.Options):
             "When multiplexing, send FLUSHDB and FLUSHALL to every backend "
             "instead of refusing them.",
         ],
-        ["debug", None, "Log at debug level."],
+        [
+            "debug",
+            None,
+            "Log debug events too; without it, info and above. Either way, "
+            f"one event repeated is shown at most {logs.REPEAT_BURST} times per "
+            f"{logs.REPEAT_INTERVAL:g} s, then counted.",
+        ],
         [
             "useSyslog",
             None,
-            "Also log to syslog. Off by default, unlike Go rmux: twistd has "
-            "its own logging (twistd --syslog).",
+            "Also send every event to syslog, one line each (ident rmux, "
+            "facility daemon, priority by level). Off by default, unlike Go "
+            "rmux, since twistd logs already; twistd's own --syslog sends "
+            "its log there instead, so use one or the other.",
         ],
         ["timing", None, "Also send timing metrics to --graphite."],
         [
@@ -363,10 +441,82 @@ class Options(usage.Options):
             DEFAULT_STATS_INTERVAL,
             "How often statsd gets the counters, and workers report theirs (ms).",
         ],
-        ["cpuProfile", None, None, "Write a CPU profile to this file."],
+        [
+            "cpuProfile",
+            None,
+            None,
+            "Profile rmux's CPU use (cProfile) from start to stop and write it "
+            "to this file when rmux stops; read it with python -m pstats. With "
+            "--maxProcesses, only the parent process is profiled.",
+        ],
     ]
 
     config: RmuxConfig
+
+    def opt_version(self) -> None:
+        """
+        Display rmux's version, and Twisted's and Python's, and exit.
+        """
+        import platform
+
+        import twisted
+
+        print(
+            f"rmux {rmux.__version__} (Twisted {twisted.__version__}, "
+            f"Python {platform.python_version()})"
+        )
+        sys.exit(0)
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The C{--help} text: the options in L{helpGroups}, each group in its
+        own order, then L{longdesc} paragraph by paragraph.
+
+        L{usage.Options} lists all options in one alphabetical run, which
+        puts C{--healthTimeout} between C{--hashTag} and C{--host}; an
+        operator looking for what a flag is for reads better by topic.
+        """
+        if not width:
+            width = int(os.environ.get("COLUMNS", "80"))
+        entries = {}
+        for declared in self.longOpt:
+            name = declared.rstrip("=")
+            doc = (self.docs.get(name) or "").strip()
+            if declared.endswith("="):
+                if self.defaults.get(name) is not None:
+                    doc = f"{doc} [default: {self.defaults[name]}]"
+                entries[name] = (name + "=", doc)
+            else:
+                entries[name] = (name, doc)
+        labelWidth = max(len(label) for label, doc in entries.values())
+        indent = labelWidth + len("  --  ")
+        chunks = ["\n"]
+        for title, names in self._groupedOptions(entries):
+            chunks.append(f"{title}:\n")
+            for name in names:
+                label, doc = entries[name]
+                lines = textwrap.wrap(" ".join(doc.split()), max(width - indent, 20)) or [""]
+                chunks.append(f"  --{label:<{labelWidth}}  {lines[0]}\n")
+                chunks.extend(" " * indent + line + "\n" for line in lines[1:])
+            chunks.append("\n")
+        for paragraph in self.longdesc.split("\n\n"):
+            chunks.append("\n".join(textwrap.wrap(paragraph, width)) + "\n\n")
+        return "".join(chunks).rstrip("\n") + "\n"
+
+    def _groupedOptions(self, entries):
+        """
+        L{helpGroups}, restricted to options that exist, plus "Other
+        options" for those no group names.
+        """
+        listed = set()
+        for title, names in self.helpGroups:
+            present = [name for name in names if name in entries and name not in listed]
+            listed.update(present)
+            if present:
+                yield title, present
+        others = [name for name in sorted(entries) if name not in listed]
+        if others:
+            yield "Other options", others
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """
@@ -381,15 +531,29 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Build and validate L{config}.
+        Build and validate L{config}; with C{--checkConfig}, print the
+        verdict and exit.
+
+        C{--checkConfig} exits from here, while twistd is still parsing its
+        command line: before it checks or writes a pid file, begins logging,
+        or builds the service.  L{SystemExit} goes through twistd, which
+        only catches usage errors, so its code is the process's.
 
         @raise usage.UsageError: With L{ConfigError}'s message, which names
             the flag.
+        @raise SystemExit: With C{--checkConfig}: 0 when the configuration
+            is valid, 1 when not.
         """
         try:
             self.config = fromFlags({name: self[name] for name in FLAG_NAMES})
         except ConfigError as e:
+            if self["checkConfig"]:
+                print(f"rmux: configuration error: {e}", file=sys.stderr)
+                raise SystemExit(1) from None
             raise usage.UsageError(str(e)) from None
+        if self["checkConfig"]:
+            print(f"rmux: configuration OK: {describeConfig(self.config)}")
+            raise SystemExit(0)
 
 
 def _optionNames() -> tuple[dict[str, str], frozenset[str]]:
@@ -454,13 +618,118 @@ def _canonicalArguments(arguments: list[str]) -> list[str]:
     return result
 
 
-def makeService(options: Options):
+def describeConfig(config: RmuxConfig) -> str:
     """
-    Build the rmux service from parsed L{Options}.
+    One line saying what C{config} runs, for C{--checkConfig}: each
+    listener with its number of backend entries and prefix routes.
 
-    @return: An L{IService} running every configured listener.
+    @param config: An L{RmuxConfig}.
     """
+
+    def plural(count: int, noun: str) -> str:
+        return f"{count} {noun}{'' if count == 1 else 's'}"
+
+    listeners = []
+    for listener in config.listeners:
+        what = plural(len(listener.allBackends), "backend")
+        if listener.routes:
+            what += f" and {plural(len(listener.routes), 'route')}"
+        listeners.append(f"{listener.name} with {what}")
+    source = f" ({config.configPath})" if config.configPath else ""
+    return f"{plural(len(listeners), 'listener')}{source}: {', '.join(listeners)}"
+
+
+class CPUProfiledService(MultiService):
+    """
+    Profiles the CPU time of its child services, with L{cProfile}, from
+    before they start until they have stopped, and then writes the
+    statistics to a file: C{--cpuProfile}.
+
+    Go rmux wrote a pprof profile; this is Python's equivalent, read with
+    C{python -m pstats FILE} or a viewer such as snakeviz.  The profile
+    covers the thread the reactor runs in, which is where rmux works.  As a
+    parent of the service it profiles, it can wait for the service's
+    graceful stop (clients collecting their replies) before writing.
+
+    @ivar path: The file the statistics are written to.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str, profileFactory=cProfile.Profile) -> None:
+        """
+        @param path: See L{path}.
+        @param profileFactory: Makes the profiler; L{cProfile.Profile}.
+        """
+        super().__init__()
+        self.path = path
+        self._profileFactory = profileFactory
+        self._profile = None
+
+    def startService(self) -> None:
+        """
+        Start profiling, then start the children.  A file that cannot be
+        written is reported now, and nothing is profiled, rather than found
+        out when rmux stops.
+        """
+        try:
+            with open(self.path, "ab"):
+                pass
+        except OSError as e:
+            self.log.error(
+                "rmux: cannot write a CPU profile to {path}: {error}; not profiling",
+                path=self.path,
+                error=e.strerror or e,
+            )
+        else:
+            self._profile = self._profileFactory()
+            self._profile.enable()
+            self.log.info(
+                "rmux: profiling CPU use; the profile goes to {path} when rmux stops",
+                path=self.path,
+            )
+        super().startService()
+
+    def stopService(self):
+        """
+        Stop the children, and once they have stopped, write the profile.
+        """
+        return super().stopService().addBoth(self._write)
+
+    def _write(self, result):
+        profile, self._profile = self._profile, None
+        if profile is None:
+            return result
+        profile.disable()
+        try:
+            profile.dump_stats(self.path)
+        except OSError:
+            self.log.failure("rmux: could not write the CPU profile to {path}", path=self.path)
+        else:
+            self.log.info("rmux: wrote the CPU profile to {path}", path=self.path)
+        return result
+
+
+def makeService(options: Options, reactor=None):
+    """
+    Build the rmux service from parsed L{Options}, and have rmux's logging
+    flags apply to the log twistd is about to begin.
+
+    @param options: Parsed L{Options}.
+    @param reactor: The reactor; the global one if L{None}.
+    @return: An L{IService} running every configured listener; with
+        C{--cpuProfile}, inside a L{CPUProfiledService}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
     # Imported here so that --help and option errors do not need it.
     from rmux import service
 
-    return service.makeService(options.config)
+    config = options.config
+    logs.configureLogging(config, reactor)
+    rmuxService = service.makeService(config, reactor=reactor)
+    if config.cpuProfile is None:
+        return rmuxService
+    profiled = CPUProfiledService(config.cpuProfile)
+    rmuxService.setServiceParent(profiled)
+    return profiled

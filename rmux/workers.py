@@ -72,6 +72,7 @@ from twisted.logger import (
 
 import rmux
 from rmux.commands import CommandTable
+from rmux.logs import filteringObserver
 from rmux.reload import (
     HangupHandler,
     NothingToReload,
@@ -1079,8 +1080,11 @@ def runWorker(
     """
     from twisted.internet.process import ProcessReader, ProcessWriter
 
+    # The worker's own level filter and repeat limiter: the parent relays
+    # its lines as they come.
     globalLogBeginner.beginLoggingTo(
-        [_logTo(sys.stdout, sys.stderr)], redirectStandardIO=False
+        [filteringObserver(_logTo(sys.stdout, sys.stderr), reactor, config.debug)],
+        redirectStandardIO=False,
     )
     log = Logger(namespace="rmux.workers")
     channel = None

@@ -4,6 +4,7 @@ Tests for L{rmux.tap} and the C{twistd rmux} plugin.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -12,14 +13,17 @@ import types
 
 from zope.interface.verify import verifyObject
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 import rmux
-from rmux import tap
+from rmux import logs, tap
 from rmux.config import FLAG_NAMES, BackendAddress, ListenerConfig, RmuxConfig, fromFlags
 
 REPOSITORY = FilePath(__file__).parent().parent()
@@ -289,6 +293,40 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("0 = 500", text)
         self.assertIn("localhost:6380 localhost:6381", text)
 
+    def test_helpGroups(self):
+        """
+        C{--help} shows the options by topic, each group under a title, and
+        an option no group names under "Other options", so that a new
+        option is never left out.
+        """
+        usage = tap.Options().getUsage(width=2000)
+        titles = re.findall(r"^(\S[^:\n]*):$", usage, re.MULTILINE)
+        self.assertEqual(titles, [title for title, names in tap.Options.helpGroups])
+        logging = usage.split("Logging and profiling:\n")[1].split("\n\n")[0]
+        self.assertEqual(
+            re.findall(r"^  --(\w+)", logging, re.MULTILINE), ["debug", "useSyslog", "cpuProfile"]
+        )
+        self.patch(tap.Options, "helpGroups", tap.Options.helpGroups[1:])
+        usage = tap.Options().getUsage(width=2000)
+        self.assertIn("Other options:\n  --host=", usage)
+        listed = re.findall(r"^ +--([A-Za-z-]+)=? ", usage, re.MULTILINE)
+        self.assertEqual(len(listed), len(set(listed)))
+
+    def test_helpLongDescription(self):
+        """
+        The description after the options mentions SIGHUP, the stats and
+        metrics ports, and the rmux command.
+        """
+        text = " ".join(tap.Options().getUsage(width=2000).split())
+        for phrase in ("SIGHUP (kill -HUP) re-reads the --config file", "--statsPort",
+                       "--metricsPort", "after the rmux command", "--checkConfig checks"):
+            self.assertIn(phrase, text)
+        self.assertIn(
+            "--debug Log debug events too; without it, info and above. Either way, one "
+            "event repeated is shown at most 5 times per 10 s, then counted.",
+            text,
+        )
+
     def test_helpNewOptions(self):
         """
         The placement, health and flush options say their defaults, what 0
@@ -409,7 +447,7 @@ class AuthenticationOptionsTests(SynchronousTestCase):
             "--requirepass= Password clients must send with AUTH, as Redis's requirepass", text
         )
         self.assertIn('Other local users can read a command line (ps): prefer "requirepass"', text)
-        self.assertIn("Default: none, no AUTH needed. --shutdownTimeout=", text)
+        self.assertIn("Default: none, no AUTH needed. --maxClients=", text)
         self.assertIn(
             "(transactions after WATCH/MULTI, blocking commands); 0 = 32. [default: 32]", text
         )
@@ -550,7 +588,7 @@ class ClientLimitsOptionsTests(SynchronousTestCase):
         )
         self.assertIn(
             "--socketOwner= Owner of the --socket file: user, user:group or :group (names or "
-            "numeric ids). Default: the user and group rmux runs as. --startupWait=",
+            "numeric ids). Default: the user and group rmux runs as. --host=",
             text,
         )
         self.assertIn("as Redis's proto-max-bulk-len", text)
@@ -652,9 +690,202 @@ class MakeServiceTests(SynchronousTestCase):
                 rmux.service = previous
 
         self.addCleanup(restore)
+        configured = []
+        self.patch(logs, "configureLogging", lambda *args: configured.append(args))
         options = parse("--socket=/tmp/r.sock")
-        self.assertEqual(tap.makeService(options), "service")
+        clock = Clock()
+        self.assertEqual(tap.makeService(options, clock), "service")
         self.assertEqual(calls, [options.config])
+        self.assertEqual(configured, [(options.config, clock)])
+
+    def test_cpuProfile(self):
+        """
+        With C{--cpuProfile}, the service runs inside a
+        L{tap.CPUProfiledService} that writes to the file.
+        """
+        from rmux import service
+
+        made = MultiService()
+        self.patch(service, "makeService", lambda config, reactor=None: made)
+        self.patch(logs, "configureLogging", lambda *args: None)
+        profiled = tap.makeService(parse("--socket=/tmp/r.sock", "--cpuProfile=cpu.prof"), Clock())
+        self.assertIsInstance(profiled, tap.CPUProfiledService)
+        self.assertEqual(profiled.path, "cpu.prof")
+        self.assertEqual(list(profiled), [made])
+
+
+class FakeProfile:
+    """
+    Stands in for L{cProfile.Profile}.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def enable(self):
+        self.calls.append("enable")
+
+    def disable(self):
+        self.calls.append("disable")
+
+    def dump_stats(self, path):
+        self.calls.append(("dump", path))
+        if path.endswith("unwritable"):
+            raise PermissionError(13, "Permission denied")
+
+
+class SlowService(Service):
+    """
+    A service whose stop takes until L{stopped} fires.
+    """
+
+    def stopService(self):
+        super().stopService()
+        self.stopped = Deferred()
+        return self.stopped
+
+
+class CPUProfiledServiceTests(SynchronousTestCase):
+    """
+    Tests for L{tap.CPUProfiledService}, C{--cpuProfile}.
+    """
+
+    def setUp(self):
+        self.profiles = []
+        self.events = []
+        self.patch(tap.CPUProfiledService, "log", Logger(observer=self.events.append))
+
+    def profiled(self, path):
+        def factory():
+            self.profiles.append(FakeProfile())
+            return self.profiles[-1]
+
+        service = tap.CPUProfiledService(path, profileFactory=factory)
+        child = SlowService()
+        child.setServiceParent(service)
+        return service, child
+
+    def test_profilesUntilStopped(self):
+        """
+        Profiling starts before the children and ends after they have
+        stopped (graceful stops take a while), then the file is written.
+        """
+        path = self.mktemp()
+        service, child = self.profiled(path)
+        service.startService()
+        self.assertTrue(child.running)
+        [profile] = self.profiles
+        self.assertEqual(profile.calls, ["enable"])
+        stopped = service.stopService()
+        self.assertEqual(profile.calls, ["enable"])
+        child.stopped.callback(None)
+        self.assertEqual(profile.calls, ["enable", "disable", ("dump", path)])
+        self.successResultOf(stopped)
+        self.assertIn(f"rmux: wrote the CPU profile to {path}", [formatEvent(e) for e in self.events])
+
+    def test_unwritableAtStart(self):
+        """
+        A file that cannot be written is reported at start, and rmux runs
+        unprofiled.
+        """
+        path = os.path.join(self.mktemp(), "missing-directory", "cpu.prof")
+        service, child = self.profiled(path)
+        service.startService()
+        self.assertTrue(child.running)
+        self.assertEqual(self.profiles, [])
+        self.assertEqual(self.events[0]["log_level"], LogLevel.error)
+        self.assertIn("cannot write a CPU profile", formatEvent(self.events[0]))
+        stopped = service.stopService()
+        child.stopped.callback(None)
+        self.successResultOf(stopped)
+
+    def test_unwritableAtStop(self):
+        path = self.mktemp() + "-unwritable"
+        service, child = self.profiled(path)
+        service.startService()
+        stopped = service.stopService()
+        child.stopped.callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(self.events[-1]["log_level"], LogLevel.critical)
+        self.assertIn("could not write the CPU profile", formatEvent(self.events[-1]))
+
+    def test_realProfile(self):
+        """
+        With the real L{cProfile}, the file is a profile that L{pstats}
+        reads.
+        """
+        import pstats
+
+        path = self.mktemp()
+        service = tap.CPUProfiledService(path)
+        service.startService()
+        sum(range(1000))
+        self.successResultOf(service.stopService())
+        self.assertGreater(pstats.Stats(path).total_calls, 0)
+
+
+class CheckConfigTests(SynchronousTestCase):
+    """
+    C{--checkConfig}, within this process; L{tests.test_packaging} runs it
+    through twistd and the rmux command.
+    """
+
+    def setUp(self):
+        self.stdout = io.StringIO()
+        self.stderr = io.StringIO()
+        self.patch(sys, "stdout", self.stdout)
+        self.patch(sys, "stderr", self.stderr)
+
+    def test_valid(self):
+        exit = self.assertRaises(
+            SystemExit,
+            parse,
+            "--checkConfig",
+            "--socket=/tmp/r.sock",
+            "--tcpConnections=r1 r2:7000",
+        )
+        self.assertEqual(exit.code, 0)
+        self.assertEqual(
+            self.stdout.getvalue(),
+            "rmux: configuration OK: 1 listener: /tmp/r.sock with 2 backends\n",
+        )
+
+    def test_invalid(self):
+        exit = self.assertRaises(SystemExit, parse, "--checkConfig", "--poolSize=-3")
+        self.assertEqual(exit.code, 1)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "rmux: configuration error: --poolSize: must be a positive integer "
+            "(0 means 20), got '-3'\n",
+        )
+
+    def test_file(self):
+        path = FilePath(self.mktemp())
+        path.setContent(
+            b'[{"socket": "/tmp/a.sock", "tcpConnections": ["r1"],'
+            b' "routes": [{"prefix": "s:", "tcpConnections": ["r2", "r3"]}]},'
+            b' {"port": 6400, "unixConnections": ["/tmp/r.sock"]}]'
+        )
+        exit = self.assertRaises(SystemExit, parse, "--checkConfig", f"--config={path.path}")
+        self.assertEqual(exit.code, 0)
+        self.assertEqual(
+            self.stdout.getvalue(),
+            f"rmux: configuration OK: 2 listeners ({path.path}): /tmp/a.sock with 3 "
+            "backends and 1 route, localhost:6400 with 1 backend\n",
+        )
+
+    def test_version(self):
+        import platform
+
+        import twisted
+
+        exit = self.assertRaises(SystemExit, parse, "--version")
+        self.assertEqual(exit.code, 0)
+        self.assertEqual(
+            self.stdout.getvalue(),
+            f"rmux {rmux.__version__} (Twisted {twisted.__version__}, "
+            f"Python {platform.python_version()})\n",
+        )
 
 
 class PluginTests(SynchronousTestCase):

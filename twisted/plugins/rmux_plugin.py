@@ -5,6 +5,12 @@ Plugin discovery imports every module in C{twisted/plugins} whenever any
 program looks for plugins, so this one imports nothing of rmux until the
 rmux plugin is actually used.  This directory must never get an
 C{__init__.py}: that would hide Twisted's own plugins.
+
+Twisted finds this module through its plugin cache, C{dropin.cache} in
+the same directory, which it rebuilds when it sees a plugin module newer
+than the cache, and saves when it may write there; see
+L{rmux.cli.refreshPluginCache} for what happens after C{pip install}.  The
+C{rmux} command does not go through plugins at all.
 """
 
 from zope.interface import implementer
