@@ -264,10 +264,14 @@ class _Pipeline:
             slot = self.slot
             # The client counts one response per slot.
             slot.client.factory.stats.responses += self.count - 1
+            self.replies = None
             slot.fill(b"".join(replies))
 
 
 _UNKNOWN = object()
+
+#: The data of a reply slot once written (not L{None}: it was answered).
+_WRITTEN = b""
 
 
 def _isValidName(value):
@@ -366,6 +370,7 @@ class ClientProtocol(Protocol):
             return
         self.disconnected = True
         self.closing = True
+        self.affinity.clear()
         stats = self.factory.stats
         if reason.check(ConnectionDone):
             stats.clientEOF += 1
@@ -475,9 +480,15 @@ class ClientProtocol(Protocol):
         queue = self.queue
         if not queue or queue[0] is not slot:
             return
-        out = [queue.popleft().data]
+        # A written slot keeps no reply: the connection affinity may hold
+        # the slot until the client's next request, and a reply may be big.
+        out = [slot.data]
+        slot.data = _WRITTEN
+        queue.popleft()
         while queue and queue[0].data is not None:
-            out.append(queue.popleft().data)
+            slot = queue.popleft()
+            out.append(slot.data)
+            slot.data = _WRITTEN
         if self.disconnected:
             return
         data = out[0] if len(out) == 1 else b"".join(out)

@@ -390,10 +390,12 @@ class MemoryTrimmer(TimerService):
     """
     Hands memory freed after a burst (many clients, large values) back to
     the system every C{interval} seconds: glibc keeps freed memory in its
-    arenas, so without this rmux's RSS stays at its peak.
+    arenas, so without this rmux's RSS stays at its peak.  A trim with
+    nothing to give back takes microseconds, so it runs often enough that
+    a burst of megabyte values is not still held when the next load comes.
     """
 
-    def __init__(self, reactor, interval=30.0):
+    def __init__(self, reactor, interval=5.0):
         trim = _mallocTrim()
         TimerService.__init__(self, interval, trim if trim is not None else lambda _: None, 0)
         self.clock = reactor
