@@ -480,6 +480,12 @@ class BackendPool:
 
     log = Logger()
     growthThreshold = 16
+    #: Once every connection is busy and the pool is full, this many
+    #: requests are spread in turn before the connections are looked at
+    #: again (looking costs a pass over all of them per request).
+    saturatedTurns = 64
+    _saturated = 0
+    _turn = 0
     protocolClass = BackendProtocol
 
     #: After a failed connect, no new attempt for this long (seconds),
@@ -552,11 +558,20 @@ class BackendPool:
         if after is not None and not after.broken:
             after.send(payload, waiter, db, protocolVersion, count)
             return after
+        threshold = self.growthThreshold
+        connections = self.connections
+        if self._saturated:
+            # Every connection was busy and there can be no more: take
+            # turns, and look for a quiet one again now and then.
+            self._saturated -= 1
+            connection = self._nextInTurn(db, protocolVersion)
+            if connection is not None:
+                connection.send(payload, waiter, db, protocolVersion, count)
+                return connection
         # The first connection in the right state that is not busy: load
         # concentrates on few connections, so more requests share each
         # write and read, and a new connection opens only under pressure.
-        threshold = self.growthThreshold
-        for connection in self.connections:
+        for connection in connections:
             if (
                 connection.db == db
                 and connection.protocolVersion == protocolVersion
@@ -565,8 +580,10 @@ class BackendPool:
             ):
                 connection.send(payload, waiter, db, protocolVersion, count)
                 return connection
-        if len(self.connections) + self.connecting < self.size:
+        if len(connections) + self.connecting < self.size:
             self._connect()
+        elif connections:
+            self._saturated = self.saturatedTurns
         best = None
         bestLoad = None
         for connection in self.connections:
@@ -611,6 +628,24 @@ class BackendPool:
             protocol.readTimeout = readTimeout
             protocol.writeTimeout = writeTimeout
         self._servePinnedWaiters()
+
+    def _nextInTurn(self, db, protocolVersion):
+        """
+        The next connection, in turn, that is in the right state, or
+        L{None}.
+        """
+        connections = self.connections
+        count = len(connections)
+        for _ in range(count):
+            self._turn = turn = (self._turn + 1) % count
+            connection = connections[turn]
+            if (
+                connection.db == db
+                and connection.protocolVersion == protocolVersion
+                and connection.held is None
+            ):
+                return connection
+        return None
 
     def _cannotConnect(self):
         return errorReply(

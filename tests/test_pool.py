@@ -405,6 +405,56 @@ class BackendPoolTests(TestCase):
         self.assertEqual((yield self.send(pool, b"PING")), b"+PONG\r\n")
 
 
+class SaturatedPoolTests(SynchronousTestCase):
+    """
+    A full pool whose connections are all busy spreads requests in turn,
+    and concentrates them again once a connection is quiet.
+    """
+
+    def setUp(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        self.reactor = MemoryReactorClock()
+        self.pool = BackendPool(
+            self.reactor, BackendAddress(kind="unix", path="/r.sock"), size=3
+        )
+        self.pool.growthThreshold = 2
+        self.connections = []
+        for _ in range(3):
+            protocol = BackendProtocol(self.pool)
+            protocol.makeConnection(StringTransport())
+            self.pool.connectionReady(protocol)
+            self.connections.append(protocol)
+
+    def send(self, db=0):
+        return self.pool.send(command(b"GET", b"k"), Collector(), db=db)
+
+    def test_takesTurns(self):
+        first = [self.send() for _ in range(6)]
+        self.assertEqual(first, [self.connections[i] for i in (0, 0, 1, 1, 2, 2)])
+        self.assertFalse(self.pool._saturated)
+        self.send()
+        self.assertTrue(self.pool._saturated)
+        spread = [self.connections.index(self.send()) for _ in range(6)]
+        self.assertEqual(spread[:3], spread[3:])
+        self.assertEqual(sorted(spread[:3]), [0, 1, 2])
+
+    def test_quietConnectionFoundAgain(self):
+        for _ in range(7):
+            self.send()
+        self.connections[2].dataReceived(b"+OK\r\n+OK\r\n")
+        self.pool._saturated = 1
+        self.send()
+        self.assertIs(self.send(), self.connections[2])
+
+    def test_stateRespected(self):
+        for _ in range(7):
+            self.send()
+        connection = self.send(db=3)
+        self.assertEqual(connection.db, 3)
+        self.assertIs(self.send(db=3), connection)
+
+
 class ReconnectBackoffTests(SynchronousTestCase):
     """
     A server that refuses connections is retried with growing, jittered
