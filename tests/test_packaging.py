@@ -278,12 +278,22 @@ class WheelTests(SynchronousTestCase):
             timeout=120,
         )
         self.assertEqual(installed.returncode, 0, installed.stdout)
+        # Where Twisted will load the plugin from: the new install, unless an
+        # rmux installed in this virtualenv (scripts/bootstrap) shadows it.
+        where, _ = run(
+            self, sys.executable, "-c",
+            "import twisted.plugins.rmux_plugin as m; print(m.__file__)",
+            pythonPath=target.path,
+        )
+        plugins = FilePath(where.stdout.strip()).parent()
+        cache = plugins.child("dropin.cache")
+        if plugins == target.child("twisted").child("plugins"):
+            self.assertFalse(cache.exists())
         script = target.child("bin").child("rmux")
         result, _ = run(self, script.path, "--help", pythonPath=target.path)
         self.assertEqual(result.returncode, 0, result.stdout)
         self.assertTrue(result.stdout.startswith("Usage: rmux [options]\n"), result.stdout)
 
-        cache = target.child("twisted").child("plugins").child("dropin.cache")
         with open(cache.path, "rb") as f:
             self.assertIn("rmux_plugin", pickle.load(f))
         result, _ = run(
