@@ -136,18 +136,14 @@ class Router:
             if len(indexes) > 1:
                 self._split(args, spec, slot, indexes, db, protocolVersion)
                 return
-        if routing in (C.KEYED, C.SPLIT) or spec.name in _CHANNEL_COMMANDS:
-            pool = self.poolForCommand(args, spec)
+        if routing in (C.KEYED, C.SPLIT) or spec.name in _CHANNEL_COMMANDS or (
+            routing == C.KEYLESS_ANY
+        ):
+            pool = None
+            if routing != C.KEYLESS_ANY:
+                pool = self.poolForCommand(args, spec)
             if pool is None:
                 pool = self._anyPool()
-            if isinstance(pool, bytes):
-                slot.fill(pool)
-            else:
-                if payload is None:
-                    payload = encodeRequest(args)
-                self.sendPayload(pool, payload, slot, client, db, protocolVersion)
-        elif routing == C.KEYLESS_ANY:
-            pool = self._anyPool()
             if isinstance(pool, bytes):
                 slot.fill(pool)
             else:
