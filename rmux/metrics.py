@@ -141,9 +141,11 @@ def _twemproxyServer(backend):
         "responses": int(backend["responses"]),
         "response_bytes": int(backend["responseBytes"]),
         "in_queue": int(backend["inQueue"]),
-        # rmux keeps no byte counts of its queues.
-        "in_queue_bytes": 0,
+        # Requests not yet taken by the server, in bytes (snapshots from
+        # before this count have none).
+        "in_queue_bytes": int(backend.get("inQueueBytes", 0)),
         "out_queue": int(backend["outQueue"]),
+        # rmux does not keep the sizes of requests awaiting their reply.
         "out_queue_bytes": 0,
     }
 
@@ -324,6 +326,8 @@ class SnapshotCollector:
         ("rmux_backend_in_queue",
          "Requests not yet written: waiting for a connection or held on one.",
          "inQueue"),
+        ("rmux_backend_in_queue_bytes",
+         "Bytes of requests the server has not taken yet.", "inQueueBytes"),
         ("rmux_backend_out_queue", "Requests written and awaiting their reply.", "outQueue"),
     )
 

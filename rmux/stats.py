@@ -131,6 +131,27 @@ class PoolStats:
         self.latency = LatencyHistogram()
 
 
+def _size(payload):
+    # A payload is bytes, or a list of pieces (a big value not copied).
+    return len(payload) if type(payload) is bytes else sum(map(len, payload))
+
+
+def _unwritten(connection):
+    """
+    The bytes of requests given to C{connection} that the server has not
+    taken yet: held behind a state switch, gathered for this loop turn's
+    write, or in the transport's buffer.
+    """
+    size = sum(_size(entry[0]) for entry in connection.held or ())
+    size += sum(map(len, connection._out or ()))
+    transport = connection.transport
+    try:
+        size += len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        pass
+    return size
+
+
 def _backendSnapshot(pool, check, state):
     st = pool.stats
     connections = list(pool.connections)
@@ -150,6 +171,8 @@ def _backendSnapshot(pool, check, state):
         "connectionsInUse": sum(1 for c in connections if c.waiting) + pool.pinned,
         "pinned": pool.pinned,
         "inQueue": inQueue,
+        "inQueueBytes": sum(_size(entry[0]) for entry in pool.waitingForConnection)
+        + sum(_unwritten(c) for c in connections),
         "outQueue": outQueue,
         "connects": st.connects,
         "connectFailures": st.connectFailures,

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from rmux.config import BackendAddress
 from rmux.pool import BackendPool, BackendProtocol, errorReply
 from rmux.resp import encodeCommand
-from rmux.stats import PoolStats
+from rmux.stats import ListenerStats, PoolStats
 from tests.redisserver import freePort, startRedis
 
 
@@ -446,6 +446,33 @@ class SaturatedPoolTests(SynchronousTestCase):
         self.pool._saturated = 1
         self.send()
         self.assertIs(self.send(), self.connections[2])
+
+    def test_unwrittenBytesInSnapshot(self):
+        """
+        The stats snapshot counts the bytes of requests not yet written:
+        gathered for this turn's write, or held behind a db switch.
+        """
+        from rmux.stats import listenerSnapshot
+
+        self.send()
+        self.send(db=3)
+
+        class Factory:
+            stats = ListenerStats()
+            listener = None
+            clients = ()
+            reactor = self.reactor
+            startedAt = 0.0
+
+        (backend,) = listenerSnapshot(Factory(), [self.pool])["backends"]
+        get = len(command(b"GET", b"k"))
+        select = len(command(b"SELECT", b"3"))
+        # The second GET waits for its connection's SELECT 3.
+        self.assertEqual((backend["inQueue"], backend["outQueue"]), (1, 2))
+        self.assertEqual(backend["inQueueBytes"], 2 * get + select)
+        self.reactor.advance(0)
+        (backend,) = listenerSnapshot(Factory(), [self.pool])["backends"]
+        self.assertEqual(backend["inQueueBytes"], get)
 
     def test_stateRespected(self):
         for _ in range(7):
