@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from rmux.resp import ProtocolError, ReplyFramer, encodeCommand
 from rmux.stats import PoolStats
-from rmux.transport import FastClientCreator, coalescer, writeNow
+from rmux.transport import FastClientCreator, coalescer, unsentBytes, writeNow
 
 
 def errorReply(message):
@@ -292,19 +292,16 @@ class BackendProtocol(Protocol):
         stats.requests += end - self.sent
         self.batches.append((end, end - self.sent, self.clock.seconds()))
         self.sent = end
-        if len(out) == 1:
-            data = out[0]
-            stats.requestBytes += len(data)
-            self.bytesWritten += len(data)
-            writeNow(self.transport, data)
+        single = len(out) == 1
+        size = len(out[0]) if single else sum(map(len, out))
+        stats.requestBytes += size
+        self.bytesWritten += size
+        if single:
+            writeNow(self.transport, out[0])
+        elif size > self.joinLimit:
+            self.transport.writeSequence(out)
         else:
-            size = sum(map(len, out))
-            stats.requestBytes += size
-            self.bytesWritten += size
-            if size > self.joinLimit:
-                self.transport.writeSequence(out)
-            else:
-                writeNow(self.transport, b"".join(out))
+            writeNow(self.transport, b"".join(out))
 
     def _switch(self, db, protocolVersion):
         if protocolVersion != self.protocolVersion:
@@ -391,7 +388,7 @@ class BackendProtocol(Protocol):
         How many of the bytes written so far the server has taken, or
         L{None} if the transport does not say.
         """
-        unsent = _unsent(self.transport)
+        unsent = unsentBytes(self.transport)
         return None if unsent is None else self.bytesWritten - unsent
 
     def recheckRead(self):
@@ -856,17 +853,6 @@ class BackendPool:
             closing.append(connection.closed)
             connection.transport.loseConnection()
         return DeferredList(closing) if closing else succeed(None)
-
-
-def _unsent(transport):
-    """
-    How many bytes C{transport} holds that the peer has not taken, or
-    L{None} for a transport that does not say.
-    """
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except AttributeError:
-        return None
 
 
 def _failEach(waiter, count, reply):

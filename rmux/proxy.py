@@ -28,7 +28,7 @@ from rmux.auth import NOAUTH, NOPASSWORD, WRONGPASS, Authenticator
 from rmux.pool import PoolExhausted, errorReply
 from rmux.resp import encodeCommand
 from rmux.stats import ListenerStats, listenerSnapshot
-from rmux.transport import coalescer
+from rmux.transport import coalescer, unsentBytes
 
 
 HELLO_NOAUTH = (
@@ -448,7 +448,7 @@ class ClientProtocol(Protocol):
             if (len(args) != arity) if arity >= 0 else (len(args) < -arity):
                 return False
         count = len(commands)
-        self.factory.stats.commands += count
+        factory.stats.commands += count
         slot = ReplySlot(self)
         self.queue.append(slot)
         waiter = slot if count == 1 else _Pipeline(slot, count)
@@ -1215,11 +1215,11 @@ class ClientProtocol(Protocol):
         it eats the host's memory (Redis's client-output-buffer-limit).
         """
         limit = self.factory.clientOutputLimit
-        transport = self.transport
-        if not limit or not hasattr(transport, "_tempDataLen"):
+        if not limit:
             return
-        buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-        if buffered > limit:
+        transport = self.transport
+        buffered = unsentBytes(transport)
+        if buffered is not None and buffered > limit:
             self.log.warn(
                 "closing client {id}: {buffered} bytes of replies unread, over "
                 "the client output limit of {limit}",

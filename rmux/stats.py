@@ -14,6 +14,8 @@ several workers.
 
 from bisect import bisect_left
 
+from rmux.transport import unsentBytes
+
 __all__ = [
     "LATENCY_BOUNDS",
     "LatencyHistogram",
@@ -144,12 +146,7 @@ def _unwritten(connection):
     """
     size = sum(_size(entry[0]) for entry in connection.held or ())
     size += sum(map(len, connection._out or ()))
-    transport = connection.transport
-    try:
-        size += len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except AttributeError:
-        pass
-    return size
+    return size + (unsentBytes(connection.transport) or 0)
 
 
 def _backendSnapshot(pool, check, state):

@@ -214,6 +214,17 @@ class WriteCoalescer:
 coalescer = WriteCoalescer()
 
 
+def unsentBytes(transport):
+    """
+    How many bytes C{transport} holds that the peer has not taken, or
+    L{None} for a transport that does not say.
+    """
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return None
+
+
 def writeNow(transport, data):
     """
     Write C{data}, sending it at once when the transport has nothing queued.

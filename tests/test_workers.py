@@ -54,6 +54,24 @@ def configFor(backend="/nonexistent/redis.sock", **flags):
 # The restart policy
 
 
+
+def listeningSocket(testCase, prefix):
+    """
+    A listening, non-blocking unix socket in a fresh temp directory, as the
+    parent hands its workers; removed with the directory after the test.
+
+    @return: the directory, the socket's path and the socket.
+    """
+    directory = tempfile.mkdtemp(prefix=prefix)
+    testCase.addCleanup(shutil.rmtree, directory, True)
+    path = os.path.join(directory, "rmux.sock")
+    listening = socket.socket(socket.AF_UNIX)
+    testCase.addCleanup(listening.close)
+    listening.bind(path)
+    listening.listen(50)
+    listening.setblocking(False)
+    return directory, path, listening
+
 class RestartPolicyTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
@@ -558,14 +576,7 @@ class WorkerServiceTests(TestCase):
         stops, since the parent owns it.
         """
         server = startRedis(self)
-        directory = tempfile.mkdtemp(prefix="rmux-worker-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        path = os.path.join(directory, "rmux.sock")
-        listening = socket.socket(socket.AF_UNIX)
-        self.addCleanup(listening.close)
-        listening.bind(path)
-        listening.listen(50)
-        listening.setblocking(False)
+        directory, path, listening = listeningSocket(self, "rmux-worker-")
         config = configFor(server.path, socket=path)
         service = WorkerService(config, reactor, 3, [os.dup(listening.fileno())])
         service.startService()
@@ -954,14 +965,7 @@ class OrphanTests(TestCase):
     """
 
     def test_exitsWhenStdinCloses(self):
-        directory = tempfile.mkdtemp(prefix="rmux-orphan-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        path = os.path.join(directory, "rmux.sock")
-        listening = socket.socket(socket.AF_UNIX)
-        self.addCleanup(listening.close)
-        listening.bind(path)
-        listening.listen(5)
-        listening.setblocking(False)
+        directory, path, listening = listeningSocket(self, "rmux-orphan-")
         config = configFor(os.path.join(directory, "redis.sock"), socket=path)
         payload = pickle.dumps({"config": config, "fds": [FIRST_LISTENER_FD]})
         read, write = os.pipe()
