@@ -9,12 +9,16 @@ a C{dropin.cache} left there by a test run, which would replace Twisted's
 own cache of every installed plugin.  That cache is out of date after the
 install, and no step of a wheel install can regenerate it; see
 L{rmux.cli.refreshPluginCache} for what takes care of it.
+
+The C accelerator C{rmux._speedups} is optional: where it cannot be built
+(no compiler, no Python headers) the install goes on without it, and rmux
+uses its pure-Python parser with hiredis.  C{RMUX_NO_SPEEDUPS=1} skips it.
 """
 
 import os
 import re
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -28,6 +32,10 @@ def read(*path):
 # rmux here would need its dependencies before they are installed.
 VERSION = re.search(r'^__version__ = "([^"]+)"', read("rmux", "__init__.py"), re.M).group(1)
 
+EXTENSIONS = [] if os.environ.get("RMUX_NO_SPEEDUPS") else [
+    Extension("rmux._speedups", ["rmux/_speedups.c"], optional=True),
+]
+
 setup(
     name="rmux",
     version=VERSION,
@@ -36,6 +44,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=["rmux", "twisted.plugins"],
     package_data={"rmux": ["*.json"]},
+    ext_modules=EXTENSIONS,
     entry_points={"console_scripts": ["rmux = rmux.cli:main"]},
     python_requires=">=3.10",
     install_requires=[

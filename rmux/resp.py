@@ -5,7 +5,8 @@ RESP, the Redis serialization protocol, as rmux needs it.
 Three jobs live here, none of them doing any I/O:
 
   - L{RequestParser} turns a client's byte stream into commands (lists of
-    C{bytes}).  RESP arrays go through C{hiredis} when they can; inline
+    C{bytes}).  RESP arrays go through the C accelerator C{rmux._speedups}
+    when it was built, else through C{hiredis}, when they can; inline
     (telnet style) commands are split by hand with Redis's own quoting
     rules.  Error texts are Redis's, so a client sees what Redis would say.
   - L{ReplyFramer} cuts a backend's byte stream into complete top-level
@@ -25,6 +26,11 @@ try:
     import hiredis
 except ImportError:  # pragma: no cover
     hiredis = None
+
+try:
+    from rmux._speedups import scanRequests as _scanRequests
+except ImportError:
+    _scanRequests = None
 
 
 __all__ = [
@@ -239,8 +245,10 @@ class RequestParser(object):
     They are checked as soon as a header arrives, never after buffering what
     it announces.
 
-    RESP arrays are parsed by C{hiredis} while the stream is at a command
-    boundary.  hiredis is laxer than Redis (it takes any element type and
+    RESP arrays are parsed by C{rmux._speedups.scanRequests} while the
+    stream is at a command boundary: it takes canonical arrays of bulk
+    strings within the limits, in one pass, and leaves anything else to the
+    pure-Python parser.  Without the accelerator, C{hiredis} does that job.  hiredis is laxer than Redis (it takes any element type and
     does not check the CRLF after a bulk string) and cannot say how many
     bytes it used, so its commands are only accepted if re-encoding them
     gives back exactly the bytes received; from the first mismatch on, the
@@ -252,7 +260,9 @@ class RequestParser(object):
     @cvar maxArguments: the most arguments one command may have.
     @cvar maxInlineLength: the longest inline command line, and the longest
         C{*}/C{$} header line (Redis's C{PROTO_INLINE_MAX_SIZE}).
-    @cvar useHiredis: whether to use hiredis for RESP arrays.
+    @cvar useSpeedups: whether to use the C accelerator for RESP arrays.
+    @cvar useHiredis: whether to use hiredis for RESP arrays, when the C
+        accelerator is not used.
 
     @ivar error: the L{ProtocolError} that killed this parser, or L{None}.
     @ivar wholeFeed: whether the last L{feed}'s bytes were exactly the
@@ -265,9 +275,10 @@ class RequestParser(object):
     maxArguments = 1024 * 1024
     maxInlineLength = 64 * 1024
     useHiredis = hiredis is not None
+    useSpeedups = _scanRequests is not None
 
     __slots__ = (
-        "error", "_maxBulk", "_maxArgs", "_maxInline", "_fast", "_reader",
+        "error", "_maxBulk", "_maxArgs", "_maxInline", "_fast", "_scan", "_reader",
         "_tooManyArgs", "_tooLong", "_saved",
         "_argv", "_argc", "_bulkLen", "_held", "_chunks", "_pending",
         "_wait", "wholeFeed",
@@ -292,8 +303,10 @@ class RequestParser(object):
         self._tooLong = "invalid bulk length"
         self._saved = None
         # A canonical header line is at most 21 bytes long; below that the
-        # inline limit could reject what hiredis accepts.
-        self._fast = bool(self.useHiredis and self._maxInline >= 21)
+        # inline limit could reject what the fast path accepts.
+        self._scan = _scanRequests if self.useSpeedups else None
+        self._fast = bool((self._scan is not None or self.useHiredis)
+                          and self._maxInline >= 21)
         self._reader = None
         # The command being read: arguments so far, how many are still to
         # come, and the length of the one being read (-1: its header is next).
@@ -492,11 +505,21 @@ class RequestParser(object):
 
     def _parseFast(self, data, pos, out):
         """
-        Parse the RESP arrays starting at C{data[pos]} with hiredis.
+        Parse the RESP arrays starting at C{data[pos]} with the C
+        accelerator, or else hiredis.
 
         @return: a tuple of the position up to which commands were
-            accepted, and whether hiredis may be used again in this feed.
+            accepted, and whether the fast path may be used again in this
+            feed: not if it stopped at an array it left to the pure-Python
+            parser, which would hand it straight back.
         """
+        scan = self._scan
+        if scan is not None:
+            used = scan(data, pos, out, self._maxArgs, self._maxBulk)
+            if used == len(data):
+                self.wholeFeed = not pos
+                return used, True
+            return used, data[used] != 42
         n = len(data)
         # hiredis sees at most a window of the bytes: a big value is left to
         # the pure-Python parser, which keeps it without scanning or copying

@@ -19,6 +19,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from rmux.config import fromFlags
+from rmux.resp import RequestParser
 from rmux.service import ListenerService
 from tests.redisserver import startRedis
 
@@ -588,6 +589,29 @@ class TcpTests(TestCase):
                 client.close()
 
         self.assertEqual((yield threads.deferToThread(run)), b"yes")
+
+
+class WithoutSpeedupsMixin:
+    """
+    Run a class's tests with the parser rmux has where its C accelerator
+    could not be built: hiredis and the pure-Python parser.
+    """
+
+    def setUp(self):
+        self.patch(RequestParser, "useSpeedups", False)
+        return super().setUp()
+
+
+class OrderingWithoutSpeedupsTests(WithoutSpeedupsMixin, OrderingTests):
+    pass
+
+
+class LargeValueWithoutSpeedupsTests(WithoutSpeedupsMixin, LargeValueTests):
+    pass
+
+
+class RefusalWithoutSpeedupsTests(WithoutSpeedupsMixin, RefusalTests):
+    pass
 
 
 class TwistdTests(TestCase):

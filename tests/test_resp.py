@@ -3,8 +3,9 @@ Tests for L{rmux.resp}.
 
 Expected bytes and error texts were taken from a real redis-server 7.0.15
 (inline quoting, protocol errors) or from the RESP2/RESP3 specifications.
-Every L{RequestParser} test runs twice: with hiredis as the accelerator,
-and with the pure-Python parser alone; they must agree to the byte.
+Every L{RequestParser} test runs three times: with the C accelerator
+(C{rmux._speedups}), with hiredis instead, and with the pure-Python parser
+alone; they must agree to the byte.
 """
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -20,9 +21,35 @@ from rmux.resp import (
 
 class PureRequestParser(RequestParser):
     """
-    The parser without hiredis.
+    The parser without hiredis or the C accelerator.
     """
     useHiredis = False
+    useSpeedups = False
+
+
+
+class HiredisRequestParser(RequestParser):
+    """
+    The parser with hiredis, as it runs where the C accelerator could not
+    be built.
+    """
+    useSpeedups = False
+
+
+
+class SpeedupsRequestParser(RequestParser):
+    """
+    The parser with the C accelerator, and without hiredis.
+    """
+    useHiredis = False
+    useSpeedups = True
+
+
+#: The parsers every property is checked with: each fast path available,
+#: and the pure-Python parser.
+ALL_PARSERS = [PureRequestParser] + (
+    [HiredisRequestParser] if resp.hiredis is not None else []) + (
+    [SpeedupsRequestParser] if resp._scanRequests is not None else [])
 
 
 
@@ -504,8 +531,37 @@ class RequestParserTestsMixin(object):
 
 
 
-class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
-    parserClass = RequestParser
+class FastPathTestsMixin(object):
+    """
+    Tests for what a fast path (hiredis or the C accelerator) adds to
+    L{RequestParser}, run once per C{parserClass}.
+    """
+
+    def test_wholeFeed(self):
+        """
+        L{RequestParser.wholeFeed} says whether the feed's bytes were
+        exactly its commands, canonically encoded.
+        """
+        parser = self.parserClass()
+        data = encodeCommand([b"GET", b"a"]) + encodeCommand([b"SET", b"a", b"b"])
+        parser.feed(data)
+        self.assertTrue(parser.wholeFeed)
+        for other in [b"PING\r\n", data[:-1], b"*0\r\n" + data, data + b"*0\r\n",
+                      b"*1\r\n$03\r\nGET\r\n", b""]:
+            parser = self.parserClass()
+            parser.feed(other)
+            self.assertFalse(parser.wholeFeed, other)
+        parser = self.parserClass()
+        parser.feed(data[:5])
+        parser.feed(data[5:])
+        self.assertFalse(parser.wholeFeed)
+        self.assertFalse(PureRequestParser().feed(data) and PureRequestParser().wholeFeed)
+
+
+
+class HiredisRequestParserTests(FastPathTestsMixin, RequestParserTestsMixin,
+                                 SynchronousTestCase):
+    parserClass = HiredisRequestParser
 
     if resp.hiredis is None:  # pragma: no cover
         skip = "hiredis is not installed"
@@ -534,7 +590,7 @@ class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
         """
         fed = self.recordFeeds()
         data = encodeCommand([b"GET", b"a"]) * 10
-        self.assertEqual(RequestParser().feed(b"PING\r\n" + data),
+        self.assertEqual(HiredisRequestParser().feed(b"PING\r\n" + data),
                          [[b"PING"]] + [[b"GET", b"a"]] * 10)
         self.assertEqual(fed, [data])
 
@@ -545,7 +601,7 @@ class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
         dropped when it holds part of a command (the pure parser finishes
         that one).
         """
-        parser = RequestParser()
+        parser = HiredisRequestParser()
         parser.feed(encodeCommand([b"PING"]))
         reader = parser._reader
         self.assertIsNotNone(reader)
@@ -570,7 +626,7 @@ class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
         array header, so a large count, nested or not, never reaches it.
         """
         fed = self.recordFeeds()
-        parser = RequestParser()
+        parser = HiredisRequestParser()
         self.assertEqual(parser.feed(b"*1\r\n$1\r\na\r\n*2\r\n$1\r\na\r\n"
                                      b"*4000000000\r\n"), [[b"a"]])
         self.assertEqual(parser.error.message,
@@ -578,7 +634,7 @@ class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
         self.assertEqual(parser.feed(b"*1\r\n$1\r\na\r\n"), [])
         for header in [b"*10000\r\n", b"~10000\r\n", b">10000\r\n",
                        b"|10000\r\n"]:
-            parser = RequestParser()
+            parser = HiredisRequestParser()
             parser.feed(b"*1\r\n$1\r\na\r\n*1\r\n" + header)
         self.assertEqual(fed, [])
 
@@ -594,7 +650,7 @@ class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
         small = [[b"SET", b"key:%06d" % (i,), b"v" * 20] for i in range(2000)]
         data = b"".join(encodeCommand(c) for c in small)
         self.assertGreater(len(data), 3 * resp._FAST_WINDOW)
-        parser = RequestParser()
+        parser = HiredisRequestParser()
         self.assertEqual(parser.feed(data), small)
         self.assertFalse(parser.wholeFeed)
         self.assertGreater(len(fed), 3)
@@ -604,29 +660,93 @@ class HiredisRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
         del fed[:]
         big = [b"SET", b"big", b"x" * (4 * resp._FAST_WINDOW)]
         data = encodeCommand(small[0]) + encodeCommand(big) + encodeCommand(small[1])
-        self.assertEqual(RequestParser().feed(data), [small[0], big, small[1]])
+        self.assertEqual(HiredisRequestParser().feed(data), [small[0], big, small[1]])
         self.assertTrue(all(len(piece) <= resp._FAST_WINDOW for piece in fed))
 
 
-    def test_wholeFeed(self):
+
+class SpeedupsRequestParserTests(FastPathTestsMixin, RequestParserTestsMixin,
+                                  SynchronousTestCase):
+    parserClass = SpeedupsRequestParser
+
+    if resp._scanRequests is None:
+        skip = "rmux._speedups was not built (scripts/bootstrap builds it)"
+
+    def scan(self, data, pos=0, maxArguments=100, maxBulkLength=100):
         """
-        L{RequestParser.wholeFeed} says whether the feed's bytes were
-        exactly its commands, canonically encoded.
+        Run the C scan on C{data}.
+
+        @return: the commands it took, and where it stopped.
         """
-        parser = RequestParser()
-        data = encodeCommand([b"GET", b"a"]) + encodeCommand([b"SET", b"a", b"b"])
-        parser.feed(data)
-        self.assertTrue(parser.wholeFeed)
-        for other in [b"PING\r\n", data[:-1], b"*0\r\n" + data, data + b"*0\r\n",
-                      b"*1\r\n$03\r\nGET\r\n", b""]:
-            parser = RequestParser()
-            parser.feed(other)
-            self.assertFalse(parser.wholeFeed, other)
-        parser = RequestParser()
-        parser.feed(data[:5])
-        parser.feed(data[5:])
-        self.assertFalse(parser.wholeFeed)
-        self.assertFalse(PureRequestParser().feed(data) and PureRequestParser().wholeFeed)
+        out = []
+        used = resp._scanRequests(data, pos, out, maxArguments, maxBulkLength)
+        return out, used
+
+
+    def test_scanTakesCanonicalArrays(self):
+        """
+        Canonical arrays of bulk strings are taken, up to the end of the
+        data or the first thing that is not one.
+        """
+        a = encodeCommand([b"SET", b"k", b""])
+        b = encodeCommand([b"GET", b"k" * 99])
+        self.assertEqual(self.scan(a + b), ([[b"SET", b"k", b""], [b"GET", b"k" * 99]],
+                                            len(a + b)))
+        self.assertEqual(self.scan(a + b"PING\r\n" + b), ([[b"SET", b"k", b""]], len(a)))
+        self.assertEqual(self.scan(b"PING\r\n" + a + b, 6), ([[b"SET", b"k", b""],
+                                                               [b"GET", b"k" * 99]], 6 + len(a + b)))
+
+
+    def test_scanLeavesTheRest(self):
+        """
+        Whatever the pure-Python parser must judge stops the scan at the
+        start of its command: non-canonical numbers, other element types,
+        empty or null arrays, a missing CRLF, the limits, and anything
+        incomplete.
+        """
+        good = encodeCommand([b"PING"])
+        for other in [b"*01\r\n$4\r\nPING\r\n", b"*1\r\n$04\r\nPING\r\n",
+                      b"*+1\r\n$4\r\nPING\r\n", b"*1\r\n$+4\r\nPING\r\n",
+                      b"*1\r\n+PING\r\n", b"*1\r\n*1\r\n$4\r\nPING\r\n",
+                      b"*0\r\n", b"*-1\r\n", b"*1\r\n$4\r\nPINGxx",
+                      b"*1\n$4\r\nPING\r\n", b"*1\r\n$4\nPING\r\n",
+                      b"*1\r\n$-1\r\n", b"*1\r\n$4\r\nPING\r",
+                      b"*1\r\n$101\r\n" + b"x" * 101 + b"\r\n",
+                      b"*101\r\n" + b"$1\r\nx\r\n" * 101,
+                      b"*1\r\n$1234567890123456789\r\n",
+                      good[:-1], good[:3]]:
+            self.assertEqual(self.scan(good + other), ([[b"PING"]], len(good)), other)
+        self.assertEqual(self.scan(b"x" + good), ([], 0))
+
+
+    def test_scanAllocatesNothingAhead(self):
+        """
+        An announced count or length is not allocated before its bytes are
+        here: a stranger's C{*1000000000} costs nothing.
+        """
+        self.assertEqual(self.scan(b"*1000000000\r\n$1\r\nx\r\n",
+                                   maxArguments=1 << 40), ([], 0))
+        self.assertEqual(self.scan(b"*1\r\n$500000000\r\nxx",
+                                   maxBulkLength=1 << 40), ([], 0))
+
+
+    def test_scanChecksItsArguments(self):
+        """
+        Only bytes and a list are taken; the position must be in the data.
+        """
+        self.assertRaises(TypeError, resp._scanRequests, bytearray(b"*1\r\n"), 0, [], 1, 1)
+        self.assertRaises(TypeError, resp._scanRequests, b"*1\r\n", 0, (), 1, 1)
+        self.assertRaises(TypeError, resp._scanRequests, b"*1\r\n", 0, [])
+        self.assertRaises(ValueError, resp._scanRequests, b"*1\r\n", 6, [], 1, 1)
+        self.assertRaises(ValueError, resp._scanRequests, b"*1\r\n", -1, [], 1, 1)
+
+
+    def test_defaultParser(self):
+        """
+        Where the accelerator was built, L{RequestParser} uses it.
+        """
+        self.assertIs(RequestParser()._scan, resp._scanRequests)
+        self.assertIsNone(HiredisRequestParser()._scan)
 
 
 
@@ -708,7 +828,7 @@ def _outcome(parser, chunks):
 
 class RequestParserPropertyTests(SynchronousTestCase):
     """
-    Properties of L{RequestParser}, with and without hiredis.
+    Properties of L{RequestParser}, with each fast path and without.
     """
 
     @settings(max_examples=300, deadline=None,
@@ -719,7 +839,7 @@ class RequestParserPropertyTests(SynchronousTestCase):
         A valid stream parses to its commands however it is split.
         """
         commands, data = stream
-        for parserClass in [RequestParser, PureRequestParser]:
+        for parserClass in ALL_PARSERS:
             for chunks in [[data], splitAt(data, points)]:
                 parser = parserClass()
                 self.assertEqual(feedAll(parser, chunks), commands)
@@ -742,7 +862,7 @@ class RequestParserPropertyTests(SynchronousTestCase):
                 self.assertIs(type(arg), bytes)
         if expected[1] is not None:
             self.assertTrue(expected[1].startswith("Protocol error: "))
-        for parserClass in [RequestParser, PureRequestParser]:
+        for parserClass in ALL_PARSERS:
             for chunks in [[data], splitAt(data, points), byteByByte(data)]:
                 self.assertEqual(_outcome(parserClass(**limits), chunks),
                                  expected)
