@@ -28,7 +28,9 @@ from zope.interface import implementer
 
 from rmux.resp import ProtocolError, ReplyFramer, encodeCommand
 from rmux.stats import PoolStats
-from rmux.transport import FastClientCreator, coalescer, unsentBytes, writeNow
+from rmux.transport import (
+    FastClientCreator, coalescer, unsentBytes, writeNow, writeSequenceNow,
+)
 
 
 def errorReply(message):
@@ -299,7 +301,7 @@ class BackendProtocol(Protocol):
         if single:
             writeNow(self.transport, out[0])
         elif size > self.joinLimit:
-            self.transport.writeSequence(out)
+            writeSequenceNow(self.transport, out)
         else:
             writeNow(self.transport, b"".join(out))
 

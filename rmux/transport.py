@@ -11,6 +11,11 @@ Profiling rmux under load showed more time in the transports than in rmux:
     writability and sends on a later loop turn, so every reply costs two
     extra C{epoll_ctl} calls.  L{writeNow} sends at once when nothing is
     queued, and falls back to the transport's own buffering otherwise.
+  - C{transport.writeSequence} joins its pieces into one string before
+    sending them, a copy of every big value forwarded.
+    L{writeSequenceNow} hands them to one gathering C{sendmsg} instead, and
+    what the socket does not take is sent from the pieces as they are (see
+    L{_GatheringWrite}).
 
 Everything else (buffering, producers, closing, errors) stays Twisted's.
 """
@@ -19,7 +24,7 @@ import shutil
 import socket
 from errno import EWOULDBLOCK
 
-from twisted.internet import main, unix
+from twisted.internet import main, tcp, unix
 from twisted.internet.defer import execute
 from twisted.internet.endpoints import UNIXServerEndpoint as _UNIXServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
@@ -42,7 +47,61 @@ class _PlainRead:
         return self._dataReceived(data)
 
 
-class UNIXServer(_PlainRead, unix.Server):
+class _GatheringWrite:
+    """
+    A transport that does not join everything queued into one string.
+
+    When less than C{SEND_LIMIT} bytes are left of the string being sent,
+    Twisted joins it with every piece queued behind it: with megabyte
+    values queued, a copy of each.  Here the next C{SEND_LIMIT} bytes are
+    taken instead: a big piece becomes the string being sent as it is, or
+    (behind other bytes) only its first C{SEND_LIMIT} bytes are copied.
+    """
+
+    def doWrite(self):
+        if (self._tempDataLen >= self.SEND_LIMIT
+                and len(self.dataBuffer) - self.offset < self.SEND_LIMIT):
+            self._takeQueued()
+        return super().doWrite()
+
+    def _takeQueued(self):
+        """
+        Make the next C{SEND_LIMIT} queued bytes the string being sent, so
+        that Twisted's C{doWrite} sends from it without joining anything.
+        """
+        pieces = self._tempDataBuffer
+        limit = self.SEND_LIMIT
+        remaining = len(self.dataBuffer) - self.offset
+        if not remaining and len(pieces[0]) >= limit:
+            first = pieces.pop(0)
+            self._tempDataLen -= len(first)
+            self.dataBuffer = first
+            self.offset = 0
+            return
+        head = [memoryview(self.dataBuffer)[self.offset:]] if remaining else []
+        size = remaining
+        taken = 0
+        for piece in pieces:
+            if size + len(piece) > limit:
+                break
+            head.append(piece)
+            size += len(piece)
+            taken += 1
+        if size < limit:
+            # Split the piece that crosses the limit, without copying the
+            # part left queued.
+            view = memoryview(pieces[taken])
+            head.append(view[:limit - size])
+            pieces[taken] = view[limit - size:]
+            size = limit
+        del pieces[:taken]
+        self._tempDataLen -= size - remaining
+        self.dataBuffer = b"".join(head)
+        self.offset = 0
+
+
+
+class UNIXServer(_PlainRead, _GatheringWrite, unix.Server):
     """
     An accepted UNIX connection that reads with C{recv}, in larger chunks
     than Twisted's 64 KB, so large values take fewer reads.
@@ -89,10 +148,23 @@ class UNIXPort(unix.Port):
         return listening
 
 
-class UNIXClient(_PlainRead, unix.Client):
+class UNIXClient(_PlainRead, _GatheringWrite, unix.Client):
     """
     An outgoing UNIX connection that reads with C{recv}.
     """
+
+
+
+class TCPClient(_GatheringWrite, tcp.Client):
+    """
+    An outgoing TCP connection that does not join queued big values.
+    """
+
+
+
+class TCPConnector(tcp.Connector):
+    def _makeTransport(self):
+        return TCPClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
 class UNIXConnector(unix.Connector):
@@ -158,8 +230,21 @@ def setOwner(path, owner):
 
 class FastClientCreator(ClientCreator):
     """
-    L{ClientCreator} whose UNIX connections read with C{recv}.
+    L{ClientCreator} whose connections do not join queued big values, and
+    whose UNIX connections read with C{recv}.
     """
+
+    def connectTCP(self, host, port, timeout=30, bindAddress=None):
+        reactor = self.reactor
+        if not isinstance(reactor, PosixReactorBase):
+            return ClientCreator.connectTCP(self, host, port, timeout, bindAddress)
+
+        def connect(host, port, factory, timeout, bindAddress):
+            connector = TCPConnector(host, port, factory, timeout, bindAddress, reactor)
+            connector.connect()
+            return connector
+
+        return self._connect(connect, host, port, timeout=timeout, bindAddress=bindAddress)
 
     def connectUNIX(self, address, timeout=30, checkPID=False):
         reactor = self.reactor
@@ -261,3 +346,54 @@ def writeNow(transport, data):
             transport.startWriting()
         else:
             transport.write(data)
+
+
+#: The most pieces one C{sendmsg} takes (Linux's C{IOV_MAX}).
+_IOV_MAX = 1024
+
+
+def writeSequenceNow(transport, pieces):
+    """
+    Write C{pieces} in order, like C{transport.writeSequence}, but send them
+    at once with one gathering C{sendmsg} when the transport has nothing
+    queued: a megabyte value is not copied into a joined string first.
+
+    What the socket does not take is left to the transport, as in
+    L{writeNow}: the piece it stopped in becomes the send buffer as it is,
+    the pieces after it are queued behind.
+
+    @param pieces: a C{list} of C{bytes}.
+    """
+    sock = getattr(transport, "socket", None)
+    if (
+        sock is None
+        or transport._tempDataBuffer
+        or transport.offset != len(transport.dataBuffer)
+        or not transport.connected
+        or transport.disconnecting
+    ):
+        transport.writeSequence(pieces)
+        return
+    try:
+        sent = sock.sendmsg(pieces[:_IOV_MAX])
+    except OSError:
+        sent = 0
+    done = 0
+    for piece in pieces:
+        if sent < len(piece):
+            break
+        sent -= len(piece)
+        done += 1
+    if done == len(pieces):
+        return
+    if not sent:
+        transport.writeSequence(pieces[done:] if done else pieces)
+        return
+    transport.dataBuffer = pieces[done]
+    transport.offset = sent
+    rest = pieces[done + 1:]
+    if rest:
+        transport.writeSequence(rest)
+    else:
+        transport._maybePauseProducer()
+        transport.startWriting()

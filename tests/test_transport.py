@@ -13,7 +13,10 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from rmux.transport import FastClientCreator, UNIXClient, UNIXServer, UNIXServerEndpoint, writeNow
+from rmux.transport import (
+    FastClientCreator, TCPClient, UNIXClient, UNIXServer, UNIXServerEndpoint,
+    _GatheringWrite, writeNow, writeSequenceNow,
+)
 
 
 class FakeTransport:
@@ -33,6 +36,9 @@ class FakeTransport:
 
     def write(self, data):
         self.written.append(data)
+
+    def writeSequence(self, pieces):
+        self.written.append(list(pieces))
 
     def _maybePauseProducer(self):
         self.pauseChecked = True
@@ -91,6 +97,102 @@ class WriteNowTests(SynchronousTestCase):
         self.assertEqual(transport.written, [b"x"])
 
 
+class WriteSequenceNowTests(SynchronousTestCase):
+    def setUp(self):
+        self.ours, self.peer = socket.socketpair()
+        self.ours.setblocking(False)
+        self.addCleanup(self.ours.close)
+        self.addCleanup(self.peer.close)
+
+    def test_sendsAtOnce(self):
+        """
+        With nothing queued, the pieces go out in one C{sendmsg}.
+        """
+        transport = FakeTransport(self.ours)
+        writeSequenceNow(transport, [b"*1\r\n", b"$4\r\nPING", b"\r\n"])
+        self.assertEqual(self.peer.recv(100), b"*1\r\n$4\r\nPING\r\n")
+        self.assertEqual(transport.written, [])
+
+    def test_queuedDataKeepsOrder(self):
+        transport = FakeTransport(self.ours)
+        transport._tempDataBuffer.append(b"first")
+        writeSequenceNow(transport, [b"a", b"b"])
+        self.assertEqual(transport.written, [[b"a", b"b"]])
+
+    def test_partialSendKeepsThePieces(self):
+        """
+        The piece the socket stopped in becomes the send buffer as it is,
+        and the pieces after it are queued, none of them joined.
+        """
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport = FakeTransport(self.ours)
+        big = os.urandom(1 << 20)
+        pieces = [b"head", big, b"\r\n", big]
+        writeSequenceNow(transport, pieces)
+        self.assertIs(transport.dataBuffer, big)
+        self.assertTrue(0 < transport.offset < len(big))
+        self.assertEqual(transport.written, [[b"\r\n", big]])
+        self.assertEqual(self.peer.recv(1 << 20, socket.MSG_PEEK)[:14], b"head" + big[:10])
+
+    def test_partialSendOfTheLastPiece(self):
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport = FakeTransport(self.ours)
+        big = os.urandom(1 << 20)
+        writeSequenceNow(transport, [b"head", big])
+        self.assertIs(transport.dataBuffer, big)
+        self.assertEqual(transport.written, [])
+        self.assertTrue(transport.pauseChecked)
+        self.assertTrue(transport.writing)
+
+
+class Queue(_GatheringWrite):
+    """
+    The buffer state of a Twisted transport, for L{_GatheringWrite}.
+    """
+
+    SEND_LIMIT = 100
+
+    def __init__(self, dataBuffer, offset, pieces):
+        self.dataBuffer = dataBuffer
+        self.offset = offset
+        self._tempDataBuffer = pieces
+        self._tempDataLen = sum(map(len, pieces))
+
+    def queued(self):
+        return bytes(self.dataBuffer[self.offset:]) + b"".join(self._tempDataBuffer)
+
+
+class GatheringWriteTests(SynchronousTestCase):
+    def test_bigPieceSentAsItIs(self):
+        big = b"x" * 1000
+        queue = Queue(b"done", 4, [big, b"tail"])
+        queue._takeQueued()
+        self.assertIs(queue.dataBuffer, big)
+        self.assertEqual((queue.offset, queue._tempDataBuffer, queue._tempDataLen),
+                         (0, [b"tail"], 4))
+
+    def test_onlyTheLimitIsCopied(self):
+        """
+        Behind other bytes, only as much of a big piece is copied as fills
+        C{SEND_LIMIT}; the rest stays queued as a view of it.
+        """
+        big = bytes(range(200)) * 5
+        queue = Queue(b"..left", 2, [b"ab" * 10, big, b"tail"])
+        before = queue.queued()
+        queue._takeQueued()
+        self.assertEqual(len(queue.dataBuffer), 100)
+        self.assertEqual(queue.queued(), before)
+        self.assertEqual(queue._tempDataLen, len(before) - 100)
+        self.assertIsInstance(queue._tempDataBuffer[0], memoryview)
+        self.assertIs(queue._tempDataBuffer[0].obj, big)
+
+    def test_smallPiecesJoined(self):
+        queue = Queue(b"", 0, [b"a" * 60, b"b" * 60, b"c" * 60])
+        queue._takeQueued()
+        self.assertEqual(queue.dataBuffer, b"a" * 60 + b"b" * 40)
+        self.assertEqual(queue.queued(), b"a" * 60 + b"b" * 60 + b"c" * 60)
+
+
 class Echo(Protocol):
     def dataReceived(self, data):
         writeNow(self.transport, data)
@@ -126,3 +228,45 @@ class UNIXTests(TestCase):
         self.assertEqual(data, b"PING")
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
         self.assertIs(port.transport, UNIXServer)
+
+
+
+class Drain(Protocol):
+    """
+    Reads everything, and fires C{done} with it once C{expected} bytes came.
+    """
+
+    def __init__(self, expected):
+        self.expected = expected
+        self.chunks = []
+        self.size = 0
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size >= self.expected and not self.done.called:
+            self.done.callback(b"".join(self.chunks))
+
+
+class TCPTests(TestCase):
+    @inlineCallbacks
+    def test_bigPiecesArriveWhole(self):
+        """
+        L{FastClientCreator} connects over TCP with L{TCPClient}, and
+        megabyte pieces queued behind each other arrive byte for byte.
+        """
+        pieces = [b"head", os.urandom(1 << 20), b"\r\n", os.urandom(3 << 20), b"end"]
+        expected = b"".join(pieces)
+        drain = Drain(2 * len(expected))
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: drain), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = yield FastClientCreator(reactor, Protocol).connectTCP(
+            "127.0.0.1", port.getHost().port)
+        self.addCleanup(client.transport.loseConnection)
+        self.assertIsInstance(client.transport, TCPClient)
+        client.transport.writeSequence(pieces)
+        writeSequenceNow(client.transport, pieces)
+        received = yield drain.done
+        self.assertEqual(len(received), 2 * len(expected))
+        self.assertTrue(received == expected * 2)
