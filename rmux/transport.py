@@ -150,15 +150,22 @@ class UNIXPort(unix.Port):
 
 class UNIXClient(_PlainRead, _GatheringWrite, unix.Client):
     """
-    An outgoing UNIX connection that reads with C{recv}.
+    An outgoing UNIX connection that reads with C{recv}, in chunks of
+    L{UNIXServer.bufferSize}.
     """
+
+    bufferSize = UNIXServer.bufferSize
 
 
 
 class TCPClient(_GatheringWrite, tcp.Client):
     """
-    An outgoing TCP connection that does not join queued big values.
+    An outgoing TCP connection that does not join queued big values, and
+    reads in chunks of L{UNIXServer.bufferSize} rather than 64 KB: half the
+    reads for a big reply.
     """
+
+    bufferSize = UNIXServer.bufferSize
 
 
 

@@ -231,7 +231,7 @@ class WheelTests(SynchronousTestCase):
         shutil.copytree(
             REPOSITORY.child("rmux").path,
             source.child("rmux").path,
-            ignore=shutil.ignore_patterns("__pycache__"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.so"),
         )
         plugins = source.child("twisted").child("plugins")
         plugins.makedirs()
@@ -268,6 +268,12 @@ class WheelTests(SynchronousTestCase):
         self.assertIn("rmux/__main__.py", names)
         self.assertIn("rmux/commands.json", names)
         self.assertIn("[console_scripts]\nrmux = rmux.cli:main", entryPoints)
+        if REPOSITORY.child("rmux").globChildren("_speedups*.so"):
+            # Where scripts/bootstrap could build the C accelerator, the
+            # wheel is built with it too.
+            self.assertTrue(
+                [n for n in names if n.startswith("rmux/_speedups") and n.endswith(".so")], names
+            )
 
         target = work.child("installed")
         installed = subprocess.run(

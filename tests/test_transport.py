@@ -223,6 +223,7 @@ class UNIXTests(TestCase):
         client = yield FastClientCreator(reactor, Collect).connectUNIX(path)
         self.addCleanup(client.transport.loseConnection)
         self.assertIsInstance(client.transport, UNIXClient)
+        self.assertEqual(client.transport.bufferSize, UNIXServer.bufferSize)
         client.transport.write(b"PING")
         data, transport = yield client.received
         self.assertEqual(data, b"PING")
@@ -265,6 +266,7 @@ class TCPTests(TestCase):
             "127.0.0.1", port.getHost().port)
         self.addCleanup(client.transport.loseConnection)
         self.assertIsInstance(client.transport, TCPClient)
+        self.assertEqual(client.transport.bufferSize, UNIXServer.bufferSize)
         client.transport.writeSequence(pieces)
         writeSequenceNow(client.transport, pieces)
         received = yield drain.done
