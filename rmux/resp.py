@@ -248,8 +248,9 @@ class RequestParser(object):
     RESP arrays are parsed by C{rmux._speedups.scanRequests} while the
     stream is at a command boundary: it takes canonical arrays of bulk
     strings within the limits, in one pass, and leaves anything else to the
-    pure-Python parser.  Without the accelerator, C{hiredis} does that job.  hiredis is laxer than Redis (it takes any element type and
-    does not check the CRLF after a bulk string) and cannot say how many
+    pure-Python parser.  Without the accelerator, C{hiredis} does that job.
+    hiredis is laxer than Redis (it takes any element type and does not
+    check the CRLF after a bulk string) and cannot say how many
     bytes it used, so its commands are only accepted if re-encoding them
     gives back exactly the bytes received; from the first mismatch on, the
     pure-Python parser takes over and has the last word, including on error

@@ -317,16 +317,10 @@ def unsentBytes(transport):
         return None
 
 
-def writeNow(transport, data):
+def _idleSocket(transport):
     """
-    Write C{data}, sending it at once when the transport has nothing queued.
-
-    What the socket does not take now is left to C{transport.write}, which
-    keeps it in order behind nothing and sends it when the socket is
-    writable; a socket error is left for Twisted to find on that write.
-
-    @param transport: a Twisted stream transport (or any L{ITransport}).
-    @param data: the bytes to write.
+    @return: the socket of C{transport} if bytes written now may go straight
+        to it (nothing queued, connected, not closing), else L{None}.
     """
     sock = getattr(transport, "socket", None)
     if (
@@ -336,23 +330,47 @@ def writeNow(transport, data):
         or not transport.connected
         or transport.disconnecting
     ):
+        return None
+    return sock
+
+
+def _keepUnsent(transport, data, sent):
+    """
+    Make C{data}, of which the socket took C{sent} bytes, the transport's
+    send buffer as it is: Twisted sends from a view of it, where C{write}
+    would copy it now and join it again later (a megabyte GET, twice).
+    """
+    transport.dataBuffer = data
+    transport.offset = sent
+    transport._maybePauseProducer()
+    transport.startWriting()
+
+
+def writeNow(transport, data):
+    """
+    Write C{data}, sending it at once when the transport has nothing queued.
+
+    What the socket does not take now is left to the transport, which sends
+    it when the socket is writable; a socket error is left for Twisted to
+    find on that write.
+
+    @param transport: a Twisted stream transport (or any L{ITransport}).
+    @param data: the bytes to write.
+    """
+    sock = _idleSocket(transport)
+    if sock is None:
         transport.write(data)
         return
     try:
         sent = sock.send(data)
     except OSError:
         sent = 0
-    if sent < len(data):
-        if sent:
-            # What is left becomes the transport's send buffer as it is:
-            # Twisted sends from a view of it, where write() would copy it
-            # now and join it again later (a megabyte GET, twice).
-            transport.dataBuffer = data
-            transport.offset = sent
-            transport._maybePauseProducer()
-            transport.startWriting()
-        else:
-            transport.write(data)
+    if sent >= len(data):
+        return
+    if sent:
+        _keepUnsent(transport, data, sent)
+    else:
+        transport.write(data)
 
 
 #: The most pieces one C{sendmsg} takes (Linux's C{IOV_MAX}).
@@ -371,14 +389,8 @@ def writeSequenceNow(transport, pieces):
 
     @param pieces: a C{list} of C{bytes}.
     """
-    sock = getattr(transport, "socket", None)
-    if (
-        sock is None
-        or transport._tempDataBuffer
-        or transport.offset != len(transport.dataBuffer)
-        or not transport.connected
-        or transport.disconnecting
-    ):
+    sock = _idleSocket(transport)
+    if sock is None:
         transport.writeSequence(pieces)
         return
     try:
@@ -394,13 +406,8 @@ def writeSequenceNow(transport, pieces):
     if done == len(pieces):
         return
     if not sent:
-        transport.writeSequence(pieces[done:] if done else pieces)
+        transport.writeSequence(pieces[done:])
         return
-    transport.dataBuffer = pieces[done]
-    transport.offset = sent
-    rest = pieces[done + 1:]
-    if rest:
-        transport.writeSequence(rest)
-    else:
-        transport._maybePauseProducer()
-        transport.startWriting()
+    _keepUnsent(transport, pieces[done], sent)
+    if done + 1 < len(pieces):
+        transport.writeSequence(pieces[done + 1:])

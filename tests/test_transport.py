@@ -47,12 +47,19 @@ class FakeTransport:
         self.writing = True
 
 
-class WriteNowTests(SynchronousTestCase):
+class SocketPairMixin:
+    """
+    C{self.ours}, a non-blocking socket, connected to C{self.peer}.
+    """
+
     def setUp(self):
         self.ours, self.peer = socket.socketpair()
         self.ours.setblocking(False)
         self.addCleanup(self.ours.close)
         self.addCleanup(self.peer.close)
+
+
+class WriteNowTests(SocketPairMixin, SynchronousTestCase):
 
     def test_sendsAtOnce(self):
         transport = FakeTransport(self.ours)
@@ -97,12 +104,7 @@ class WriteNowTests(SynchronousTestCase):
         self.assertEqual(transport.written, [b"x"])
 
 
-class WriteSequenceNowTests(SynchronousTestCase):
-    def setUp(self):
-        self.ours, self.peer = socket.socketpair()
-        self.ours.setblocking(False)
-        self.addCleanup(self.ours.close)
-        self.addCleanup(self.peer.close)
+class WriteSequenceNowTests(SocketPairMixin, SynchronousTestCase):
 
     def test_sendsAtOnce(self):
         """
