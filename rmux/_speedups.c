@@ -20,19 +20,16 @@ static inline long long
 readLength(const char **p, const char *end)
 {
     const char *q = *p;
-    long long value;
-    int digits;
+    long long value = 0;
+    int digits = 0;
 
     if (q >= end) {
         return -1;
     }
     if (*q == '0') {
         q++;
-        value = 0;
     }
     else {
-        value = 0;
-        digits = 0;
         while (q < end && *q >= '0' && *q <= '9') {
             if (++digits > 18) {
                 return -1;
