@@ -74,9 +74,13 @@ class BackendProtocol(Protocol):
     @ivar db: the db this connection will be in once everything already
         written has run.
     @ivar protocolVersion: likewise, the RESP version (2 or 3).
+    @ivar backedUp: whether the transport holds more unsent bytes than it
+        likes (it paused us as its producer): the server is not reading
+        as fast as we write, and what we add waits behind it.
     """
 
     pool = None
+    backedUp = False
     clock = None
     readTimeout = 0.5
     writeTimeout = 0.5
@@ -207,6 +211,7 @@ class BackendProtocol(Protocol):
     # IPushProducer: the transport tells us when the backend stops reading.
 
     def pauseProducing(self):
+        self.backedUp = True
         if self._writeTimer is None and self.writeTimeout:
             self._takenAtCheck = self._taken()
             self._writeTimer = self.clock.callLater(
@@ -214,6 +219,7 @@ class BackendProtocol(Protocol):
             )
 
     def resumeProducing(self):
+        self.backedUp = False
         if self._writeTimer is not None:
             self._writeTimer.cancel()
             self._writeTimer = None
@@ -467,18 +473,26 @@ class BackendPool:
     with L{ClientCreator}.
 
     A request goes to the first open connection that is already in the db
-    and protocol it needs and has fewer than C{growthThreshold} replies
-    outstanding; when none has, a new connection is opened (up to C{size})
-    and meanwhile the least-loaded one takes it.  Load thus concentrates on
-    few connections, which batches more requests into each write and read,
-    and db switches stay rare.  While no connection is open yet,
+    and protocol it needs, has fewer than C{growthThreshold} replies
+    outstanding and is not backed up (big values still in its send
+    buffer); when none is, a new connection is opened (up to C{size}) and
+    meanwhile the least-loaded one takes it.  Load thus concentrates on
+    few connections, which batches more requests into each write and read
+    (for rmux and for Redis), and db switches stay rare.  While no connection is open yet,
     requests wait for the connect, which is bounded by the connect timeout.
 
     @ivar address: the L{rmux.config.BackendAddress} of the server.
     """
 
     log = Logger()
-    growthThreshold = 16
+    #: Replies, not requests sent: at 16, one client's 16-command pipeline
+    #: made a connection busy, and 50 pipelining clients used 20
+    #: connections with one send and one read per pipeline; at 256 they
+    #: share a few, and each send and read carries many pipelines.
+    #: Redis serves its connections in turn anyway, so more of them buy
+    #: no throughput; what they isolate is a big value in transit, which
+    #: L{BackendProtocol.backedUp} catches.
+    growthThreshold = 256
     #: Once every connection is busy and the pool is full, this many
     #: requests are spread in turn before the connections are looked at
     #: again (looking costs a pass over all of them per request).
@@ -576,6 +590,7 @@ class BackendPool:
                 and connection.protocolVersion == protocolVersion
                 and connection.held is None
                 and len(connection.waiting) < threshold
+                and not connection.backedUp
             ):
                 connection.send(payload, waiter, db, protocolVersion, count)
                 return connection

@@ -482,6 +482,75 @@ class SaturatedPoolTests(SynchronousTestCase):
         self.assertIs(self.send(db=3), connection)
 
 
+class ConcentrationTests(SynchronousTestCase):
+    """
+    Requests concentrate on few connections, so each send and read carries
+    many of them, but not behind a connection whose server is not keeping
+    up with a big value.
+    """
+
+    def setUp(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        self.reactor = MemoryReactorClock()
+        self.pool = BackendPool(
+            self.reactor, BackendAddress(kind="unix", path="/r.sock"), size=3
+        )
+        self.connections = []
+        for _ in range(3):
+            protocol = BackendProtocol(self.pool)
+            protocol.makeConnection(StringTransport())
+            self.pool.connectionReady(protocol)
+            self.connections.append(protocol)
+
+    def sendPipeline(self, count=16):
+        payload = command(b"GET", b"k") * count
+        return self.pool.send(payload, Collector(), count=count)
+
+    def test_pipelinesShareAConnection(self):
+        """
+        Pipelines of 16 from many clients go on one connection, in one
+        write per loop turn, until it owes C{growthThreshold} replies.
+        """
+        first, second = self.connections[:2]
+        self.assertEqual([self.sendPipeline() for _ in range(8)], [first] * 8)
+        while len(first.waiting) < self.pool.growthThreshold:
+            self.assertIs(self.sendPipeline(), first)
+        self.assertIs(self.sendPipeline(), second)
+        self.reactor.advance(0)
+        self.assertEqual(
+            first.transport.value(),
+            command(b"GET", b"k") * self.pool.growthThreshold,
+        )
+
+    def test_backedUpConnectionPassedOver(self):
+        """
+        A connection whose transport paused us (its send buffer is full,
+        a big value in transit) gets no new requests while another one is
+        free, and gets them again once the transport resumes us.
+        """
+        first, second = self.connections[:2]
+        self.assertIs(self.sendPipeline(1), first)
+        first.pauseProducing()
+        self.assertTrue(first.backedUp)
+        self.assertIs(self.sendPipeline(1), second)
+        first.resumeProducing()
+        self.assertFalse(first.backedUp)
+        self.assertIs(self.sendPipeline(1), first)
+
+    def test_everyConnectionBackedUp(self):
+        """
+        When every connection is backed up and the pool is full, the
+        request still goes out, on the least-loaded connection.
+        """
+        second = self.connections[1]
+        self.sendPipeline(2)
+        for connection in self.connections:
+            connection.pauseProducing()
+        self.assertIs(self.sendPipeline(1), second)
+        self.reactor.advance(0)
+        self.assertEqual(second.transport.value(), command(b"GET", b"k"))
+
 class ReconnectBackoffTests(SynchronousTestCase):
     """
     A server that refuses connections is retried with growing, jittered
