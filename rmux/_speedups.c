@@ -1,5 +1,6 @@
 /*
- * rmux._speedups: the request scan of rmux.resp.RequestParser in C.
+ * rmux._speedups: the request scan of rmux.resp.RequestParser in C, and
+ * the receiving of big bulk strings in place (no chunks to join).
  *
  * Optional: setup.py builds it when it can, and rmux.resp falls back to
  * hiredis and its pure-Python parser when it is missing.  It only ever
@@ -10,6 +11,9 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
 
 /*
  * Read the canonical decimal at *p, which must end with CRLF before end:
@@ -144,9 +148,153 @@ scanRequests(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 
+/*
+ * A big bulk string is received straight into the bytes object it ends up
+ * as, rather than into chunks joined at the end (a copy of every megabyte
+ * value).  The object is new and held by one parser until it is complete;
+ * nothing else sees it before, so writing into it is safe.
+ */
+
+PyDoc_STRVAR(newBody_doc,
+"newBody(size) -> bytes\n\
+\n\
+A new bytes object of size bytes, not initialised: to be filled with\n\
+fillBody and recvBody before anyone else sees it.");
+
+static PyObject *
+newBody(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+
+    if (size < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "size must not be negative");
+        }
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize(NULL, size);
+}
+
+
+/* The body and the offset of args[0] and args[1], checked to leave at
+ * least room bytes from there. */
+static char *
+bodyAt(PyObject *const *args, Py_ssize_t *room)
+{
+    PyObject *body = args[0];
+    Py_ssize_t offset;
+
+    if (!PyBytes_CheckExact(body)) {
+        PyErr_SetString(PyExc_TypeError, "body must be bytes");
+        return NULL;
+    }
+    offset = PyLong_AsSsize_t(args[1]);
+    if (offset == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (offset < 0 || offset > PyBytes_GET_SIZE(body)) {
+        PyErr_SetString(PyExc_ValueError, "offset out of range");
+        return NULL;
+    }
+    *room = PyBytes_GET_SIZE(body) - offset;
+    return PyBytes_AS_STRING(body) + offset;
+}
+
+
+PyDoc_STRVAR(fillBody_doc,
+"fillBody(body, offset, data, start) -> int\n\
+\n\
+Copy data[start:] into body at offset, as much as fits; return how many\n\
+bytes were copied.");
+
+static PyObject *
+fillBody(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t room, start, size;
+    char *target;
+
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "fillBody takes 4 arguments");
+        return NULL;
+    }
+    target = bodyAt(args, &room);
+    if (target == NULL) {
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "data must be bytes");
+        return NULL;
+    }
+    start = PyLong_AsSsize_t(args[3]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (start < 0 || start > PyBytes_GET_SIZE(args[2])) {
+        PyErr_SetString(PyExc_ValueError, "start out of range");
+        return NULL;
+    }
+    size = PyBytes_GET_SIZE(args[2]) - start;
+    if (size > room) {
+        size = room;
+    }
+    memcpy(target, PyBytes_AS_STRING(args[2]) + start, size);
+    return PyLong_FromSsize_t(size);
+}
+
+
+PyDoc_STRVAR(recvBody_doc,
+"recvBody(body, offset, fd) -> int\n\
+\n\
+Receive from the socket fd into body at offset, at most what is left of\n\
+body; return how many bytes came (0: the peer closed).  Errors raise\n\
+OSError, as socket.recv does.");
+
+static PyObject *
+recvBody(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t room, got;
+    char *target;
+    long fd;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "recvBody takes 3 arguments");
+        return NULL;
+    }
+    target = bodyAt(args, &room);
+    if (target == NULL) {
+        return NULL;
+    }
+    fd = PyLong_AsLong(args[2]);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+        return NULL;
+    }
+    if (!room) {
+        PyErr_SetString(PyExc_ValueError, "the body is full");
+        return NULL;
+    }
+    do {
+        got = recv((int)fd, target, (size_t)room, 0);
+    } while (got < 0 && errno == EINTR && !PyErr_CheckSignals());
+    if (got < 0) {
+        if (errno == EINTR) {
+            return NULL;  /* a signal handler raised */
+        }
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromSsize_t(got);
+}
+
+
 static PyMethodDef methods[] = {
     {"scanRequests", (PyCFunction)(void (*)(void))scanRequests, METH_FASTCALL,
      scanRequests_doc},
+    {"newBody", newBody, METH_O, newBody_doc},
+    {"fillBody", (PyCFunction)(void (*)(void))fillBody, METH_FASTCALL, fillBody_doc},
+    {"recvBody", (PyCFunction)(void (*)(void))recvBody, METH_FASTCALL, recvBody_doc},
     {NULL, NULL, 0, NULL}
 };
 

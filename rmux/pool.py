@@ -81,6 +81,9 @@ class BackendProtocol(Protocol):
 
     pool = None
     backedUp = False
+    #: The L{rmux.resp.BodySink} of a big reply being received, for the
+    #: transport to receive into (see L{bodyReceived}), or L{None}.
+    sink = None
     clock = None
     readTimeout = 0.5
     writeTimeout = 0.5
@@ -136,11 +139,33 @@ class BackendProtocol(Protocol):
         self.transport.registerProducer(self, True)
 
     def dataReceived(self, data):
+        framer = self.framer
         try:
-            replies = self.framer.feed(data)
+            replies = framer.feed(data)
         except ProtocolError as e:
             self.fail("sent a malformed reply (%s)" % (e,))
             return
+        self.sink = framer.sink
+        self._deliver(replies, len(data))
+
+    def bodyReceived(self, size):
+        """
+        The transport received C{size} bytes of a big reply straight into
+        L{sink}.
+        """
+        framer = self.framer
+        try:
+            replies = framer.bodyReceived(size)
+        except ProtocolError as e:
+            self.fail("sent a malformed reply (%s)" % (e,))
+            return
+        self.sink = framer.sink
+        self._deliver(replies, size)
+
+    def _deliver(self, replies, size):
+        """
+        Hand out the replies that C{size} bytes received completed.
+        """
         now = self.lastProgress = self.clock.seconds()
         waiting = self.waiting
         answered = errors = 0
@@ -161,7 +186,7 @@ class BackendProtocol(Protocol):
                 self.headSince = now
         finally:
             coalescer.end()
-            self._counted(len(data), answered, errors, now)
+            self._counted(size, answered, errors, now)
         if self.retiring and not self.load:
             self.transport.loseConnection()
 
@@ -440,6 +465,7 @@ class BackendProtocol(Protocol):
             return
         self.broken = True
         self.failure = why
+        self.sink = None
         self._cancelTimers()
         if self.pool is not None:
             self.pool.connectionFailed(self, why, timedOut)

@@ -308,6 +308,10 @@ class ClientProtocol(Protocol):
 
     log = Logger()
 
+    #: The L{rmux.resp.BodySink} of a big argument being received, for the
+    #: transport to receive into (see L{bodyReceived}), or L{None}.
+    sink = None
+
     def __init__(self):
         self.queue = deque()
         self.affinity = {}
@@ -398,6 +402,7 @@ class ClientProtocol(Protocol):
         self.factory.stats.bytesIn += len(data)
         parser = self.parser
         commands = parser.feed(data)
+        self.sink = parser.sink
         if parser.wholeFeed and self._passThrough(commands, data):
             pass
         elif parser.wholeFeed and len(commands) == 1:
@@ -417,6 +422,20 @@ class ClientProtocol(Protocol):
             self.factory.stats.protocolErrors += 1
             self.reply(parser.error.asReply())
             self.closeAfterReplies()
+
+    def bodyReceived(self, size):
+        """
+        The transport received C{size} bytes of a big argument straight
+        into L{sink}.
+        """
+        if self.closing:
+            self.sink = None
+            return
+        self.lastActivity = self.clock.seconds()
+        self.factory.stats.bytesIn += size
+        parser = self.parser
+        parser.bodyReceived(size)
+        self.sink = parser.sink
 
     def _passThrough(self, commands, data):
         """

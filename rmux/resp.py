@@ -29,12 +29,13 @@ except ImportError:  # pragma: no cover
 
 try:
     from rmux._speedups import scanRequests as _scanRequests
+    from rmux._speedups import fillBody as _fillBody, newBody as _newBody
 except ImportError:
-    _scanRequests = None
+    _scanRequests = _fillBody = _newBody = None
 
 
 __all__ = [
-    "ProtocolError", "RequestParser", "ReplyFramer", "splitArgs",
+    "ProtocolError", "RequestParser", "ReplyFramer", "BodySink", "splitArgs",
     "scanReplies", "isPush", "isError",
     "encodeCommand", "encodeCommandParts", "encodeRequest",
     "simpleString", "error", "integer", "bulkString", "nullReply",
@@ -213,7 +214,51 @@ def _splitQuoted(line):
 # Requests
 
 # What the parser is waiting for when it holds an incomplete command.
-_NOTHING, _LINE, _HEADER, _BODY = range(4)
+_NOTHING, _LINE, _HEADER, _BODY, _SINK, _BODY_END = range(6)
+
+#: Bulk strings of this size are received in place (see L{BodySink}).  Not
+#: above the largest: the bytes object is allocated when the header
+#: arrives, and a stranger's header must not reserve much.
+_SINK_MIN = 128 * 1024
+_SINK_MAX = 16 * 1024 * 1024
+
+
+class BodySink(object):
+    """
+    A big bulk string being received in place: the bytes object it will be,
+    allocated when its header arrived, and how much of it is filled.
+
+    Received in chunks, a megabyte value would be copied once more when
+    they are joined.  Here every byte is copied once, by L{RequestParser}
+    or L{ReplyFramer} from what they are fed, or by the transport straight
+    from the socket (see L{rmux.transport}), which then reports the bytes
+    with the parser's or framer's C{bodyReceived}.
+
+    Writing into a bytes object is only safe because nobody else holds it
+    before it is complete; only C{rmux._speedups} does it.
+
+    @ivar body: the C{bytes} being filled.
+    @ivar filled: how many of its bytes are filled.
+    """
+
+    __slots__ = ("body", "filled")
+
+    def __init__(self, body, filled):
+        self.body = body
+        self.filled = filled
+
+
+def _startSink(size, data, start):
+    """
+    A L{BodySink} of C{size} bytes, filled from C{data[start:]}, or L{None}
+    if the memory is not there (the caller then keeps chunks, as without
+    the accelerator).
+    """
+    try:
+        body = _newBody(size)
+    except MemoryError:
+        return None
+    return BodySink(body, _fillBody(body, 0, data, start))
 
 # hiredis allocates a list of the announced size as soon as it reads an
 # aggregate header, before any element arrives.  Large counts (and nested
@@ -270,6 +315,9 @@ class RequestParser(object):
         commands it returned, all complete and canonically encoded (RESP
         arrays of bulk strings): then those bytes may be forwarded as they
         are, instead of being encoded again.
+    @ivar sink: the L{BodySink} of a big argument being received, or
+        L{None}.  While there is one, the caller may receive into it and
+        call L{bodyReceived}, instead of calling L{feed}.
     """
 
     maxBulkLength = 512 * 1024 * 1024
@@ -277,12 +325,16 @@ class RequestParser(object):
     maxInlineLength = 64 * 1024
     useHiredis = hiredis is not None
     useSpeedups = _scanRequests is not None
+    #: Arguments of these sizes are received in place, with the
+    #: accelerator (see L{BodySink}).
+    sinkMinimum = _SINK_MIN
+    sinkMaximum = _SINK_MAX
 
     __slots__ = (
         "error", "_maxBulk", "_maxArgs", "_maxInline", "_fast", "_scan", "_reader",
         "_tooManyArgs", "_tooLong", "_saved",
         "_argv", "_argc", "_bulkLen", "_held", "_chunks", "_pending",
-        "_wait", "wholeFeed",
+        "_wait", "wholeFeed", "sink", "_sinks",
     )
 
     def __init__(self, maxBulkLength=None, maxArguments=None,
@@ -306,6 +358,8 @@ class RequestParser(object):
         # A canonical header line is at most 21 bytes long; below that the
         # inline limit could reject what the fast path accepts.
         self._scan = _scanRequests if self.useSpeedups else None
+        self._sinks = self._scan is not None
+        self.sink = None
         self._fast = bool((self._scan is not None or self.useHiredis)
                           and self._maxInline >= 21)
         self._reader = None
@@ -401,7 +455,7 @@ class RequestParser(object):
         @return: a position beyond any buffer, to end the caller's loop.
         """
         self.error = ProtocolError("Protocol error: " + message)
-        self._argv = self._chunks = self._reader = None
+        self._argv = self._chunks = self._reader = self.sink = None
         self._held = self._pending = 0
         self._wait = _NOTHING
         return 1 << 62
@@ -427,8 +481,18 @@ class RequestParser(object):
         @return: where parsing continues in C{data}, or -1 if all of
             C{data} was used (or an error occurred).
         """
+        wait = self._wait
+        if wait == _SINK:
+            sink = self.sink
+            used = _fillBody(sink.body, sink.filled, data, 0)
+            self.bodyReceived(used)
+            if used == len(data):
+                return -1
+            return self._bodyEnd(data, used, out)
+        if wait == _BODY_END:
+            return self._bodyEnd(data, 0, out)
         chunks = self._chunks
-        if self._wait == _BODY:
+        if wait == _BODY:
             pre = self._pending
             total = pre + len(data)
             length = self._bulkLen
@@ -502,6 +566,57 @@ class RequestParser(object):
         if self.error is not None:
             return -1
         return end
+
+
+    def bodyReceived(self, size):
+        """
+        C{size} more bytes of the big argument are in L{sink}: received
+        into it by the caller.  (No command can complete here: the CRLF
+        after the argument is still to come, through L{feed}.)
+        """
+        sink = self.sink
+        sink.filled += size
+        if sink.filled < len(sink.body):
+            self._pending = sink.filled
+            return
+        self.sink = None
+        self._argv.append(sink.body)
+        self._held += sink.filled
+        self._pending = 0
+        self._bulkLen = -1
+        self._argc -= 1
+        self._wait = _BODY_END
+
+
+    def _bodyEnd(self, data, pos, out):
+        """
+        Check the CRLF after an argument received in place, from
+        C{data[pos]}: like the pure-Python parser, once both bytes are
+        here (the first may have come in an earlier feed, kept in
+        C{_chunks}).
+
+        @return: as L{_resume}.
+        """
+        seen = self._chunks[0] if self._pending else b""
+        tail = seen + data[pos:pos + 2 - len(seen)]
+        if len(tail) < 2:
+            self._chunks = [tail]
+            self._pending = 1
+            return -1
+        self._chunks = None
+        self._pending = 0
+        if tail != _CRLF:
+            self._fail("expected CRLF after bulk string")
+            return -1
+        self._wait = _NOTHING
+        if self._argc:
+            self._held += 2
+        else:
+            out.append(self._argv)
+            self._argv = None
+            self._held = 0
+        end = pos + 2 - len(seen)
+        return -1 if end == len(data) else end
 
 
     def _parseFast(self, data, pos, out):
@@ -711,6 +826,16 @@ class RequestParser(object):
                     self._argc = argc
                     self._bulkLen = bulkLen
                     self._held += pos - start
+                    # Only with some of the body here: a header completed
+                    # by _resume is parsed from its own line, and the body
+                    # follows in the caller's buffer.
+                    if (self._sinks and pos < n < end
+                            and self.sinkMinimum <= bulkLen <= self.sinkMaximum):
+                        sink = self.sink = _startSink(bulkLen, buf, pos)
+                        if sink is not None:
+                            self._pending = sink.filled
+                            self._wait = _SINK
+                            return n
                     if pos < n:
                         self._stash(buf, pos, _BODY)
                     return n
@@ -1095,16 +1220,28 @@ class ReplyFramer(object):
     size of a reply however it is split:
 
       - an incomplete bulk string at the top level (a big C{GET}) is kept
-        as the list of chunks received, only counted, and joined once;
+        as the list of chunks received, only counted, and joined once; or,
+        from L{sinkMinimum} bytes on and with the accelerator, received in
+        place into a L{BodySink} (see L{sink});
       - any other incomplete reply is kept in one growing C{bytearray}, and
         its scan resumes where it stopped (see L{scanReplies}).
 
     The stream cannot be trusted after a L{ProtocolError}: the caller should
     drop the connection.  Later feeds raise the same error.
+
+    @cvar useSpeedups: whether big bulk strings may be received in place:
+        those of L{sinkMinimum} to L{sinkMaximum} bytes.
+    @ivar sink: the L{BodySink} of a big reply being received, or L{None}.
+        While there is one, the caller may receive into it and call
+        L{bodyReceived}, instead of calling L{feed}.
     """
 
+    useSpeedups = _newBody is not None
+    sinkMinimum = _SINK_MIN
+    sinkMaximum = _SINK_MAX
+
     __slots__ = ("_buf", "_chunks", "_held", "_pos", "_need", "_stack",
-                 "_error")
+                 "_error", "sink")
 
     def __init__(self):
         # An incomplete aggregate (or line): its bytes, the scan's position
@@ -1119,6 +1256,7 @@ class ReplyFramer(object):
         self._chunks = None
         self._held = 0
         self._error = None
+        self.sink = None
 
 
     @property
@@ -1128,6 +1266,8 @@ class ReplyFramer(object):
         """
         if self._buf is not None:
             return len(self._buf)
+        if self.sink is not None:
+            return self.sink.filled
         return self._held
 
 
@@ -1153,16 +1293,47 @@ class ReplyFramer(object):
         if type(data) is not bytes:
             data = bytes(data)
         try:
+            if self.sink is not None:
+                sink = self.sink
+                used = _fillBody(sink.body, sink.filled, data, 0)
+                replies = self.bodyReceived(used)
+                if used < len(data):
+                    replies += self._frame(data, used)
+                return replies
             if self._chunks is not None:
                 return self._continueBulk(data)
             if self._buf is not None:
                 return self._continue(data)
             return self._frame(data, 0)
         except ProtocolError as e:
-            self._error = e
-            self._buf = self._chunks = None
-            self._held = 0
+            self._failed(e)
             raise
+
+
+    def _failed(self, error):
+        self._error = error
+        self._buf = self._chunks = self.sink = None
+        self._held = 0
+
+
+    def bodyReceived(self, size):
+        """
+        C{size} more bytes of the big reply are in L{sink}: received into it
+        by the caller.
+
+        @return: the reply, if it is now complete, in a list, as L{feed}.
+        @raise ProtocolError: it did not end with CRLF.
+        """
+        sink = self.sink
+        sink.filled += size
+        body = sink.body
+        if sink.filled < len(body):
+            return []
+        self.sink = None
+        if not body.endswith(_CRLF):
+            self._failed(ProtocolError(_NO_CRLF))
+            raise self._error
+        return [body]
 
 
     def _frame(self, data, pos):
@@ -1205,6 +1376,11 @@ class ReplyFramer(object):
         """
         if need >= 0 and not stack:
             # A bulk string at the top level.
+            if (self.useSpeedups and need > len(data)
+                    and self.sinkMinimum <= need - begin <= self.sinkMaximum):
+                self.sink = _startSink(need - begin, data, begin)
+                if self.sink is not None:
+                    return
             self._chunks = [data[begin:] if begin else data]
             self._held = len(data) - begin
             self._need = need - begin

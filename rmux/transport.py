@@ -16,6 +16,9 @@ Profiling rmux under load showed more time in the transports than in rmux:
     L{writeSequenceNow} hands them to one gathering C{sendmsg} instead, and
     what the socket does not take is sent from the pieces as they are (see
     L{_GatheringWrite}).
+  - Received in chunks, a big value is copied again when they are joined.
+    While its protocol has a C{sink} (an L{rmux.resp.BodySink}), rmux's
+    transports receive straight into it (see L{_SinkRead}).
 
 Everything else (buffering, producers, closing, errors) stays Twisted's.
 """
@@ -29,6 +32,35 @@ from twisted.internet.defer import execute
 from twisted.internet.endpoints import UNIXServerEndpoint as _UNIXServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientCreator
+
+try:
+    from rmux._speedups import recvBody
+except ImportError:
+    recvBody = None
+
+
+class _SinkRead:
+    """
+    A transport that receives a big value straight into the bytes object
+    it will be, when its protocol has a C{sink} (an L{rmux.resp.BodySink}),
+    and tells the protocol with C{bodyReceived(size)} instead of
+    C{dataReceived}.  It never receives more than the value's own bytes.
+    """
+
+    def doRead(self):
+        sink = getattr(self.protocol, "sink", None)
+        if sink is None:
+            return super().doRead()
+        try:
+            size = recvBody(sink.body, sink.filled, self.socket.fileno())
+        except OSError as error:
+            if error.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not size:
+            return main.CONNECTION_DONE
+        self.protocol.bodyReceived(size)
+        return None
 
 
 class _PlainRead:
@@ -101,7 +133,7 @@ class _GatheringWrite:
 
 
 
-class UNIXServer(_PlainRead, _GatheringWrite, unix.Server):
+class UNIXServer(_SinkRead, _PlainRead, _GatheringWrite, unix.Server):
     """
     An accepted UNIX connection that reads with C{recv}, in larger chunks
     than Twisted's 64 KB, so large values take fewer reads.
@@ -148,7 +180,7 @@ class UNIXPort(unix.Port):
         return listening
 
 
-class UNIXClient(_PlainRead, _GatheringWrite, unix.Client):
+class UNIXClient(_SinkRead, _PlainRead, _GatheringWrite, unix.Client):
     """
     An outgoing UNIX connection that reads with C{recv}, in chunks of
     L{UNIXServer.bufferSize}.
@@ -158,7 +190,7 @@ class UNIXClient(_PlainRead, _GatheringWrite, unix.Client):
 
 
 
-class TCPClient(_GatheringWrite, tcp.Client):
+class TCPClient(_SinkRead, _GatheringWrite, tcp.Client):
     """
     An outgoing TCP connection that does not join queued big values, and
     reads in chunks of L{UNIXServer.bufferSize} rather than 64 KB: half the

@@ -19,7 +19,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from rmux.config import fromFlags
-from rmux.resp import RequestParser
+from rmux.resp import ReplyFramer, RequestParser
 from rmux.service import ListenerService
 from tests.redisserver import startRedis
 
@@ -377,6 +377,47 @@ class LargeValueTests(IntegrationTestCase):
         self.assertEqual(len(got), len(value))
         self.assertTrue(got == value)
 
+    @inlineCallbacks
+    def test_sizesAroundInPlace(self):
+        """
+        Values just below, at and above the sizes rmux receives in place
+        (see L{rmux.resp.BodySink}) go through both ways, byte for byte,
+        pipelined with small commands and several clients at once.
+        """
+        low, high = RequestParser.sinkMinimum, RequestParser.sinkMaximum
+        sizes = [low - 1, low, low + 1, 1000003, high, high + 1]
+
+        def run(n):
+            client = self.redisPy()
+            try:
+                values = {}
+                pipe = client.pipeline(transaction=False)
+                for i, size in enumerate(sizes):
+                    values["v%d-%d" % (n, i)] = os.urandom(size)
+                for key, value in values.items():
+                    pipe.set(key, value)
+                    pipe.incr("counter%d" % n)
+                for key in values:
+                    pipe.get(key)
+                    pipe.strlen(key)
+                got = pipe.execute()
+            finally:
+                client.close()
+            count = len(values)
+            assert got[:2 * count:2] == [True] * count, got[:2 * count:2]
+            assert got[1:2 * count:2] == list(range(1, count + 1))
+            assert got[2 * count::2] == list(values.values()), "a value changed"
+            assert got[2 * count + 1::2] == [len(v) for v in values.values()]
+            return values
+
+        results = yield DeferredList([self.inThread(run, n) for n in range(3)],
+                                     consumeErrors=True)
+        direct = self.direct()
+        for ok, values in results:
+            self.assertTrue(ok, values)
+            for key, value in values.items():
+                self.assertTrue((yield self.inThread(direct.get, key)) == value, key)
+
 
 class LocalCommandTests(IntegrationTestCase):
     def exchange(self, payload, **kwargs):
@@ -599,10 +640,32 @@ class WithoutSpeedupsMixin:
 
     def setUp(self):
         self.patch(RequestParser, "useSpeedups", False)
+        self.patch(ReplyFramer, "useSpeedups", False)
+        return super().setUp()
+
+
+class InPlaceEverywhereMixin:
+    """
+    Run a class's tests with every bulk string that is not whole in one
+    read received in place (L{rmux.resp.BodySink}), however short: rmux
+    does so only from 128 KB on.
+    """
+
+    def setUp(self):
+        self.patch(RequestParser, "sinkMinimum", 1)
+        self.patch(ReplyFramer, "sinkMinimum", 1)
         return super().setUp()
 
 
 class OrderingWithoutSpeedupsTests(WithoutSpeedupsMixin, OrderingTests):
+    pass
+
+
+class OrderingInPlaceEverywhereTests(InPlaceEverywhereMixin, OrderingTests):
+    pass
+
+
+class LargeValueInPlaceEverywhereTests(InPlaceEverywhereMixin, LargeValueTests):
     pass
 
 

@@ -3,10 +3,13 @@ Tests for L{rmux.resp}.
 
 Expected bytes and error texts were taken from a real redis-server 7.0.15
 (inline quoting, protocol errors) or from the RESP2/RESP3 specifications.
-Every L{RequestParser} test runs three times: with the C accelerator
-(C{rmux._speedups}), with hiredis instead, and with the pure-Python parser
-alone; they must agree to the byte.
+Every L{RequestParser} test runs four times: with the C accelerator
+(C{rmux._speedups}), with it receiving every split bulk string in place,
+with hiredis instead, and with the pure-Python parser alone; they must
+agree to the byte.
 """
+
+import socket
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -14,9 +17,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rmux import resp
 from rmux.resp import (
-    ProtocolError, ReplyFramer, RequestParser, encodeCommand,
+    ProtocolError, ReplyFramer, RequestParser, bulkString, encodeCommand,
     encodeCommandParts, encodeRequest, isError, isPush, splitArgs,
 )
+
+try:
+    from rmux._speedups import recvBody
+except ImportError:
+    recvBody = None
 
 
 class PureRequestParser(RequestParser):
@@ -45,11 +53,40 @@ class SpeedupsRequestParser(RequestParser):
     useSpeedups = True
 
 
+class SinkRequestParser(SpeedupsRequestParser):
+    """
+    The parser with the C accelerator, receiving in place every bulk string
+    that is not whole in one feed, however short (rmux only does so from
+    128 KB on): the tests and properties reach that path with small data.
+    """
+    sinkMinimum = 1
+
+
 #: The parsers every property is checked with: each fast path available,
 #: and the pure-Python parser.
 ALL_PARSERS = [PureRequestParser] + (
     [HiredisRequestParser] if resp.hiredis is not None else []) + (
-    [SpeedupsRequestParser] if resp._scanRequests is not None else [])
+    [SpeedupsRequestParser, SinkRequestParser] if resp._scanRequests is not None else [])
+
+
+class ChunkedReplyFramer(ReplyFramer):
+    """
+    The framer without the accelerator: big replies are joined from chunks.
+    """
+    useSpeedups = False
+
+
+class SinkReplyFramer(ReplyFramer):
+    """
+    The framer receiving in place every top-level bulk string that is not
+    whole in one feed, however short.
+    """
+    sinkMinimum = 1
+
+
+#: The framers every property is checked with.
+ALL_FRAMERS = [ReplyFramer, ChunkedReplyFramer] + (
+    [SinkReplyFramer] if resp._newBody is not None else [])
 
 
 
@@ -755,6 +792,248 @@ class PureRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
 
 
 
+class SinkRequestParserTests(RequestParserTestsMixin, SynchronousTestCase):
+    parserClass = SinkRequestParser
+
+    if resp._newBody is None:
+        skip = "the C accelerator was not built"
+
+
+
+def receiveInto(owner, data):
+    """
+    Send C{data} through a socket pair and receive it into C{owner.sink},
+    as rmux's transports do, calling C{owner.bodyReceived} each time.
+
+    @return: what the last C{bodyReceived} returned, and what was left of
+        C{data} once the sink was full.
+    """
+    sender, receiver = socket.socketpair()
+    sending = sendInThread(sender, data)
+    try:
+        result = None
+        while owner.sink is not None:
+            sink = owner.sink
+            size = recvBody(sink.body, sink.filled, receiver.fileno())
+            if not size:
+                raise AssertionError("the sink wanted more than was sent")
+            result = owner.bodyReceived(size)
+        rest = b""
+        while True:
+            more = receiver.recv(65536)
+            if not more:
+                return result, rest
+            rest += more
+    finally:
+        receiver.close()
+        sending.join()
+
+
+
+def sendInThread(sender, data):
+    """
+    Send C{data} on C{sender}, then close it, in a thread: more than a
+    socket pair holds.
+    """
+    import threading
+
+    def send():
+        try:
+            sender.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sender.close()
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+
+class BodySinkTests(SynchronousTestCase):
+    """
+    A big bulk string is received in place, into the bytes object it
+    becomes, by L{RequestParser} and L{ReplyFramer} with the accelerator.
+    """
+
+    if resp._newBody is None:
+        skip = "the C accelerator was not built"
+
+    value = bytes(range(256)) * 1024 + b"tail"
+
+    def test_requestArgument(self):
+        """
+        A big argument's header and first bytes are fed; the parser offers
+        a sink for the rest, which arrives there; the CRLF after it, split,
+        and the next command are fed again.
+        """
+        data = encodeCommand([b"SET", b"k", self.value])
+        parser = RequestParser()
+        cut = 70000
+        self.assertEqual(parser.feed(data[:cut]), [])
+        sink = parser.sink
+        self.assertEqual(len(sink.body), len(self.value))
+        self.assertEqual(parser.buffered, cut)
+        result, rest = receiveInto(parser, data[cut:])
+        self.assertIsNone(result)
+        self.assertEqual(rest, b"\r\n")
+        self.assertEqual(parser.buffered, len(data) - 2)
+        self.assertEqual(parser.feed(b"\r"), [])
+        commands = parser.feed(b"\n" + encodeCommand([b"PING"]))
+        self.assertEqual(commands, [[b"SET", b"k", self.value], [b"PING"]])
+        self.assertIs(type(commands[0][2]), bytes)
+        self.assertIsNone(parser.sink)
+        self.assertEqual(parser.buffered, 0)
+
+    def test_requestArgumentNotLast(self):
+        """
+        An argument received in place may be followed by more arguments.
+        """
+        data = encodeCommand([b"MSET", b"a", self.value, b"b", b"c"])
+        parser = RequestParser()
+        self.assertEqual(parser.feed(data[:100]), [])
+        self.assertIsNotNone(parser.sink)
+        rest = data[100:]
+        taken = len(self.value) - parser.sink.filled
+        result, left = receiveInto(parser, rest[:taken])
+        self.assertEqual(left, b"")
+        self.assertEqual(parser.feed(rest[taken:]),
+                         [[b"MSET", b"a", self.value, b"b", b"c"]])
+
+    def test_requestArgumentBadEnd(self):
+        """
+        An argument received in place must be followed by CRLF, as any.
+        """
+        data = encodeCommand([b"SET", b"k", self.value])
+        parser = RequestParser()
+        parser.feed(data[:1000])
+        receiveInto(parser, data[1000:-2])
+        self.assertEqual(parser.feed(b"\rX"), [])
+        self.assertEqual(parser.error.message,
+                         "Protocol error: expected CRLF after bulk string")
+        self.assertIsNone(parser.sink)
+
+    def test_endCheckedWhenWhole(self):
+        """
+        As in the pure-Python parser, the two bytes after an argument
+        received in place are checked once both are here.
+        """
+        data = encodeCommand([b"SET", b"k", self.value])[:-2]
+        outcomes = []
+        for parser in (PureRequestParser(), SinkRequestParser()):
+            parser.feed(data[:1000])
+            parser.feed(data[1000:])
+            self.assertEqual(parser.feed(b"\n"), [])
+            outcomes.append((parser.error, parser.buffered))
+            parser.feed(b"\n")
+            outcomes.append((parser.error.message, parser.buffered))
+        self.assertEqual(outcomes[:2], outcomes[2:])
+        self.assertEqual(outcomes[0], (None, len(data) + 1))
+
+    def test_headerSplitBeforeTheBody(self):
+        """
+        A big argument whose length header was split across feeds, with
+        the first bytes of the argument in the feed that completes it.
+        """
+        data = encodeCommand([b"SET", b"k", self.value]) + encodeCommand([b"PING"])
+        cut = data.index(b"$%d" % (len(self.value),)) + 3
+        for sinkMinimum in (1, RequestParser.sinkMinimum):
+            parser = SinkRequestParser()
+            parser.sinkMinimum = sinkMinimum
+            self.assertEqual(parser.feed(data[:cut]), [])
+            self.assertEqual(parser.feed(data[cut:cut + 5000]), [])
+            self.assertIsNotNone(parser.sink)
+            self.assertEqual(parser.feed(data[cut + 5000:]),
+                             [[b"SET", b"k", self.value], [b"PING"]])
+
+    def test_whenNoSink(self):
+        """
+        No sink for a small argument, for one whole in the feed that
+        announced it, for one above L{RequestParser.sinkMaximum}, or
+        without the accelerator.
+        """
+        big = encodeCommand([b"SET", b"k", self.value])
+        for parser, data in [
+            (RequestParser(), encodeCommand([b"SET", b"k", b"v" * 1000])[:500]),
+            (RequestParser(), big[:-1]),
+            (RequestParser(), b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\nxx"
+             % (RequestParser.sinkMaximum + 1,)),
+            (PureRequestParser(), big[:1000]),
+            (HiredisRequestParser(), big[:1000]),
+        ]:
+            self.assertEqual(parser.feed(data), [])
+            self.assertIsNone(parser.sink, data[:40])
+
+    def test_reply(self):
+        """
+        A big bulk reply is received in place, header and CRLF included,
+        and returned whole once complete.
+        """
+        reply = bulkString(self.value)
+        framer = ReplyFramer()
+        self.assertEqual(framer.feed(b"+OK\r\n" + reply[:5000]), [b"+OK\r\n"])
+        self.assertEqual(len(framer.sink.body), len(reply))
+        self.assertEqual(framer.buffered, 5000)
+        result, rest = receiveInto(framer, reply[5000:] + b":1\r\n")
+        self.assertEqual(result, [reply])
+        self.assertEqual(rest, b":1\r\n")
+        self.assertEqual(framer.feed(rest), [b":1\r\n"])
+        self.assertEqual(framer.buffered, 0)
+
+    def test_replyBadEnd(self):
+        """
+        A bulk reply received in place must end with CRLF; after that the
+        framer raises on every feed.
+        """
+        reply = bulkString(self.value)
+        framer = ReplyFramer()
+        framer.feed(reply[:1000])
+        sender, receiver = socket.socketpair()
+        self.addCleanup(receiver.close)
+        self.addCleanup(sendInThread(sender, reply[1000:-1] + b"X").join)
+        with self.assertRaises(ProtocolError):
+            while framer.sink is not None:
+                sink = framer.sink
+                framer.bodyReceived(
+                    recvBody(sink.body, sink.filled, receiver.fileno()))
+        self.assertIsNone(framer.sink)
+        self.assertRaises(ProtocolError, framer.feed, b"+OK\r\n")
+
+    def test_replyFedWhileSinking(self):
+        """
+        Bytes fed to a framer that offers a sink go into it, and what
+        follows the reply is framed as usual.
+        """
+        reply = bulkString(self.value)
+        framer = ReplyFramer()
+        framer.feed(reply[:1000])
+        self.assertIsNotNone(framer.sink)
+        self.assertEqual(framer.feed(reply[1000:-1]), [])
+        self.assertEqual(framer.feed(reply[-1:] + b"+OK\r\n"), [reply, b"+OK\r\n"])
+        chunked = ChunkedReplyFramer()
+        chunked.feed(reply[:1000])
+        self.assertIsNone(chunked.sink)
+
+    def test_helpersCheckTheirArguments(self):
+        """
+        The accelerator's helpers take only a bytes body and offsets in it.
+        """
+        body = resp._newBody(4)
+        self.assertRaises(ValueError, resp._newBody, -1)
+        self.assertRaises(TypeError, resp._fillBody, bytearray(4), 0, b"ab", 0)
+        self.assertRaises(TypeError, resp._fillBody, body, 0, bytearray(b"ab"), 0)
+        self.assertRaises(ValueError, resp._fillBody, body, 5, b"ab", 0)
+        self.assertRaises(ValueError, resp._fillBody, body, 0, b"ab", 3)
+        self.assertRaises(TypeError, resp._fillBody, body, 0, b"ab")
+        self.assertEqual(resp._fillBody(body, 2, b"xyz", 0), 2)
+        self.assertEqual(body[2:], b"xy")
+        self.assertRaises(ValueError, recvBody, body, 4, 0)
+        self.assertRaises(ValueError, recvBody, body, 0, -1)
+        self.assertRaises(OSError, recvBody, body, 0, 1 << 20)
+
+
+
 # Hypothesis strategies for requests.
 
 _args = st.lists(st.binary(max_size=130), min_size=1, max_size=6)
@@ -1232,13 +1511,14 @@ class ReplyFramerPropertyTests(SynchronousTestCase):
         it is split.
         """
         data = b"".join(replies)
-        for chunks in [[data], splitAt(data, points)]:
-            framer = ReplyFramer()
-            out = []
-            for chunk in chunks:
-                out.extend(framer.feed(chunk))
-            self.assertEqual(out, replies)
-            self.assertEqual(framer.buffered, 0)
+        for framerClass in ALL_FRAMERS:
+            for chunks in [[data], splitAt(data, points)]:
+                framer = framerClass()
+                out = []
+                for chunk in chunks:
+                    out.extend(framer.feed(chunk))
+                self.assertEqual(out, replies)
+                self.assertEqual(framer.buffered, 0)
 
 
     @settings(max_examples=600, deadline=None)
@@ -1254,16 +1534,17 @@ class ReplyFramerPropertyTests(SynchronousTestCase):
             whole = None
         else:
             self.assertTrue(data.startswith(b"".join(whole)))
-        for chunks in [splitAt(data, points), byteByByte(data)]:
-            framer = ReplyFramer()
-            out = []
-            try:
-                for chunk in chunks:
-                    out.extend(framer.feed(chunk))
-            except ProtocolError:
-                self.assertIsNone(whole)
-            else:
-                self.assertEqual(out, whole)
+        for framerClass in ALL_FRAMERS:
+            for chunks in [splitAt(data, points), byteByByte(data)]:
+                framer = framerClass()
+                out = []
+                try:
+                    for chunk in chunks:
+                        out.extend(framer.feed(chunk))
+                except ProtocolError:
+                    self.assertIsNone(whole)
+                else:
+                    self.assertEqual(out, whole)
 
 
 class UnauthenticatedLimitTests(SynchronousTestCase):

@@ -11,7 +11,15 @@ import tempfile
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from rmux.resp import BodySink
+
+try:
+    from rmux import _speedups
+except ImportError:
+    _speedups = None
 
 from rmux.transport import (
     FastClientCreator, TCPClient, UNIXClient, UNIXServer, UNIXServerEndpoint,
@@ -274,3 +282,104 @@ class TCPTests(TestCase):
         received = yield drain.done
         self.assertEqual(len(received), 2 * len(expected))
         self.assertTrue(received == expected * 2)
+
+
+
+class Send(Protocol):
+    """
+    Sends C{data} once connected, then closes.
+    """
+
+    def __init__(self, data):
+        self.data = data
+
+    def connectionMade(self):
+        self.transport.write(self.data)
+        self.transport.loseConnection()
+
+
+class SinkCollect(Protocol):
+    """
+    Offers a sink of C{size} bytes, then collects the rest with
+    C{dataReceived}.
+    """
+
+    def __init__(self, size):
+        self.sink = BodySink(_speedups.newBody(size), 0)
+        self.body = self.sink.body
+        self.sizes = []
+        self.after = b""
+        self.lost = Deferred()
+
+    def bodyReceived(self, size):
+        self.sizes.append(size)
+        self.sink.filled += size
+        if self.sink.filled == len(self.sink.body):
+            self.sink = None
+
+    def dataReceived(self, data):
+        self.after += data
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.lost.callback(None)
+
+
+class SinkReadTests(TestCase):
+    """
+    rmux's transports receive into their protocol's C{sink}, when it has
+    one, and never more than it holds.
+    """
+
+    if _speedups is None:
+        skip = "the C accelerator was not built"
+
+    @inlineCallbacks
+    def receive(self, connect, listen, sent):
+        port = listen(Factory.forProtocol(lambda: Send(sent)))
+        self.addCleanup(port.stopListening)
+        protocol = yield connect(port)
+        yield protocol.lost
+        return protocol, protocol.reason
+
+    def overTCP(self, size, sent):
+        return self.receive(
+            lambda port: FastClientCreator(reactor, SinkCollect, size).connectTCP(
+                "127.0.0.1", port.getHost().port),
+            lambda factory: reactor.listenTCP(0, factory, interface="127.0.0.1"),
+            sent)
+
+    def overUNIX(self, size, sent):
+        directory = tempfile.mkdtemp(prefix="rmux-tr-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "s.sock")
+        return self.receive(
+            lambda port: FastClientCreator(reactor, SinkCollect, size).connectUNIX(path),
+            lambda factory: reactor.listenUNIX(path, factory),
+            sent)
+
+    @inlineCallbacks
+    def test_intoTheSinkThenAsUsual(self):
+        """
+        The sink's bytes go into it, the rest to C{dataReceived}, over TCP
+        and UNIX sockets alike.
+        """
+        value = os.urandom(3 << 20)
+        for receive in (self.overTCP, self.overUNIX):
+            protocol, reason = yield receive(len(value), value + b"after")
+            self.assertTrue(protocol.body == value)
+            self.assertEqual(sum(protocol.sizes), len(value))
+            self.assertEqual(protocol.after, b"after")
+            reason.trap(ConnectionDone)
+
+    @inlineCallbacks
+    def test_closedWhileSinking(self):
+        """
+        A peer that closes before the sink is full ends the connection
+        cleanly, as at any other point.
+        """
+        for receive in (self.overTCP, self.overUNIX):
+            protocol, reason = yield receive(1 << 20, b"x" * 1000)
+            self.assertEqual(sum(protocol.sizes), 1000)
+            self.assertIsNotNone(protocol.sink)
+            reason.trap(ConnectionDone)
