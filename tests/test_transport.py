@@ -99,6 +99,42 @@ class WriteNowTests(SocketPairMixin, SynchronousTestCase):
         self.assertTrue(transport.pauseChecked)
         self.assertTrue(transport.writing)
 
+    def test_sendBufferRaisedOnce(self):
+        """
+        A transport with a C{backlogSendBuffer} raises its socket's send
+        buffer the first time a write does not fit, and offers the rest
+        again at once.
+        """
+        with open("/proc/sys/net/core/wmem_max") as f:
+            wmemMax = int(f.read())
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        small = self.ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        transport = FakeTransport(self.ours)
+        transport.backlogSendBuffer = 1 << 20
+        transport.sendBufferRaised = False
+        data = os.urandom(4 << 20)
+        writeNow(transport, data)
+        self.assertTrue(transport.sendBufferRaised)
+        raised = self.ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        self.assertEqual(raised, 2 * min(1 << 20, wmemMax))
+        if raised > small:
+            # The kernel's accounting puts more than a byte per byte.
+            self.assertGreater(transport.offset, small)
+        self.assertIs(transport.dataBuffer, data)
+        # Once only: shrunk again, drained, and written to again, the
+        # buffer stays as it is.
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        FakeTransport.__init__(transport, self.ours)
+        self.peer.setblocking(False)
+        while True:
+            try:
+                self.peer.recv(1 << 20)
+            except BlockingIOError:
+                break
+        writeNow(transport, data)
+        self.assertTrue(0 < transport.offset < len(data))
+        self.assertEqual(self.ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), small)
+
     def test_noSocket(self):
         class Plain:
             def __init__(self):
