@@ -29,7 +29,8 @@ from zope.interface import implementer
 from rmux.resp import ProtocolError, ReplyFramer, encodeCommand
 from rmux.stats import PoolStats
 from rmux.transport import (
-    FastClientCreator, coalescer, unsentBytes, writeNow, writeSequenceNow,
+    FastClientCreator, ISinkProtocol, coalescer, unsentBytes, writeNow,
+    writeSequenceNow,
 )
 
 
@@ -64,7 +65,7 @@ class _StateSwitch:
         self.connection._switchDone(self.what, reply)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, ISinkProtocol)
 class BackendProtocol(Protocol):
     """
     One pipelined connection to a Redis server.

@@ -28,7 +28,7 @@ from rmux.auth import NOAUTH, NOPASSWORD, WRONGPASS, Authenticator
 from rmux.pool import PoolExhausted, errorReply
 from rmux.resp import encodeCommand
 from rmux.stats import ListenerStats, listenerSnapshot
-from rmux.transport import coalescer, unsentBytes
+from rmux.transport import ISinkProtocol, coalescer, unsentBytes
 
 
 HELLO_NOAUTH = (
@@ -296,7 +296,7 @@ def _decimal(value):
     return number
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, ISinkProtocol)
 class ClientProtocol(Protocol):
     """
     One client of rmux.

@@ -32,6 +32,7 @@ from twisted.internet.defer import execute
 from twisted.internet.endpoints import UNIXServerEndpoint as _UNIXServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientCreator
+from zope.interface import Attribute, Interface
 
 try:
     from rmux._speedups import recvBody
@@ -39,11 +40,28 @@ except ImportError:
     recvBody = None
 
 
+class ISinkProtocol(Interface):
+    """
+    A protocol into which rmux's transports may receive a big value in
+    place (see L{rmux.resp.BodySink}), instead of handing it over in
+    chunks.
+    """
+
+    sink = Attribute(
+        "The rmux.resp.BodySink to receive into now, or None: then bytes "
+        "arrive through dataReceived as usual.")
+
+    def bodyReceived(size):
+        """
+        C{size} bytes were received into C{sink}, after those it held.
+        """
+
+
 class _SinkRead:
     """
     A transport that receives a big value straight into the bytes object
-    it will be, when its protocol has a C{sink} (an L{rmux.resp.BodySink}),
-    and tells the protocol with C{bodyReceived(size)} instead of
+    it will be, when its protocol (an L{ISinkProtocol}) has a C{sink}, and
+    tells the protocol with C{bodyReceived(size)} instead of
     C{dataReceived}.  It never receives more than the value's own bytes.
     """
 

@@ -22,8 +22,8 @@ except ImportError:
     _speedups = None
 
 from rmux.transport import (
-    FastClientCreator, TCPClient, UNIXClient, UNIXServer, UNIXServerEndpoint,
-    _GatheringWrite, writeNow, writeSequenceNow,
+    FastClientCreator, ISinkProtocol, TCPClient, UNIXClient, UNIXServer,
+    UNIXServerEndpoint, _GatheringWrite, writeNow, writeSequenceNow,
 )
 
 
@@ -359,6 +359,22 @@ class SinkCollect(Protocol):
     def connectionLost(self, reason):
         self.reason = reason
         self.lost.callback(None)
+
+
+class ISinkProtocolTests(SynchronousTestCase):
+    """
+    rmux's client and backend protocols offer big values a sink.
+    """
+
+    def test_provided(self):
+        from zope.interface.verify import verifyObject
+
+        from rmux.pool import BackendProtocol
+        from rmux.proxy import ClientProtocol
+
+        for protocol in (ClientProtocol(), BackendProtocol()):
+            self.assertTrue(verifyObject(ISinkProtocol, protocol))
+            self.assertIsNone(protocol.sink)
 
 
 class SinkReadTests(TestCase):
