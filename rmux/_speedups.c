@@ -276,13 +276,16 @@ recvBody(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "the body is full");
         return NULL;
     }
-    do {
+    for (;;) {
         got = recv((int)fd, target, (size_t)room, 0);
-    } while (got < 0 && errno == EINTR && !PyErr_CheckSignals());
-    if (got < 0) {
-        if (errno == EINTR) {
+        if (got >= 0 || errno != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
             return NULL;  /* a signal handler raised */
         }
+    }
+    if (got < 0) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     return PyLong_FromSsize_t(got);

@@ -505,8 +505,9 @@ class BackendPool:
     buffer); when none is, a new connection is opened (up to C{size}) and
     meanwhile the least-loaded one takes it.  Load thus concentrates on
     few connections, which batches more requests into each write and read
-    (for rmux and for Redis), and db switches stay rare.  While no connection is open yet,
-    requests wait for the connect, which is bounded by the connect timeout.
+    (for rmux and for Redis), and db switches stay rare.  While no
+    connection is open yet, requests wait for the connect, which is
+    bounded by the connect timeout.
 
     @ivar address: the L{rmux.config.BackendAddress} of the server.
     """
