@@ -26,7 +26,6 @@ from twisted.internet.defer import (
     inlineCallbacks,
     maybeDeferred,
 )
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 from rmux.commands import CommandTable
@@ -46,7 +45,7 @@ from rmux.reload import (
     serverKey,
 )
 from rmux.router import PoolGroup, Router
-from rmux.transport import UNIXServerEndpoint
+from rmux.transport import TCPServerEndpoint, UNIXServerEndpoint
 
 
 #: Connections the kernel may queue for accept.  A burst of short-lived
@@ -252,11 +251,7 @@ class ListenerService(MultiService):
                 wantPID=True,
                 owner=getattr(listener, "socketOwner", None),
             )
-        if ":" in listener.host:
-            return TCP6ServerEndpoint(
-                self.reactor, listener.port, backlog=LISTEN_BACKLOG, interface=listener.host
-            )
-        return TCP4ServerEndpoint(
+        return TCPServerEndpoint(
             self.reactor, listener.port, backlog=LISTEN_BACKLOG, interface=listener.host
         )
 

@@ -31,8 +31,9 @@ from twisted.internet import main, tcp, unix
 from twisted.internet.defer import execute
 from twisted.internet.endpoints import UNIXServerEndpoint as _UNIXServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ClientCreator
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
 try:
     from rmux._speedups import recvBody
@@ -230,6 +231,26 @@ class TCPClient(_SinkRead, _GatheringWrite, tcp.Client):
 
 
 
+class TCPServer(_SinkRead, _GatheringWrite, tcp.Server):
+    """
+    An accepted TCP connection that reads in chunks of
+    L{UNIXServer.bufferSize}, receives big values in place and does not
+    join queued big ones, as rmux's UNIX connections do.
+    """
+
+    bufferSize = UNIXServer.bufferSize
+
+
+
+class TCPPort(tcp.Port):
+    """
+    A TCP listening port whose connections are L{TCPServer}s.
+    """
+
+    transport = TCPServer
+
+
+
 class TCPConnector(tcp.Connector):
     def _makeTransport(self):
         return TCPClient(self.host, self.port, self.bindAddress, self, self.reactor)
@@ -238,6 +259,36 @@ class TCPConnector(tcp.Connector):
 class UNIXConnector(unix.Connector):
     def _makeTransport(self):
         return UNIXClient(self.address, self, self.reactor, self.checkPID)
+
+
+@implementer(IStreamServerEndpoint)
+class TCPServerEndpoint:
+    """
+    Like Twisted's C{TCP4ServerEndpoint} and C{TCP6ServerEndpoint} (the
+    interface's address says which), listening with L{TCPPort} on a real
+    POSIX reactor, and as usual on any other, such as a test reactor.
+    """
+
+    def __init__(self, reactor, port, backlog=50, interface=""):
+        self._reactor = reactor
+        self._port = port
+        self._backlog = backlog
+        self._interface = interface
+
+    def listen(self, protocolFactory):
+        reactor = self._reactor
+        if not isinstance(reactor, PosixReactorBase):
+            return execute(reactor.listenTCP, self._port, protocolFactory,
+                           backlog=self._backlog, interface=self._interface)
+
+        def start():
+            port = TCPPort(self._port, protocolFactory, self._backlog,
+                           self._interface, reactor)
+            port.startListening()
+            return port
+
+        return execute(start)
+
 
 
 class UNIXServerEndpoint(_UNIXServerEndpoint):

@@ -83,7 +83,7 @@ from rmux.reload import (
 )
 from rmux.service import ListenerService, Listeners, MemoryTrimmer, metricsService
 from rmux.stats import ListenerStats, combine, listenerSnapshot
-from rmux.transport import UNIXPort
+from rmux.transport import TCPPort, UNIXPort
 
 __all__ = [
     "workerCount",
@@ -796,7 +796,7 @@ class _SharedAccepts:
         return super().doRead()
 
 
-class _InheritedTCPPort(_SharedAccepts, tcp.Port):
+class _InheritedTCPPort(_SharedAccepts, TCPPort):
     """
     A TCP port on a socket inherited from the parent.
     """

@@ -604,11 +604,15 @@ class TcpTests(TestCase):
     over TCP.
     """
 
-    @inlineCallbacks
-    def test_tcp(self):
-        server = startRedis(self, tcp=True)
+    def listen(self):
+        """
+        Start a redis-server on TCP and rmux on a loopback port before it.
+
+        @return: rmux's port.
+        """
         from tests.redisserver import freePort
 
+        server = startRedis(self, tcp=True)
         port = freePort()
         listener = fromFlags(
             {
@@ -620,6 +624,11 @@ class TcpTests(TestCase):
         service = ListenerService(listener, reactor)
         service.startService()
         self.addCleanup(service.stopService)
+        return port
+
+    @inlineCallbacks
+    def test_tcp(self):
+        port = self.listen()
 
         def run():
             client = redis.Redis(host="127.0.0.1", port=port)
@@ -630,6 +639,31 @@ class TcpTests(TestCase):
                 client.close()
 
         self.assertEqual((yield threads.deferToThread(run)), b"yes")
+
+    @inlineCallbacks
+    def test_bigValues(self):
+        """
+        Values around the sizes received in place go through a TCP
+        listener byte for byte, both ways.
+        """
+        port = self.listen()
+        low, high = RequestParser.sinkMinimum, RequestParser.sinkMaximum
+        values = [os.urandom(size) for size in (low - 1, low + 1, 1000003, high + 1)]
+
+        def run():
+            client = redis.Redis(host="127.0.0.1", port=port)
+            try:
+                pipe = client.pipeline(transaction=False)
+                for i, value in enumerate(values):
+                    pipe.set("big%d" % i, value)
+                    pipe.get("big%d" % i)
+                return pipe.execute()
+            finally:
+                client.close()
+
+        got = yield threads.deferToThread(run)
+        self.assertEqual(got[::2], [True] * len(values))
+        self.assertTrue(got[1::2] == values)
 
 
 class WithoutSpeedupsMixin:

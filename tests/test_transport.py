@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.error import ConnectionDone
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from rmux.resp import BodySink
 
@@ -22,8 +22,9 @@ except ImportError:
     _speedups = None
 
 from rmux.transport import (
-    FastClientCreator, ISinkProtocol, TCPClient, UNIXClient, UNIXServer,
-    UNIXServerEndpoint, _GatheringWrite, writeNow, writeSequenceNow,
+    FastClientCreator, ISinkProtocol, TCPClient, TCPPort, TCPServer,
+    TCPServerEndpoint, UNIXClient, UNIXServer, UNIXServerEndpoint,
+    _GatheringWrite, writeNow, writeSequenceNow,
 )
 
 
@@ -276,6 +277,64 @@ class UNIXTests(TestCase):
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
         self.assertIs(port.transport, UNIXServer)
 
+
+
+class NameTransport(Protocol):
+    """
+    Answers anything with the name of its transport's class.
+    """
+
+    def dataReceived(self, data):
+        writeNow(self.transport, type(self.transport).__name__.encode())
+
+
+class TCPServerEndpointTests(TestCase):
+    """
+    L{TCPServerEndpoint} listens with rmux's TCP connections, on IPv4 and
+    IPv6 interfaces alike.
+    """
+
+    @inlineCallbacks
+    def roundTrip(self, interface):
+        port = yield TCPServerEndpoint(reactor, 0, backlog=7, interface=interface).listen(
+            Factory.forProtocol(NameTransport))
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, TCPPort)
+        self.assertEqual(port.backlog, 7)
+        client = yield FastClientCreator(reactor, Collect).connectTCP(
+            interface, port.getHost().port)
+        self.addCleanup(client.transport.loseConnection)
+        client.transport.write(b"?")
+        data, transport = yield client.received
+        self.assertEqual(data, TCPServer.__name__.encode())
+        return port
+
+    def test_ipv4(self):
+        return self.roundTrip("127.0.0.1")
+
+    @inlineCallbacks
+    def test_ipv6(self):
+        try:
+            probe = socket.socket(socket.AF_INET6)
+            probe.bind(("::1", 0))
+            probe.close()
+        except OSError:
+            raise SkipTest("no IPv6 loopback here")
+        port = yield self.roundTrip("::1")
+        self.assertEqual(port.getHost().type, "TCP")
+        self.assertEqual(port.getHost().host, "::1")
+
+    def test_otherReactors(self):
+        """
+        On a reactor that is not a POSIX one (a test's), it listens as
+        Twisted's endpoint would.
+        """
+        from twisted.internet.testing import MemoryReactor
+
+        memory = MemoryReactor()
+        TCPServerEndpoint(memory, 1234, backlog=9, interface="127.0.0.1").listen(Factory())
+        ((port, factory, backlog, interface),) = memory.tcpServers
+        self.assertEqual((port, backlog, interface), (1234, 9, "127.0.0.1"))
 
 
 class Drain(Protocol):
