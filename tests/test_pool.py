@@ -405,6 +405,25 @@ class BackendPoolTests(TestCase):
         self.assertEqual((yield self.send(pool, b"PING")), b"+PONG\r\n")
 
 
+def fullPool(case, size=3):
+    """
+    Give C{case} a C{reactor}, a C{pool} of C{size} and its C{connections},
+    all open, on string transports.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    case.reactor = MemoryReactorClock()
+    case.pool = BackendPool(
+        case.reactor, BackendAddress(kind="unix", path="/r.sock"), size=size
+    )
+    case.connections = []
+    for _ in range(size):
+        protocol = BackendProtocol(case.pool)
+        protocol.makeConnection(StringTransport())
+        case.pool.connectionReady(protocol)
+        case.connections.append(protocol)
+
+
 class SaturatedPoolTests(SynchronousTestCase):
     """
     A full pool whose connections are all busy spreads requests in turn,
@@ -412,19 +431,8 @@ class SaturatedPoolTests(SynchronousTestCase):
     """
 
     def setUp(self):
-        from twisted.internet.testing import MemoryReactorClock
-
-        self.reactor = MemoryReactorClock()
-        self.pool = BackendPool(
-            self.reactor, BackendAddress(kind="unix", path="/r.sock"), size=3
-        )
+        fullPool(self)
         self.pool.growthThreshold = 2
-        self.connections = []
-        for _ in range(3):
-            protocol = BackendProtocol(self.pool)
-            protocol.makeConnection(StringTransport())
-            self.pool.connectionReady(protocol)
-            self.connections.append(protocol)
 
     def send(self, db=0):
         return self.pool.send(command(b"GET", b"k"), Collector(), db=db)
@@ -490,18 +498,7 @@ class ConcentrationTests(SynchronousTestCase):
     """
 
     def setUp(self):
-        from twisted.internet.testing import MemoryReactorClock
-
-        self.reactor = MemoryReactorClock()
-        self.pool = BackendPool(
-            self.reactor, BackendAddress(kind="unix", path="/r.sock"), size=3
-        )
-        self.connections = []
-        for _ in range(3):
-            protocol = BackendProtocol(self.pool)
-            protocol.makeConnection(StringTransport())
-            self.pool.connectionReady(protocol)
-            self.connections.append(protocol)
+        fullPool(self)
 
     def sendPipeline(self, count=16):
         payload = command(b"GET", b"k") * count
