@@ -140,33 +140,27 @@ class BackendProtocol(Protocol):
         self.transport.registerProducer(self, True)
 
     def dataReceived(self, data):
-        framer = self.framer
-        try:
-            replies = framer.feed(data)
-        except ProtocolError as e:
-            self.fail("sent a malformed reply (%s)" % (e,))
-            return
-        self.sink = framer.sink
-        self._deliver(replies, len(data))
+        self._deliver(self.framer.feed, data, len(data))
 
     def bodyReceived(self, size):
         """
         The transport received C{size} bytes of a big reply straight into
         L{sink}.
         """
+        self._deliver(self.framer.bodyReceived, size, size)
+
+    def _deliver(self, frame, received, size):
+        """
+        Frame what C{size} bytes brought (C{frame(received)}: the framer's
+        C{feed} or C{bodyReceived}), and hand out the replies completed.
+        """
         framer = self.framer
         try:
-            replies = framer.bodyReceived(size)
+            replies = frame(received)
         except ProtocolError as e:
             self.fail("sent a malformed reply (%s)" % (e,))
             return
         self.sink = framer.sink
-        self._deliver(replies, size)
-
-    def _deliver(self, replies, size):
-        """
-        Hand out the replies that C{size} bytes received completed.
-        """
         now = self.lastProgress = self.clock.seconds()
         waiting = self.waiting
         answered = errors = 0

@@ -334,7 +334,7 @@ class RequestParser(object):
         "error", "_maxBulk", "_maxArgs", "_maxInline", "_fast", "_scan", "_reader",
         "_tooManyArgs", "_tooLong", "_saved",
         "_argv", "_argc", "_bulkLen", "_held", "_chunks", "_pending",
-        "_wait", "wholeFeed", "sink", "_sinks",
+        "_wait", "wholeFeed", "sink",
     )
 
     def __init__(self, maxBulkLength=None, maxArguments=None,
@@ -358,7 +358,6 @@ class RequestParser(object):
         # A canonical header line is at most 21 bytes long; below that the
         # inline limit could reject what the fast path accepts.
         self._scan = _scanRequests if self.useSpeedups else None
-        self._sinks = self._scan is not None
         self.sink = None
         self._fast = bool((self._scan is not None or self.useHiredis)
                           and self._maxInline >= 21)
@@ -829,7 +828,7 @@ class RequestParser(object):
                     # Only with some of the body here: a header completed
                     # by _resume is parsed from its own line, and the body
                     # follows in the caller's buffer.
-                    if (self._sinks and pos < n < end
+                    if (self._scan is not None and pos < n < end
                             and self.sinkMinimum <= bulkLen <= self.sinkMaximum):
                         sink = self.sink = _startSink(bulkLen, buf, pos)
                         if sink is not None:
