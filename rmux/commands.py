@@ -49,6 +49,8 @@ single-key command is found by a precomputed index.
 import json
 from importlib import resources
 
+from rmux.resp import errorReply
+
 __all__ = [
     "LOCAL", "REFUSED", "STATEFUL", "BLOCKING", "PUBSUB", "FORWARD",
     "POLICIES",
@@ -60,7 +62,7 @@ __all__ = [
     "OPTION_ALLOW_FLUSH",
     "KeySpec", "CommandSpec", "CommandTable",
     "unknownCommandError", "wrongArityError", "unknownSubcommandError",
-    "errorReply",
+    "refusalError", "errorReply",
 ]
 
 
@@ -135,7 +137,7 @@ _POLICY_TABLE = {
     "client|setinfo": (LOCAL, None),   # Redis 7.2
     "client|info": (LOCAL, None),
     "client|list": (LOCAL, None),  # rmux's own clients, not its pool
-    "client|help": (LOCAL, None),
+    "client|help": (FORWARD, None),   # Redis's own text
 
     # Connection state: never on a shared connection.
     "multi": (STATEFUL, None),
@@ -251,7 +253,7 @@ _KEYLESS_TABLE = {
     "client|setinfo": (KEYLESS_ANY, None, "answered by rmux"),
     "client|info": (KEYLESS_ANY, None, "answered by rmux"),
     "client|list": (KEYLESS_ANY, None, "answered by rmux"),
-    "client|help": (KEYLESS_ANY, None, "answered by rmux"),
+    "client|help": (KEYLESS_ANY, None, "static text"),
 
     # Same answer from every server.
     "time": (KEYLESS_ANY, None, "clocks agree well enough"),
@@ -1225,18 +1227,28 @@ def _cString(value):
     return value if nul < 0 else value[:nul]
 
 
-def errorReply(message):
+def refusalError(spec):
     """
-    Encode an error reply the way Redis does: C{-ERR }, the message with
-    CR and LF turned into spaces (they come from user input and would break
-    the protocol), then CRLF.
+    The error for a command rmux will not run: refused by policy, or a
+    kind of command it cannot run on a shared connection.
 
-    @param message: C{bytes} or C{str}.
+    @param spec: the command's L{CommandSpec}.
     """
-    if isinstance(message, str):
-        message = message.encode("utf-8")
-    message = message.replace(b"\r", b" ").replace(b"\n", b" ")
-    return b"-ERR " + message + b"\r\n"
+    name = spec.displayName
+    policy = spec.policy
+    if policy == REFUSED:
+        return errorReply(spec.reason or "%s is not allowed through rmux" % (name,))
+    if policy == PUBSUB:
+        return errorReply(
+            "%s is not supported by rmux yet: subscriptions would tie up a "
+            "shared backend connection" % (name,))
+    if policy == BLOCKING:
+        return errorReply(
+            "%s is not supported by rmux yet: blocking commands would stall "
+            "a shared backend connection" % (name,))
+    return errorReply(
+        "%s is not supported by rmux yet: it changes the state of the "
+        "connection, which rmux shares between clients" % (name,))
 
 
 def unknownCommandError(args):

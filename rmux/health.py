@@ -18,7 +18,9 @@ import hiredis
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from rmux.interfaces import IHealth
 from rmux.pool import BackendPool
 from rmux.resp import encodeCommand
 
@@ -180,6 +182,7 @@ class _FirstVerdicts:
             self.deferred.callback(None)
 
 
+@implementer(IHealth)
 class HealthMonitor:
     """
     Checks every backend of a listener every C{interval} seconds.

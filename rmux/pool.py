@@ -26,24 +26,13 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rmux.resp import ProtocolError, ReplyFramer, encodeCommand
+from rmux.resp import ProtocolError, ReplyFramer, encodeCommand, errorReply
 from rmux.stats import PoolStats
+from rmux.interfaces import IBackendConnection, IBackendPool, ISinkProtocol
 from rmux.transport import (
-    FastClientCreator, ISinkProtocol, coalescer, unsentBytes, writeNow,
+    FastClientCreator, coalescer, unsentBytes, writeNow,
     writeSequenceNow,
 )
-
-
-def errorReply(message):
-    """
-    Encode an rmux-generated error reply.
-
-    @param message: the text after C{ERR}, as C{str}.
-    @return: C{-ERR ...\\r\\n} as bytes, with any CR/LF in C{message}
-        flattened so that the reply stays one line.
-    """
-    text = message.replace("\r", " ").replace("\n", " ")
-    return b"-ERR " + text.encode("utf-8", "replace") + b"\r\n"
 
 
 class _StateSwitch:
@@ -65,7 +54,7 @@ class _StateSwitch:
         self.connection._switchDone(self.what, reply)
 
 
-@implementer(IPushProducer, ISinkProtocol)
+@implementer(IPushProducer, ISinkProtocol, IBackendConnection)
 class BackendProtocol(Protocol):
     """
     One pipelined connection to a Redis server.
@@ -450,6 +439,13 @@ class BackendProtocol(Protocol):
             timedOut=True,
         )
 
+    def abort(self):
+        """
+        Close at once: the client blocked on this dedicated connection has
+        gone, and it may stay blocked forever.
+        """
+        self.transport.abortConnection()
+
     def fail(self, why, timedOut=False):
         """
         Give up on this connection: every request it owes a reply gets an
@@ -488,6 +484,7 @@ class BackendProtocol(Protocol):
                 setattr(self, name, None)
 
 
+@implementer(IBackendPool)
 class BackendPool:
     """
     Up to C{size} pipelined connections to one Redis server, opened lazily

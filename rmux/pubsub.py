@@ -72,8 +72,8 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from rmux.pool import errorReply
-from rmux.resp import ProtocolError, ReplyFramer, encodeCommand
+from rmux.resp import ProtocolError, ReplyFramer, encodeCommand, errorReply
+from rmux.router import PlacementError
 
 
 __all__ = [
@@ -755,8 +755,8 @@ class SubscriptionHub(object):
         @param reactor: provides C{callLater} and, for the default
             C{openConnection}, the connecting interfaces.
         @param placeChannel: C{placeChannel(channel)} returns the pool of
-            the server a channel (or shard channel) lives on, or an error
-            reply (C{bytes}) if it cannot be placed right now.
+            the server a channel (or shard channel) lives on, or raises
+            L{rmux.router.PlacementError} if it cannot be placed right now.
         @param allPools: C{allPools()} returns the pools of every server,
             on each of which patterns are subscribed.
         @param openConnection: C{openConnection(pool, protocol)} connects
@@ -907,9 +907,10 @@ class SubscriptionHub(object):
                             old.unwant(key, client)
                     continue
                 if name not in placed:
-                    pool = self.placeChannel(name)
-                    placed[name] = (None if isinstance(pool, bytes)
-                                    else self.backendFor(pool))
+                    try:
+                        placed[name] = self.backendFor(self.placeChannel(name))
+                    except PlacementError:
+                        placed[name] = None
                 backend = placed[name]
                 if backend is None or backends == (backend,):
                     continue
@@ -1006,10 +1007,10 @@ class SubscriptionHub(object):
             if not pools:
                 return errorReply("rmux: no backend to subscribe on")
         else:
-            pool = self.placeChannel(name)
-            if isinstance(pool, bytes):
-                return pool
-            pools = [pool]
+            try:
+                pools = [self.placeChannel(name)]
+            except PlacementError as e:
+                return e.reply
         backends = tuple(self.backendFor(pool) for pool in pools)
         state.keys[key] = backends
         results = [backend.want(key, client) for backend in backends]

@@ -350,18 +350,18 @@ class PoolRetirement:
     log = Logger()
     pollInterval = 0.05
 
-    def __init__(self, clock, pool, shutdownTimeout, clients=()):
+    def __init__(self, clock, pool, shutdownTimeout, forgetPool=None):
         """
         @param clock: an L{IReactorTime}.
         @param pool: the L{rmux.pool.BackendPool} to retire.
         @param shutdownTimeout: the listener's C{shutdownTimeout}, seconds.
-        @param clients: the listener's clients, whose per-pool affinity
-            entries (see L{rmux.router.Router.send}) are dropped at the
-            end, since nothing will be sent to the pool again.
+        @param forgetPool: called with the pool at the end, so that clients
+            drop their affinity to it (see L{rmux.session.Session.send}):
+            nothing will be sent to it again.
         """
         self.clock = clock
         self.pool = pool
-        self.clients = clients
+        self.forgetPool = forgetPool
         longestReply = (
             pool.readTimeout * BackendProtocol.replyTimeoutFactor + pool.connectTimeout
         )
@@ -418,10 +418,8 @@ class PoolRetirement:
             self._loop.stop()
         if not self.finished:
             self.finished = True
-            for client in list(self.clients):
-                affinity = getattr(client, "affinity", None)
-                if affinity is not None:
-                    affinity.pop(self.pool, None)
+            if self.forgetPool is not None:
+                self.forgetPool(self.pool)
             self._stopped = self.pool.stop()
             self._stopped.addBoth(self._closed)
         return self.whenDone()

@@ -38,7 +38,7 @@ __all__ = [
     "ProtocolError", "RequestParser", "ReplyFramer", "BodySink", "splitArgs",
     "scanReplies", "isPush", "isError",
     "encodeCommand", "encodeCommandParts", "encodeRequest",
-    "simpleString", "error", "integer", "bulkString", "nullReply",
+    "simpleString", "error", "errorReply", "integer", "bulkString", "nullReply",
     "arrayReply", "mapReply", "setReply", "verbatimString",
     "OK", "PONG",
 ]
@@ -1549,6 +1549,21 @@ def error(message):
     @return: an error reply, C{-message\\r\\n}.
     """
     return b"-" + _oneLine(message) + _CRLF
+
+
+
+def errorReply(message):
+    """
+    An C{-ERR} reply, as rmux and Redis write their own errors.
+
+    @param message: the text after C{ERR}, C{str} or C{bytes}; a CR or LF
+        in it (often from user input) becomes a space, so the reply stays
+        one line.
+    @return: C{-ERR message\\r\\n}.
+    """
+    if isinstance(message, str):
+        message = message.encode("utf-8", "replace")
+    return b"-ERR " + _oneLine(message) + _CRLF
 
 
 

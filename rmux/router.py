@@ -10,10 +10,12 @@ commands go to any one server, to every server (merged), or are refused, as
 the command table says.
 """
 
+from zope.interface import implementer
+
 from rmux import commands as C
 from rmux.hashing import PrefixRoutes, hashTagged
-from rmux.pool import errorReply
-from rmux.resp import ReplyFramer, encodeRequest
+from rmux.interfaces import IReplyWaiter, IRouter
+from rmux.resp import ReplyFramer, encodeRequest, errorReply
 
 #: Commands whose first argument is a channel, placed like a key so that
 #: every rmux host publishes a channel on the same server.
@@ -22,6 +24,26 @@ _CHANNEL_COMMANDS = frozenset(["publish", "spublish"])
 CROSSSLOT = (
     b"-CROSSSLOT Keys in request don't hash to the same server behind rmux\r\n"
 )
+
+
+class PlacementError(Exception):
+    """
+    A command cannot be placed on a server now: its server is down, its
+    keys span servers, no route takes its key.
+
+    @ivar reply: what the client gets instead, an error reply (C{bytes}).
+    """
+
+    def __init__(self, reply):
+        Exception.__init__(self, reply)
+        self.reply = reply
+
+    @classmethod
+    def because(cls, message):
+        """
+        A placement error whose reply is C{-ERR message}.
+        """
+        return cls(errorReply(message))
 
 
 class PoolGroup:
@@ -42,14 +64,17 @@ class PoolGroup:
         self.failover = failover
 
 
+@implementer(IRouter)
 class Router:
     """
     Routes one listener's commands.
 
     @ivar pools: every distinct pool of the listener, for INFO and health.
+    @ivar stats: the listener's L{rmux.stats.ListenerStats}, which count
+        the requests a command was split into.
     """
 
-    def __init__(self, default, routes=(), health=None, allowFlush=False):
+    def __init__(self, default, routes=(), health=None, allowFlush=False, stats=None):
         """
         @param default: the catch-all L{PoolGroup}.
         @param routes: C{(prefix, group)} pairs: keys starting with
@@ -61,6 +86,7 @@ class Router:
         self.routes = PrefixRoutes(list(routes), default) if routes else None
         self.health = health
         self.allowFlush = allowFlush
+        self.stats = stats
         groups = [default] + [group for prefix, group in routes]
         seen = []
         for group in groups:
@@ -83,58 +109,36 @@ class Router:
         """
         vars(self).update(vars(other))
 
-    # Sending, with per-client connection affinity
+    def route(self, args, spec, waiter, sender, payload=None):
+        """
+        Send one command; C{waiter.fill} gets its reply.
 
-    @staticmethod
-    def send(pool, args, waiter, client, db, protocolVersion):
-        """
-        Send on C{pool}, keeping one client's requests to one server on one
-        connection while any of them is unanswered: Redis runs each
-        connection in order but interleaves connections, so a GET sent on
-        another connection could overtake its own SET.
-        """
-        Router.sendPayload(pool, encodeRequest(args), waiter, client, db, protocolVersion)
-
-    @staticmethod
-    def sendPayload(pool, payload, waiter, client, db, protocolVersion, count=1):
-        """
-        Like L{send}, for C{count} requests already encoded in C{payload}
-        (a client's pipeline passed through whole).
-        """
-        affinity = client.affinity
-        previous = affinity.get(pool)
-        after = None
-        if previous is not None and previous[0].data is None:
-            after = previous[1]
-        connection = pool.send(payload, waiter, db, protocolVersion, after, count)
-        affinity[pool] = (waiter, connection)
-
-    def route(self, args, spec, slot, db, protocolVersion, payload=None):
-        """
-        Send one command; C{slot.fill} gets its reply.
-
+        @param sender: the client's L{rmux.interfaces.IRequestSender}.
         @param payload: C{args} as the client encoded them, when that is
             canonical: sent as they are to the one server the command goes
             to, instead of encoding C{args} again.
         """
-        client = slot.client
         if self.single is not None:
-            if payload is None:
-                payload = encodeRequest(args)
-            self.sendPayload(self.single, payload, slot, client, db, protocolVersion)
+            sender.send(self.single, payload or encodeRequest(args), waiter)
             return
         if self.health is not None and self.health.starting:
             pending = self.health.whenStarted()
             if pending is not None:
                 pending.addCallback(
-                    lambda _: self.route(args, spec, slot, db, protocolVersion, payload)
+                    lambda _: self.route(args, spec, waiter, sender, payload)
                 )
                 return
+        try:
+            self._place(args, spec, waiter, sender, payload)
+        except PlacementError as e:
+            waiter.fill(e.reply)
+
+    def _place(self, args, spec, waiter, sender, payload):
         routing = spec.routing
         if routing == C.SPLIT:
             indexes = spec.keyIndexes(args)
             if len(indexes) > 1:
-                self._split(args, spec, slot, indexes, db, protocolVersion)
+                self._split(args, spec, waiter, sender, indexes)
                 return
         if routing in (C.KEYED, C.SPLIT) or spec.name in _CHANNEL_COMMANDS or (
             routing == C.KEYLESS_ANY
@@ -143,29 +147,19 @@ class Router:
             if routing != C.KEYLESS_ANY:
                 pool = self.poolForCommand(args, spec)
             if pool is None:
-                pool = self._anyPool()
-            if isinstance(pool, bytes):
-                slot.fill(pool)
-            else:
-                if payload is None:
-                    payload = encodeRequest(args)
-                self.sendPayload(pool, payload, slot, client, db, protocolVersion)
+                pool = self.anyPool()
+            sender.send(pool, payload or encodeRequest(args), waiter)
         elif routing == C.KEYLESS_ALL:
             if spec.requiresOption == C.OPTION_ALLOW_FLUSH and not self.allowFlush:
-                slot.fill(
-                    errorReply(
-                        "%s is disabled in rmux: it would empty every server; "
-                        "enable it with allowFlush" % (spec.name.upper(),)
-                    )
+                raise PlacementError.because(
+                    "%s is disabled in rmux: it would empty every server; "
+                    "enable it with allowFlush" % (spec.name.upper(),)
                 )
-                return
-            self._all(args, spec, slot, db, protocolVersion)
+            self._all(args, spec, waiter, sender)
         else:
-            slot.fill(
-                errorReply(
-                    "%s cannot run through rmux with several servers: %s"
-                    % (spec.name.upper().replace("|", " "), spec.reason or "unsupported")
-                )
+            raise PlacementError.because(
+                "%s cannot run through rmux with several servers: %s"
+                % (spec.name.upper().replace("|", " "), spec.reason or "unsupported")
             )
 
     # Placement
@@ -174,14 +168,15 @@ class Router:
         """
         The pool that must serve C{key} now.
 
-        @return: a pool, or an error reply (C{bytes}) when the key's server
-            is down and failover cannot help.
+        @return: a pool.
+        @raise PlacementError: the key's server is down and failover
+            cannot help, or no route takes the key.
         """
         group = self.default
         if self.routes is not None:
             group = self.routes.match(key)
             if group is None:
-                return errorReply("rmux: no route for this key")
+                raise PlacementError.because("rmux: no route for this key")
         ring = group.ring
         if ring is None:
             return group.pools[0]
@@ -192,10 +187,10 @@ class Router:
         if health is None or health.isUp(pools[index]):
             return pools[index]
         if not group.failover:
-            return errorReply("rmux: backend %s is down" % (pools[index].address,))
+            raise PlacementError.because("rmux: backend %s is down" % (pools[index].address,))
         index = ring.failoverOf(hashed, lambda i: health.isUp(pools[i]))
         if index is None:
-            return errorReply("rmux: every backend is down")
+            raise PlacementError.because("rmux: every backend is down")
         return pools[index]
 
     def poolForCommand(self, args, spec):
@@ -203,8 +198,9 @@ class Router:
         The one server that must run C{args} when it cannot be split: in a
         transaction, or as a blocking command on a dedicated connection.
 
-        @return: a pool; L{None} when any server will do (no keys); or an
-            error reply (C{bytes}).
+        @return: a pool, or L{None} when any server will do (no keys).
+        @raise PlacementError: the keys span servers, one is down, or the
+            command cannot run on one server.
         """
         if self.single is not None:
             return self.single
@@ -215,38 +211,31 @@ class Router:
         elif spec.routing == C.KEYLESS_ANY:
             return None
         else:
-            return errorReply(
+            raise PlacementError.because(
                 "%s cannot run on a single server's connection through rmux "
                 "with several servers" % (spec.name.upper().replace("|", " "),)
             )
-        return self._poolForKeys(keys)
-
-    def _poolForKeys(self, keys):
         if not keys:
             return None
         pool = self.poolForKey(keys[0])
         for key in keys[1:]:
-            if isinstance(pool, bytes):
-                break
-            other = self.poolForKey(key)
-            if other is not pool:
-                pool = other if isinstance(other, bytes) else CROSSSLOT
+            if self.poolForKey(key) is not pool:
+                raise PlacementError(CROSSSLOT)
         return pool
 
     def anyPool(self):
         """
-        A live server of the catch-all group, or an error reply.
-        """
-        return self._anyPool()
+        A live server of the catch-all group.
 
-    def _anyPool(self):
+        @raise PlacementError: every server is down.
+        """
         health = self.health
         for pool in self.default.pools:
             if health is None or health.isUp(pool):
                 return pool
-        return errorReply("rmux: every backend is down")
+        raise PlacementError.because("rmux: every backend is down")
 
-    def _split(self, args, spec, slot, indexes, db, protocolVersion):
+    def _split(self, args, spec, waiter, sender, indexes):
         """
         Split a multi-key command per server, keeping each key's arguments
         (MSET's value) with it.
@@ -256,38 +245,45 @@ class Router:
         bounds = indexes[1:] + [len(args)]
         for position, (start, end) in enumerate(zip(indexes, bounds)):
             pool = self.poolForKey(args[start])
-            if isinstance(pool, bytes):
-                slot.fill(pool)
-                return
             if pool not in units:
                 units[pool] = []
                 order.append(pool)
             units[pool].append((position, args[start:end]))
         if len(order) == 1:
-            self.send(order[0], args, slot, slot.client, db, protocolVersion)
+            sender.send(order[0], encodeRequest(args), waiter)
             return
         head = args[: indexes[0]]
-        fanOut = FanOut(slot, spec.merge, len(order), len(indexes))
-        _countFragments(slot, len(order))
+        fanOut = FanOut(waiter, spec.merge, len(order), len(indexes))
+        self._countFragments(len(order))
         for part, pool in enumerate(order):
             pieces = units[pool]
             partArgs = list(head)
             for position, unit in pieces:
                 partArgs.extend(unit)
-            waiter = fanOut.part(part, [position for position, unit in pieces])
-            self.send(pool, partArgs, waiter, slot.client, db, protocolVersion)
+            part = fanOut.part(part, [position for position, unit in pieces])
+            sender.send(pool, encodeRequest(partArgs), part)
 
-    def _all(self, args, spec, slot, db, protocolVersion):
+    def _all(self, args, spec, waiter, sender):
         pools = self.pools
         if len(pools) == 1:
-            self.send(pools[0], args, slot, slot.client, db, protocolVersion)
+            sender.send(pools[0], encodeRequest(args), waiter)
             return
-        fanOut = FanOut(slot, spec.merge, len(pools))
-        _countFragments(slot, len(pools))
+        fanOut = FanOut(waiter, spec.merge, len(pools))
+        self._countFragments(len(pools))
+        payload = encodeRequest(args)
         for part, pool in enumerate(pools):
-            self.send(pool, args, fanOut.part(part), slot.client, db, protocolVersion)
+            sender.send(pool, payload, fanOut.part(part))
+
+    def _countFragments(self, count):
+        """
+        Count the requests one client request was split into (twemproxy's
+        C{fragments}).
+        """
+        if self.stats is not None:
+            self.stats.fragments += count
 
 
+@implementer(IReplyWaiter)
 class _Part:
     """
     The waiter for one server's share of a fanned-out command.
@@ -306,24 +302,14 @@ class _Part:
         self.fanOut.partFilled()
 
 
-def _countFragments(slot, count):
-    """
-    Count the requests one client request was split into (twemproxy's
-    C{fragments}).
-    """
-    stats = getattr(getattr(slot.client, "factory", None), "stats", None)
-    if stats is not None:
-        stats.fragments += count
-
-
 class FanOut:
     """
     One client reply made from several servers' replies, merged when the
     last arrives.
     """
 
-    def __init__(self, slot, merge, parts, width=0):
-        self.slot = slot
+    def __init__(self, waiter, merge, parts, width=0):
+        self.waiter = waiter
         self.merge = merge
         self.parts = []
         self.remaining = parts
@@ -337,7 +323,7 @@ class FanOut:
     def partFilled(self):
         self.remaining -= 1
         if self.remaining == 0:
-            self.slot.fill(merge(self.merge, self.parts, self.width))
+            self.waiter.fill(merge(self.merge, self.parts, self.width))
 
 
 def _elements(reply):

@@ -45,6 +45,7 @@ from rmux.reload import (
     serverKey,
 )
 from rmux.router import PoolGroup, Router
+from rmux.stats import ListenerStats
 from rmux.transport import TCPServerEndpoint, UNIXServerEndpoint
 
 
@@ -191,7 +192,8 @@ class ListenerService(MultiService):
         self.pools = pools.pools
         self._poolsByServer = pools.byServer
         self.health = HealthMonitor(reactor, self.pools, **_healthSettings(listener))
-        self.router = Router(default, routes, self.health, listener.allowFlush)
+        self.stats = ListenerStats()
+        self.router = Router(default, routes, self.health, listener.allowFlush, self.stats)
         # The hub and every client hold this router for good: a reload
         # changes what it holds (Router.adopt), never which router it is.
         self.hub = SubscriptionHub(
@@ -207,7 +209,7 @@ class ListenerService(MultiService):
             table = CommandTable.load()
             table.extend(listener.commands)
         self.factory = ProxyFactory(
-            reactor, self.router, table, listener, self.health, self.hub
+            reactor, self.router, table, listener, self.health, self.hub, self.stats
         )
         self.endpointService = StreamServerEndpointService(
             self.endpoint(), self.factory
@@ -285,7 +287,7 @@ class ListenerService(MultiService):
         """
         for pool in pools:
             retirement = PoolRetirement(
-                self.reactor, pool, self.factory.shutdownTimeout, self.factory.clients
+                self.reactor, pool, self.factory.shutdownTimeout, self.factory.forgetPool
             )
             self.retiring.add(retirement)
             retirement.start().addBoth(
@@ -313,7 +315,9 @@ class ListenerReload:
                 pool.stop()
             raise
         self.pools = pools
-        self.router = Router(default, routes, service.health, listener.allowFlush)
+        self.router = Router(
+            default, routes, service.health, listener.allowFlush, service.stats
+        )
         self.added = pools.created
         staying = set(pools.pools)
         self.removed = [pool for pool in service.pools if pool not in staying]

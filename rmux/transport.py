@@ -33,29 +33,14 @@ from twisted.internet.endpoints import UNIXServerEndpoint as _UNIXServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ClientCreator
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
+
+from rmux.interfaces import ISinkProtocol
 
 try:
     from rmux._speedups import recvBody
 except ImportError:
     recvBody = None
-
-
-class ISinkProtocol(Interface):
-    """
-    A protocol into which rmux's transports may receive a big value in
-    place (see L{rmux.resp.BodySink}), instead of handing it over in
-    chunks.
-    """
-
-    sink = Attribute(
-        "The rmux.resp.BodySink to receive into now, or None: then bytes "
-        "arrive through dataReceived as usual.")
-
-    def bodyReceived(size):
-        """
-        C{size} bytes were received into C{sink}, after those it held.
-        """
 
 
 class _SinkRead:

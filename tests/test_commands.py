@@ -613,10 +613,11 @@ class PolicyTests(SynchronousTestCase):
         self.assertPolicy(LOCAL, [
             "ping", "echo", "quit", "select", "info", "hello", "auth",
             "client|setname", "client|getname", "client|id", "client|info",
-            "client|list", "client|help"])
+            "client|list"])
 
     def test_forward(self):
         self.assertPolicy(FORWARD, [
+            "client|help",
             "get", "set", "command", "command|info", "command|docs",
             "command|getkeys", "lolwut", "time", "sort", "keys", "flushdb",
             "flushall", "restore", "move", "role", "publish", "spublish",

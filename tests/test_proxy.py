@@ -12,7 +12,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from rmux.commands import CommandTable
+from rmux.commands import LOCAL, CommandTable
+from rmux.local import HANDLERS
 from rmux.config import fromFlags
 from rmux.proxy import ProxyFactory
 from rmux.resp import encodeCommand
@@ -30,9 +31,21 @@ class RecordingRouter:
         self.routed = []
         self.payloads = []
 
-    def route(self, args, spec, slot, db, protocolVersion, payload=None):
-        self.routed.append((args, slot, db, protocolVersion))
+    def route(self, args, spec, waiter, sender, payload=None):
+        self.routed.append((args, waiter, sender.db, sender.protocolVersion))
         self.payloads.append(payload)
+
+
+class RefusingPool:
+    """
+    The one backend of a test in which nothing may be passed through.
+    """
+
+    def __init__(self, testCase):
+        self.testCase = testCase
+
+    def send(self, *args):
+        self.testCase.fail("passed through")
 
 
 def makeClient(**flags):
@@ -72,14 +85,14 @@ class PassThroughTests(SynchronousTestCase):
         sent = []
 
         class Single:
-            pass
+            def send(self, payload, waiter, db, protocolVersion, after, count):
+                sent.append((self, payload, waiter, db, protocolVersion, count))
 
         router.single = Single()
-        router.sendPayload = lambda *args: sent.append(args)
         data = encodeCommand([b"SET", b"a", b"1"]) + encodeCommand([b"GET", b"a"])
         client.dataReceived(data)
-        ((pool, payload, waiter, who, db, protocolVersion, count),) = sent
-        self.assertEqual((pool, payload, who, count), (router.single, data, client, 2))
+        ((pool, payload, waiter, db, protocolVersion, count),) = sent
+        self.assertEqual((pool, payload, count), (router.single, data, 2))
         self.assertEqual(router.routed, [])
         client.dataReceived(b"PING\r\n")
         waiter.fill(b"+OK\r\n")
@@ -95,8 +108,7 @@ class PassThroughTests(SynchronousTestCase):
         gets what Redis would answer.
         """
         client, transport, router, clock = makeClient()
-        router.single = object()
-        router.sendPayload = lambda *args: self.fail("passed through")
+        router.single = RefusingPool(self)
         client.dataReceived(encodeCommand([b"get", b"a"]) + encodeCommand([b"GET"]))
         self.assertEqual(len(router.routed), 1)
         client.dataReceived(encodeCommand([b"Get", b"a"]) + encodeCommand([b"OBJECT", b"ENCODING", b"a"]))
@@ -107,8 +119,7 @@ class PassThroughTests(SynchronousTestCase):
 
     def test_pipelineWithLocalCommandsGoesOneByOne(self):
         client, transport, router, clock = makeClient()
-        router.single = object()
-        router.sendPayload = lambda *args: self.fail("passed through")
+        router.single = RefusingPool(self)
         data = encodeCommand([b"GET", b"a"]) + encodeCommand([b"PING"])
         client.dataReceived(data)
         self.assertEqual(len(router.routed), 1)
@@ -181,6 +192,20 @@ class LocalCommandTests(SynchronousTestCase):
         client, transport, router, clock = makeClient(**flags)
         client.dataReceived(data)
         return transport.value()
+
+    def test_everyLocalCommandHasAHandler(self):
+        """
+        The command table sends no command to rmux's own handlers that
+        they do not have (CLIENT HELP once closed the connection).
+        """
+        local = [spec.name for spec in CommandTable.default() if spec.policy == LOCAL]
+        self.assertEqual([name for name in local if name not in HANDLERS], [])
+
+    def test_clientHelpIsTheServers(self):
+        client, transport, router, clock = makeClient()
+        client.dataReceived(b"CLIENT HELP\r\n")
+        self.assertEqual([args for args, slot, db, version in router.routed],
+                         [[b"CLIENT", b"HELP"]])
 
     def test_ping(self):
         self.assertEqual(

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rmux.config import BackendAddress
 from rmux.pool import BackendPool, errorReply
+from rmux.router import PlacementError
 from rmux.pubsub import SubscriptionHub, confirmation
 from rmux.resp import ReplyFramer, RequestParser, encodeCommand
 from tests.redisserver import startRedis
@@ -219,7 +220,7 @@ class HubTestsMixin:
 
     def place(self, channel):
         if channel == b"bad":
-            return errorReply("rmux: backend redis-b:6379 is down")
+            raise PlacementError.because("rmux: backend redis-b:6379 is down")
         return self.pools[1] if channel.startswith(b"b") else self.pools[0]
 
     def connector(self, index=0):
@@ -786,8 +787,8 @@ class RealServerTests(TestCase):
         nowhere, the others on the first.
         """
         if channel == b"bad":
-            return errorReply("rmux: backend %s is down"
-                              % (self.pools[-1].address,))
+            raise PlacementError.because("rmux: backend %s is down"
+                                         % (self.pools[-1].address,))
         return self.pools[-1] if channel.startswith(b"two") else self.pools[0]
 
     def do(self, client, *args):

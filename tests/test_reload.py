@@ -286,7 +286,11 @@ class PoolRetirementTests(SynchronousTestCase):
         self.done = []
 
     def retire(self, shutdownTimeout=5.0, clients=()):
-        retirement = PoolRetirement(self.clock, self.pool, shutdownTimeout, clients)
+        def forgetPool(pool):
+            for client in clients:
+                client.affinity.pop(pool, None)
+
+        retirement = PoolRetirement(self.clock, self.pool, shutdownTimeout, forgetPool)
         retirement.start().addCallback(self.done.append)
         return retirement
 

@@ -1,0 +1,176 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+A client's replies, in request order, and the waiters that fill them.
+
+Each request gets a L{ReplySlot} in its client's L{ReplyQueue} the moment it
+is parsed, whether it is answered locally or by a backend; replies leave
+strictly in request order, so a fast reply never overtakes a slow one.
+Replies ready together leave in one write (through the process's
+L{rmux.transport.coalescer} while a backend's batch is handed out).
+"""
+
+from collections import deque
+
+from zope.interface import implementer
+
+from rmux.interfaces import IReplyWaiter
+from rmux.transport import coalescer
+
+__all__ = ["ReplySlot", "ReplyQueue", "PipelineWaiter", "IgnoredReply", "WRITTEN"]
+
+#: The data of a reply slot once written (not L{None}: it was answered).
+WRITTEN = b""
+
+
+@implementer(IReplyWaiter)
+class ReplySlot:
+    """
+    The place of one reply in a client's reply queue.
+
+    Backends call L{fill} with the reply's bytes; the queue writes it once
+    every earlier slot has been filled and written.
+    """
+
+    __slots__ = ("queue", "data")
+
+    def __init__(self, queue, data=None):
+        self.queue = queue
+        self.data = data
+
+    def fill(self, data):
+        self.data = data
+        self.queue.filled(self)
+
+
+class ReplyQueue:
+    """
+    The replies one client is owed, oldest first.
+
+    The queue writes to the client's transport and counts what it writes;
+    the client (a L{rmux.proxy.ClientProtocol}) keeps the flow control:
+    it is told when the queue has shrunk, so that it can read again, check
+    its output limit or close once everything is written.
+    """
+
+    __slots__ = ("client", "transport", "stats", "slots")
+
+    def __init__(self, client, transport, stats):
+        """
+        @param client: the L{rmux.proxy.ClientProtocol} the replies go to.
+        @param transport: its transport.
+        @param stats: its listener's L{rmux.stats.ListenerStats}.
+        """
+        self.client = client
+        self.transport = transport
+        self.stats = stats
+        self.slots = deque()
+
+    def __len__(self):
+        return len(self.slots)
+
+    def newSlot(self):
+        """
+        A place for a reply that will be ready later.
+        """
+        slot = ReplySlot(self)
+        self.slots.append(slot)
+        return slot
+
+    def reply(self, data):
+        """
+        Queue a reply that is ready now.
+        """
+        if self.slots:
+            self.slots.append(ReplySlot(self, data))
+            return
+        client = self.client
+        if not client.disconnected:
+            # Through the coalescer, like backend replies: a reply that is
+            # ready now must not overtake one still held back there.
+            stats = self.stats
+            stats.bytesOut += len(data)
+            stats.responses += 1
+            coalescer.write(self.transport, data)
+            if client.paused:
+                client.checkOutputLimit()
+
+    def filled(self, slot):
+        """
+        A backend filled C{slot}: write every reply that is now at the head.
+        """
+        slots = self.slots
+        if not slots or slots[0] is not slot:
+            return
+        # A written slot keeps no reply: the connection affinity may hold
+        # the slot until the client's next request, and a reply may be big.
+        out = [slot.data]
+        slot.data = WRITTEN
+        slots.popleft()
+        while slots and slots[0].data is not None:
+            slot = slots.popleft()
+            out.append(slot.data)
+            slot.data = WRITTEN
+        client = self.client
+        if client.disconnected:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        stats = self.stats
+        stats.bytesOut += len(data)
+        stats.responses += len(out)
+        coalescer.write(self.transport, data)
+        if client.paused:
+            client.checkOutputLimit()
+        if client.readingPaused or client.closeWhenDrained:
+            client.repliesWritten(len(slots))
+
+    def clear(self):
+        """
+        Forget every reply still due: the client has gone.
+        """
+        self.slots.clear()
+
+
+@implementer(IReplyWaiter)
+class PipelineWaiter:
+    """
+    The waiter for a client's pipeline forwarded whole: gathers its
+    replies, then fills the pipeline's one slot with all of them.
+    """
+
+    __slots__ = ("slot", "replies", "count", "stats")
+
+    def __init__(self, slot, count, stats):
+        self.slot = slot
+        self.replies = []
+        self.count = count
+        self.stats = stats
+
+    @property
+    def data(self):
+        # The session's affinity asks whether the waiter has been answered.
+        return self.slot.data
+
+    def fill(self, reply):
+        replies = self.replies
+        replies.append(reply)
+        if len(replies) == self.count:
+            # The queue counts one response per slot.
+            self.stats.responses += self.count - 1
+            self.replies = None
+            self.slot.fill(b"".join(replies))
+
+
+@implementer(IReplyWaiter)
+class IgnoredReply:
+    """
+    The waiter for replies nobody needs (MULTI's +OK, each +QUEUED, the
+    SCRIPT LOAD before an EVALSHA is tried again).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self):
+        self.data = None
+
+    def fill(self, reply):
+        pass
