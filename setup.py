@@ -42,13 +42,15 @@ setup(
     description="A Redis connection pooler and key-hashing multiplexer on Twisted",
     long_description=read("README.md") if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
-    packages=["rmux", "twisted.plugins"],
+    packages=["rmux", "rmux.config", "twisted.plugins"],
     package_data={"rmux": ["*.json"]},
     ext_modules=EXTENSIONS,
     entry_points={"console_scripts": ["rmux = rmux.cli:main"]},
     python_requires=">=3.10",
     install_requires=[
-        "Twisted>=23.8",
+        # rmux's transports use Twisted's write buffer (see rmux.transport);
+        # CI tests both ends of this range.
+        "Twisted>=23.8,<27",
         "hiredis>=2.0",
         "prometheus-client>=0.17",
         "zope.interface>=5",

@@ -20,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from rmux import settings
 from rmux.interfaces import IHealth
 from rmux.pool import BackendPool
 from rmux.resp import encodeCommand
@@ -197,7 +198,14 @@ class HealthMonitor:
     """
 
     def __init__(
-        self, reactor, pools, interval=0.1, timeout=0.5, fall=3, rise=2, startupWait=1.0
+        self,
+        reactor,
+        pools,
+        interval=settings.seconds("healthInterval"),
+        timeout=settings.seconds("remoteConnectTimeout"),
+        fall=settings.default("healthFailures"),
+        rise=settings.default("healthSuccesses"),
+        startupWait=settings.seconds("startupWait"),
     ):
         self.reactor = reactor
         self.checks = {}

@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from rmux.resp import ProtocolError, ReplyFramer, encodeCommand, errorReply
 from rmux.stats import PoolStats
+from rmux import settings
 from rmux.interfaces import IBackendConnection, IBackendPool, ISinkProtocol
 from rmux.transport import (
     FastClientCreator, coalescer, unsentBytes, writeNow,
@@ -75,8 +76,8 @@ class BackendProtocol(Protocol):
     #: transport to receive into (see L{bodyReceived}), or L{None}.
     sink = None
     clock = None
-    readTimeout = 0.5
-    writeTimeout = 0.5
+    readTimeout = settings.seconds("remoteReadTimeout")
+    writeTimeout = settings.seconds("remoteWriteTimeout")
     dedicated = False
     failure = None
     retiring = False
@@ -535,12 +536,12 @@ class BackendPool:
         self,
         reactor,
         address,
-        size=20,
-        connectTimeout=0.5,
-        readTimeout=0.5,
-        writeTimeout=0.5,
-        maxPinned=32,
-        pinnedWait=1.0,
+        size=settings.default("poolSize"),
+        connectTimeout=settings.seconds("remoteConnectTimeout"),
+        readTimeout=settings.seconds("remoteReadTimeout"),
+        writeTimeout=settings.seconds("remoteWriteTimeout"),
+        maxPinned=settings.default("maxPinned"),
+        pinnedWait=settings.seconds("pinnedWait"),
     ):
         self.reactor = reactor
         self.address = address

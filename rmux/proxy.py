@@ -31,7 +31,6 @@ from rmux.replies import PipelineWaiter, ReplyQueue
 from rmux.resp import errorReply
 from rmux.session import SCRIPT_SOURCES, SHA_COMMANDS, ScriptCache, Session
 from rmux.stats import ListenerStats, listenerSnapshot
-from rmux.transport import unsentBytes
 
 MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 
@@ -219,15 +218,9 @@ class ClientProtocol(Protocol):
     # Replies (IClient)
 
     def reply(self, data):
-        """
-        Queue a reply that is ready now.
-        """
         self.replies.reply(data)
 
     def newSlot(self):
-        """
-        A place in the reply queue for a reply that will be ready later.
-        """
         return self.replies.newSlot()
 
     @property
@@ -321,10 +314,7 @@ class ClientProtocol(Protocol):
         @return: the error reply, or L{None}.
         """
         if spec is None:
-            container = args[0].lower()
-            if len(args) > 1 and self.table.hasSubcommands(container):
-                return C.unknownSubcommandError(container.decode("latin-1"), args[1])
-            return C.unknownCommandError(args)
+            return self.table.unknownError(args)
         if not spec.checkArity(len(args)):
             return C.wrongArityError(spec.name)
         if not self.authenticated and spec.name not in _WITHOUT_AUTH:
@@ -344,16 +334,12 @@ class ClientProtocol(Protocol):
         )
 
     def subscriptionsSettled(self):
-        """
-        The hub has finished a (un)subscribe that waited for a backend.
-        """
+        # The hub has finished a (un)subscribe that waited for a backend.
         if self.held is not None:
             self.release()
 
     def leavePubSub(self):
-        """
-        Leave every subscription (RESET, or the client has gone).
-        """
+        # RESET, or the client has gone.
         if self.usedPubSub and self.factory.hub is not None:
             self.factory.hub.clientGone(self)
 
@@ -454,25 +440,6 @@ class ClientProtocol(Protocol):
         if self.readingPaused and not self.disconnected and not self.paused:
             self.readingPaused = False
             self.transport.resumeProducing()
-
-    def checkOutputLimit(self):
-        """
-        Drop a client whose unsent replies exceed the output limit, before
-        it eats the host's memory (Redis's client-output-buffer-limit).
-        """
-        limit = self.factory.clientOutputLimit
-        if not limit:
-            return
-        transport = self.transport
-        buffered = unsentBytes(transport)
-        if buffered is not None and buffered > limit:
-            self.log.warn(
-                "closing client {id}: {buffered} bytes of replies unread, over "
-                "the client output limit of {limit}",
-                id=self.id, buffered=buffered, limit=limit,
-            )
-            self.factory.stats.outputLimitDrops += 1
-            transport.abortConnection()
 
     def _writeTimedOut(self):
         self._writeTimer = None

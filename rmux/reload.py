@@ -29,7 +29,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from rmux.config import ConfigError, ListenerConfig, RmuxConfig, loadConfigFile
+from rmux import settings
+from rmux.config import ConfigError, ListenerConfig, loadConfigFile
 from rmux.pool import BackendProtocol
 
 __all__ = [
@@ -60,33 +61,21 @@ class ReloadRefused(Exception):
     """
 
 
-RESTART_FIELDS = (
-    "socket",
-    "host",
-    "port",
-    "socketMode",
-    "socketOwner",
-    "maxProcesses",
-    "commands",
-)
+RESTART_FIELDS = tuple(s.name for s in settings.listenerFields() if not s.reloadable)
 """
 Listener fields a reload cannot change: where and how a listener listens
 (the socket is bound once, by the parent when there are workers), how
 many processes serve, and the command table every listener shares.
 """
 
-_GLOBAL_FIELDS = tuple(
-    field.name
-    for field in dataclasses.fields(RmuxConfig)
-    if field.name not in ("listeners", "configPath")
-)
+_GLOBAL_FIELDS = tuple(s.name for s in settings.globalFields())
 """
 Process-wide settings: they come from command-line options, which a
 reload does not re-read, and the services built from them (the stats and
 metrics ports) are not rebuilt.
 """
 
-_SECRET_FIELDS = frozenset(["requirepass", "users"])
+_SECRET_FIELDS = frozenset(s.name for s in settings.SETTINGS if s.secret)
 
 _PLACEMENT_FIELDS = frozenset(["backends", "routes"])
 

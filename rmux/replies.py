@@ -11,12 +11,15 @@ L{rmux.transport.coalescer} while a backend's batch is handed out).
 
 from collections import deque
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from rmux.interfaces import IReplyWaiter
-from rmux.transport import coalescer
+from rmux.transport import coalescer, unsentBytes
 
 __all__ = ["ReplySlot", "ReplyQueue", "PipelineWaiter", "IgnoredReply", "WRITTEN"]
+
+log = Logger()
 
 #: The data of a reply slot once written (not L{None}: it was answered).
 WRITTEN = b""
@@ -92,7 +95,7 @@ class ReplyQueue:
             stats.responses += 1
             coalescer.write(self.transport, data)
             if client.paused:
-                client.checkOutputLimit()
+                self.checkOutputLimit()
 
     def filled(self, slot):
         """
@@ -119,9 +122,30 @@ class ReplyQueue:
         stats.responses += len(out)
         coalescer.write(self.transport, data)
         if client.paused:
-            client.checkOutputLimit()
+            self.checkOutputLimit()
         if client.readingPaused or client.closeWhenDrained:
             client.repliesWritten(len(slots))
+
+    def checkOutputLimit(self):
+        """
+        Drop a client whose unsent replies exceed its listener's output
+        limit, before it eats the host's memory (Redis's
+        client-output-buffer-limit).
+        """
+        client = self.client
+        limit = client.factory.clientOutputLimit
+        if not limit:
+            return
+        transport = self.transport
+        buffered = unsentBytes(transport)
+        if buffered is not None and buffered > limit:
+            log.warn(
+                "closing client {id}: {buffered} bytes of replies unread, over "
+                "the client output limit of {limit}",
+                id=client.id, buffered=buffered, limit=limit,
+            )
+            self.stats.outputLimitDrops += 1
+            transport.abortConnection()
 
     def clear(self):
         """

@@ -22,6 +22,8 @@ style.
 
 import re
 
+from rmux import settings
+
 try:
     import hiredis
 except ImportError:  # pragma: no cover
@@ -320,9 +322,9 @@ class RequestParser(object):
         call L{bodyReceived}, instead of calling L{feed}.
     """
 
-    maxBulkLength = 512 * 1024 * 1024
-    maxArguments = 1024 * 1024
-    maxInlineLength = 64 * 1024
+    maxBulkLength = settings.default("maxBulkLength")
+    maxArguments = settings.default("maxArguments")
+    maxInlineLength = settings.default("maxInlineLength")
     useHiredis = hiredis is not None
     useSpeedups = _scanRequests is not None
     #: Arguments of these sizes are received in place, with the

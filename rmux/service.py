@@ -149,8 +149,8 @@ def _poolSettings(listener):
         connectTimeout=_seconds(listener.remoteConnectTimeout),
         readTimeout=_seconds(listener.remoteReadTimeout),
         writeTimeout=_seconds(listener.remoteWriteTimeout),
-        maxPinned=getattr(listener, "maxPinned", 32),
-        pinnedWait=_seconds(getattr(listener, "pinnedWait", 1000)),
+        maxPinned=listener.maxPinned,
+        pinnedWait=_seconds(listener.pinnedWait),
     )
 
 
@@ -251,7 +251,7 @@ class ListenerService(MultiService):
                 backlog=LISTEN_BACKLOG,
                 mode=listener.socketMode,
                 wantPID=True,
-                owner=getattr(listener, "socketOwner", None),
+                owner=listener.socketOwner,
             )
         return TCPServerEndpoint(
             self.reactor, listener.port, backlog=LISTEN_BACKLOG, interface=listener.host

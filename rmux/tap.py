@@ -35,31 +35,8 @@ from twisted.python import usage
 
 import rmux
 from rmux import logs
-from rmux.config import (
-    DEFAULT_CLIENT_OUTPUT_LIMIT,
-    DEFAULT_HEALTH_FAILURES,
-    DEFAULT_HEALTH_INTERVAL,
-    DEFAULT_HEALTH_SUCCESSES,
-    DEFAULT_MAX_ARGUMENTS,
-    DEFAULT_MAX_BULK_LENGTH,
-    DEFAULT_MAX_CLIENTS,
-    DEFAULT_MAX_INLINE_LENGTH,
-    DEFAULT_MAX_PINNED,
-    DEFAULT_PINNED_WAIT,
-    DEFAULT_POOL_SIZE,
-    DEFAULT_REMOTE_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_STARTUP_WAIT,
-    DEFAULT_STATS_HOST,
-    DEFAULT_STATS_INTERVAL,
-    DEFAULT_TCP_CONNECTIONS,
-    HASHES,
-    FLAG_NAMES,
-    ConfigError,
-    RmuxConfig,
-    fromFlags,
-    parseFlagBoolean,
-)
+from rmux import settings
+from rmux.config import FLAG_NAMES, ConfigError, RmuxConfig, fromFlags, parseFlagBoolean
 
 __all__ = ["Options", "CPUProfiledService", "describeConfig", "makeService"]
 
@@ -70,16 +47,6 @@ def dashed(name: str) -> str:
     C{"remoteReadTimeout"} -> C{"remote-read-timeout"}.
     """
     return re.sub(r"([A-Z])", lambda m: "-" + m.group(1).lower(), name)
-
-
-def _size(size: int) -> str:
-    """
-    A size as C{--help} shows it and an operator writes it: C{"256mb"}.
-    """
-    for unit, factor in (("gb", 1024**3), ("mb", 1024**2), ("kb", 1024)):
-        if size and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return str(size)
 
 
 class Options(usage.Options):
@@ -133,322 +100,25 @@ class Options(usage.Options):
         "Prometheus metrics, on --statsHost."
     )
 
-    helpGroups = (
-        ("Listening", ("socket", "socketMode", "socketOwner", "host", "port", "maxProcesses")),
-        (
-            "Backends",
-            (
-                "tcpConnections",
-                "unixConnections",
-                "config",
-                "poolSize",
-                "remoteTimeout",
-                "remoteConnectTimeout",
-                "remoteReadTimeout",
-                "remoteWriteTimeout",
-                "maxPinned",
-                "pinnedWait",
-            ),
-        ),
-        ("Key placement", ("distribution", "hash", "hashTag", "failover", "allowFlush")),
-        (
-            "Health checks",
-            ("healthInterval", "healthTimeout", "healthFailures", "healthSuccesses", "startupWait"),
-        ),
-        (
-            "Clients",
-            (
-                "requirepass",
-                "maxClients",
-                "localTimeout",
-                "localReadTimeout",
-                "localWriteTimeout",
-                "idleTimeout",
-                "clientOutputLimit",
-                "maxBulkLength",
-                "maxArguments",
-                "maxInlineLength",
-                "shutdownTimeout",
-            ),
-        ),
-        (
-            "Stats and metrics",
-            ("statsPort", "metricsPort", "statsHost", "statsInterval", "graphite", "timing"),
-        ),
-        ("Logging and profiling", ("debug", "useSyslog", "cpuProfile")),
-        ("This command", ("checkConfig", "help", "version")),
-    )
+    helpGroups = tuple(
+        (group, tuple(s.name for s in settings.SETTINGS if s.group == group and s.flag))
+        for group in settings.GROUPS
+    ) + (("This command", ("help", "version")),)
     """
     How C{--help} groups the options: a title, then option names in the
-    order shown.  An option left out of every group is shown under "Other
-    options", so that each option is listed exactly once however this
-    table and the options drift apart.
+    order shown, as L{rmux.settings} lists them.  An option left out of
+    every group is shown under "Other options", so that each option is
+    listed exactly once however this table and the options drift apart.
     """
 
     optFlags = [
-        [
-            "failover",
-            None,
-            "When multiplexing, send a key whose backend is down to the next "
-            "live backend instead of failing the command.",
-        ],
-        [
-            "allowFlush",
-            None,
-            "When multiplexing, send FLUSHDB and FLUSHALL to every backend "
-            "instead of refusing them.",
-        ],
-        [
-            "debug",
-            None,
-            "Log debug events too; without it, info and above. Either way, "
-            f"one event repeated is shown at most {logs.REPEAT_BURST} times per "
-            f"{logs.REPEAT_INTERVAL:g} s, then counted.",
-        ],
-        [
-            "useSyslog",
-            None,
-            "Also send every event to syslog, one line each (ident rmux, "
-            "facility daemon, priority by level). Off by default, unlike Go "
-            "rmux, since twistd logs already; twistd's own --syslog sends "
-            "its log there instead, so use one or the other.",
-        ],
-        ["timing", None, "Also send timing metrics to --graphite."],
-        [
-            "checkConfig",
-            None,
-            "Check the options and the --config file, print the result and "
-            "exit (0 if valid, 1 if not) instead of running.",
-        ],
+        [s.name, None, s.helpText()] for s in settings.SETTINGS
+        if s.flag and s.kind == settings.BOOLEAN
     ]
 
     optParameters = [
-        ["host", None, "localhost", "TCP interface to listen on (ignored with --socket)."],
-        ["port", None, 6379, "TCP port to listen on (ignored with --socket)."],
-        [
-            "socket",
-            None,
-            None,
-            "Unix socket to listen on instead of --host/--port.",
-        ],
-        ["socketMode", None, "0666", "Permissions of the --socket file, in octal."],
-        [
-            "tcpConnections",
-            None,
-            None,
-            "Backend Redis servers, host:port (or redis:// URLs), separated "
-            f"by spaces. Default: '{DEFAULT_TCP_CONNECTIONS}' when neither "
-            "this nor --unixConnections is given. For ketama, host:port:weight "
-            "(or ?weight=N&name=NAME in a URL) gives a server a weight.",
-        ],
-        [
-            "unixConnections",
-            None,
-            None,
-            "Backend Redis unix sockets (or unix:// URLs), separated by "
-            "spaces. They come after all TCP backends in the hashing order. "
-            "A weight is given as unix:///path?weight=N&name=NAME.",
-        ],
-        [
-            "poolSize",
-            None,
-            DEFAULT_POOL_SIZE,
-            f"Connections per backend; 0 means {DEFAULT_POOL_SIZE}.",
-        ],
-        [
-            "maxProcesses",
-            None,
-            0,
-            "Go rmux's GOMAXPROCS setting, kept for worker processes; 0 = not set.",
-        ],
-        ["localTimeout", None, 0, "Client read and write timeout (ms); 0 = none."],
-        ["localReadTimeout", None, 0, "Client read timeout (ms); 0 = --localTimeout."],
-        ["localWriteTimeout", None, 0, "Client write timeout (ms); 0 = --localTimeout."],
-        ["idleTimeout", None, 0, "Disconnect a client idle this long (ms); 0 = never."],
-        [
-            "remoteTimeout",
-            None,
-            0,
-            "Backend connect, read and write timeout (ms); " f"0 = {DEFAULT_REMOTE_TIMEOUT}.",
-        ],
-        [
-            "remoteConnectTimeout",
-            None,
-            0,
-            "Backend connect timeout (ms); 0 = --remoteTimeout.",
-        ],
-        ["remoteReadTimeout", None, 0, "Backend read timeout (ms); 0 = --remoteTimeout."],
-        ["remoteWriteTimeout", None, 0, "Backend write timeout (ms); 0 = --remoteTimeout."],
-        [
-            "distribution",
-            None,
-            "rmux",
-            "Key placement when multiplexing: 'rmux' (Go rmux's, keeps its "
-            "key placement) or 'ketama' (twemproxy's consistent hashing, with "
-            "backend weights).",
-        ],
-        [
-            "hash",
-            None,
-            None,
-            f"Key hash for --distribution=ketama: {' or '.join(HASHES)}. "
-            f"Default: {HASHES[0]}.",
-        ],
-        [
-            "hashTag",
-            None,
-            None,
-            "Two characters, such as '{}': only the part of a key between them "
-            "is hashed, so related keys share a backend. Default: none.",
-        ],
-        [
-            "healthInterval",
-            None,
-            DEFAULT_HEALTH_INTERVAL,
-            f"Time between health checks of a backend (ms); 0 = {DEFAULT_HEALTH_INTERVAL}.",
-        ],
-        [
-            "healthTimeout",
-            None,
-            0,
-            "Time a health check may take (ms); 0 = --remoteConnectTimeout.",
-        ],
-        [
-            "healthFailures",
-            None,
-            DEFAULT_HEALTH_FAILURES,
-            "Consecutive failed health checks that take a backend down; "
-            f"0 = {DEFAULT_HEALTH_FAILURES}.",
-        ],
-        [
-            "healthSuccesses",
-            None,
-            DEFAULT_HEALTH_SUCCESSES,
-            "Consecutive good health checks that bring a backend back; "
-            f"0 = {DEFAULT_HEALTH_SUCCESSES}.",
-        ],
-        [
-            "startupWait",
-            None,
-            DEFAULT_STARTUP_WAIT,
-            "How long a request for a backend not yet health-checked waits "
-            "for its first check (ms); 0 = fail at once, as Go rmux does.",
-        ],
-        [
-            "requirepass",
-            None,
-            None,
-            "Password clients must send with AUTH, as Redis's requirepass "
-            "(the default user's). Other local users can read a command line "
-            "(ps): prefer \"requirepass\" in the --config file, which also "
-            "takes ACL-style users. Default: none, no AUTH needed.",
-        ],
-        [
-            "maxPinned",
-            None,
-            DEFAULT_MAX_PINNED,
-            "Per backend server, the most connections dedicated each to one "
-            "client at a time (transactions after WATCH/MULTI, blocking "
-            f"commands); 0 = {DEFAULT_MAX_PINNED}.",
-        ],
-        [
-            "pinnedWait",
-            None,
-            DEFAULT_PINNED_WAIT,
-            "How long a client waits for a dedicated connection when "
-            "--maxPinned are in use, before it gets an error (ms); 0 = fail "
-            "at once.",
-        ],
-        [
-            "maxClients",
-            None,
-            DEFAULT_MAX_CLIENTS,
-            "Most clients connected at once, as Redis's maxclients; one more "
-            "gets '-ERR max number of clients reached' and is closed; "
-            f"0 = {DEFAULT_MAX_CLIENTS}.",
-        ],
-        [
-            "clientOutputLimit",
-            None,
-            _size(DEFAULT_CLIENT_OUTPUT_LIMIT),
-            "Disconnect a client whose replies not yet sent exceed this size "
-            "(bytes, or with a unit such as 64mb); 0 = unlimited.",
-        ],
-        [
-            "socketOwner",
-            None,
-            None,
-            "Owner of the --socket file: user, user:group or :group (names or "
-            "numeric ids). Default: the user and group rmux runs as.",
-        ],
-        [
-            "maxBulkLength",
-            None,
-            _size(DEFAULT_MAX_BULK_LENGTH),
-            "Longest argument a client may send, as Redis's proto-max-bulk-len "
-            f"(bytes, or with a unit); 0 = {_size(DEFAULT_MAX_BULK_LENGTH)}.",
-        ],
-        [
-            "maxArguments",
-            None,
-            DEFAULT_MAX_ARGUMENTS,
-            f"Most arguments in one command; 0 = {DEFAULT_MAX_ARGUMENTS}.",
-        ],
-        [
-            "maxInlineLength",
-            None,
-            _size(DEFAULT_MAX_INLINE_LENGTH),
-            "Longest inline command, or RESP header line, a client may send "
-            f"(bytes, or with a unit); 0 = {_size(DEFAULT_MAX_INLINE_LENGTH)}.",
-        ],
-        [
-            "shutdownTimeout",
-            None,
-            DEFAULT_SHUTDOWN_TIMEOUT,
-            "On SIGTERM, how long clients may still collect the replies they "
-            "are owed before they are closed (ms); 0 = close them at once.",
-        ],
-        [
-            "config",
-            None,
-            None,
-            "JSON config file: an array of listener objects with these "
-            "options' names. Replaces every listener and backend option; "
-            "--debug, --graphite etc. still apply.",
-        ],
-        ["graphite", None, None, "statsd host:port (UDP) to send metrics to."],
-        [
-            "statsPort",
-            None,
-            0,
-            "TCP port serving twemproxy-compatible stats JSON (0 = none).",
-        ],
-        [
-            "metricsPort",
-            None,
-            0,
-            "TCP port serving Prometheus metrics at /metrics (0 = none).",
-        ],
-        [
-            "statsHost",
-            None,
-            DEFAULT_STATS_HOST,
-            "Interface the stats and metrics ports listen on.",
-        ],
-        [
-            "statsInterval",
-            None,
-            DEFAULT_STATS_INTERVAL,
-            "How often statsd gets the counters, and workers report theirs (ms).",
-        ],
-        [
-            "cpuProfile",
-            None,
-            None,
-            "Profile rmux's CPU use (cProfile) from start to stop and write it "
-            "to this file when rmux stops; read it with python -m pstats. With "
-            "--maxProcesses, only the parent process is profiled.",
-        ],
+        [s.name, None, s.flagDefault(), s.helpText()] for s in settings.SETTINGS
+        if s.flag and s.kind != settings.BOOLEAN
     ]
 
     config: RmuxConfig

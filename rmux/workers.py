@@ -747,7 +747,7 @@ class ParentService(MultiService):
         killTime = self.killTime
         if killTime is None:
             longest = max(
-                getattr(listener, "shutdownTimeout", 5000)
+                listener.shutdownTimeout
                 for listener in self.config.listeners
             )
             killTime = longest / 1000.0 + self.killGrace
