@@ -274,193 +274,123 @@ _FAST_WINDOW = 16 * 1024
 
 
 
-class RequestParser(object):
+class _HiredisScan(object):
     """
-    Turns a client's byte stream into commands.
-
-    Feed it whatever the transport delivers, split anywhere; it returns the
-    commands completed so far, each a non-empty C{list} of C{bytes} with the
-    command name as sent (not case-folded).  Clients may mix RESP arrays and
-    inline commands freely.
-
-    After a protocol error the parser is dead: L{error} holds the
-    L{ProtocolError}, and later feeds return nothing.  The caller should
-    answer with the error and close, as Redis does.
-
-    Limits are class attributes, as with L{twisted.protocols.basic}'s
-    C{MAX_LENGTH}; override them in a subclass or pass them to C{__init__}.
-    They are checked as soon as a header arrives, never after buffering what
-    it announces.
-
-    RESP arrays are parsed by C{rmux._speedups.scanRequests} while the
-    stream is at a command boundary: it takes canonical arrays of bulk
-    strings within the limits, in one pass, and leaves anything else to the
-    pure-Python parser.  Without the accelerator, C{hiredis} does that job.
-    hiredis is laxer than Redis (it takes any element type and does not
-    check the CRLF after a bulk string) and cannot say how many
+    The fast path without the C accelerator: RESP arrays parsed by
+    C{hiredis}, which is laxer than Redis (it takes any element type and
+    does not check the CRLF after a bulk string) and cannot say how many
     bytes it used, so its commands are only accepted if re-encoding them
-    gives back exactly the bytes received; from the first mismatch on, the
-    pure-Python parser takes over and has the last word, including on error
-    texts.
-
-    @cvar maxBulkLength: the longest bulk string argument accepted (Redis's
-        C{proto-max-bulk-len}).
-    @cvar maxArguments: the most arguments one command may have.
-    @cvar maxInlineLength: the longest inline command line, and the longest
-        C{*}/C{$} header line (Redis's C{PROTO_INLINE_MAX_SIZE}).
-    @cvar useSpeedups: whether to use the C accelerator for RESP arrays.
-    @cvar useHiredis: whether to use hiredis for RESP arrays, when the C
-        accelerator is not used.
-
-    @ivar error: the L{ProtocolError} that killed this parser, or L{None}.
-    @ivar wholeFeed: whether the last L{feed}'s bytes were exactly the
-        commands it returned, all complete and canonically encoded (RESP
-        arrays of bulk strings): then those bytes may be forwarded as they
-        are, instead of being encoded again.
-    @ivar sink: the L{BodySink} of a big argument being received, or
-        L{None}.  While there is one, the caller may receive into it and
-        call L{bodyReceived}, instead of calling L{feed}.
+    gives back exactly the bytes received.
     """
 
-    maxBulkLength = settings.default("maxBulkLength")
-    maxArguments = settings.default("maxArguments")
-    maxInlineLength = settings.default("maxInlineLength")
-    useHiredis = hiredis is not None
-    useSpeedups = _scanRequests is not None
-    #: Arguments of these sizes are received in place, with the
-    #: accelerator (see L{BodySink}).
-    sinkMinimum = _SINK_MIN
-    sinkMaximum = _SINK_MAX
+    __slots__ = ("_reader",)
 
-    __slots__ = (
-        "error", "_maxBulk", "_maxArgs", "_maxInline", "_fast", "_scan", "_reader",
-        "_tooManyArgs", "_tooLong", "_saved",
-        "_argv", "_argc", "_bulkLen", "_held", "_chunks", "_pending",
-        "_wait", "wholeFeed", "sink",
-    )
-
-    def __init__(self, maxBulkLength=None, maxArguments=None,
-                 maxInlineLength=None):
-        """
-        @param maxBulkLength: overrides L{maxBulkLength} for this parser.
-        @param maxArguments: overrides L{maxArguments} for this parser.
-        @param maxInlineLength: overrides L{maxInlineLength} for this parser.
-        """
-        self.error = None
-        self.wholeFeed = False
-        self._maxBulk = (self.maxBulkLength if maxBulkLength is None
-                         else maxBulkLength)
-        self._maxArgs = (self.maxArguments if maxArguments is None
-                         else maxArguments)
-        self._maxInline = (self.maxInlineLength if maxInlineLength is None
-                           else maxInlineLength)
-        self._tooManyArgs = "invalid multibulk length"
-        self._tooLong = "invalid bulk length"
-        self._saved = None
-        # A canonical header line is at most 21 bytes long; below that the
-        # inline limit could reject what the fast path accepts.
-        self._scan = _scanRequests if self.useSpeedups else None
-        self.sink = None
-        self._fast = bool((self._scan is not None or self.useHiredis)
-                          and self._maxInline >= 21)
+    def __init__(self):
         self._reader = None
-        # The command being read: arguments so far, how many are still to
-        # come, and the length of the one being read (-1: its header is next).
-        self._argv = None
-        self._argc = 0
-        self._bulkLen = -1
-        # Bytes of the current command already parsed into _argv.
-        self._held = 0
-        # Bytes received but not yet parsed, and what they are waiting for.
-        self._chunks = None
-        self._pending = 0
-        self._wait = _NOTHING
 
+    def __call__(self, data, pos, out, maxArgs, maxBulk):
+        """
+        Parse the RESP arrays starting at C{data[pos]}.
 
-    @property
-    def buffered(self):
+        @return: C{(used, again, whole)}: the position up to which commands
+            were accepted (appended to C{out}), whether the fast path may
+            be used again in this feed, and whether C{data} was exactly
+            the commands accepted.
         """
-        The number of bytes held of an incomplete command: 0 at a command
-        boundary.
-        """
-        return self._held + self._pending
-
-
-    def restrictUntilAuthenticated(self, maxArguments=10, maxBulkLength=16384):
-        """
-        Apply Redis's limits for a client that has not authenticated yet,
-        with Redis's texts (C{unauthenticated multibulk length}, ...), so a
-        stranger cannot make rmux buffer large requests.  L{authenticated}
-        lifts them.
-        """
-        self._saved = (self._maxArgs, self._maxBulk)
-        self._maxArgs = min(self._maxArgs, maxArguments)
-        self._maxBulk = min(self._maxBulk, maxBulkLength)
-        self._tooManyArgs = "unauthenticated multibulk length"
-        self._tooLong = "unauthenticated bulk length"
-
-    def authenticated(self):
-        """
-        Lift the limits of L{restrictUntilAuthenticated}.
-        """
-        if self._saved is not None:
-            self._maxArgs, self._maxBulk = self._saved
-            self._saved = None
-            self._tooManyArgs = "invalid multibulk length"
-            self._tooLong = "invalid bulk length"
-
-    def feed(self, data):
-        """
-        Parse more of the stream.
-
-        @param data: the bytes just received.
-        @type data: C{bytes}
-
-        @return: the commands completed by C{data}, in order.  If C{data}
-            holds a protocol error, the commands before it, with L{error}
-            set.
-        @rtype: C{list} of C{list} of C{bytes}
-        """
-        self.wholeFeed = False
-        if self.error is not None or not data:
-            return []
-        if type(data) is not bytes:
-            data = bytes(data)
-        out = []
-        pos = 0
-        fast = self._fast
-        if fast and not self._wait and self._argv is None and data[0] == 42:
-            pos, fast = self._parseFast(data, 0, out)
-            if pos == len(data):
-                # wholeFeed is set by _parseFast when hiredis's commands
-                # were exactly these bytes.
-                return out
-            self.wholeFeed = False
-        elif self._wait:
-            pos = self._resume(data, out)
-            if pos < 0:
-                return out
         n = len(data)
-        while pos < n:
-            if fast and self._argv is None and data[pos] == 42:
-                pos, fast = self._parseFast(data, pos, out)
+        # hiredis sees at most a window of the bytes: a big value is left to
+        # the pure-Python parser, which keeps it without scanning or copying
+        # it again, and the checks below stay cheap.
+        end = min(n, pos + _FAST_WINDOW)
+        if (end - pos > maxBulk or _BIG_ARRAY(data, pos, end) is not None
+                or ((data.find(b"~", pos, end) >= 0 or data.find(b">", pos, end) >= 0
+                     or data.find(b"|", pos, end) >= 0)
+                    and _BIG_OTHER(data, pos, end) is not None)):
+            return pos, False, False
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = hiredis.Reader()
+        reader.feed(data, pos, end - pos)
+        commands = []
+        clean = True
+        try:
+            command = reader.gets()
+            while command is not False:
+                commands.append(command)
+                command = reader.gets()
+        except Exception:
+            # hiredis refused something; what it returned before stays good.
+            clean = False
+
+        # Accept the commands only if they are exactly the bytes received.
+        parts = []
+        append = parts.append
+        headers = _BULK_HEADERS
+        crlf = _CRLF
+        try:
+            for command in commands:
+                size = len(command)
+                if not size or size > maxArgs:
+                    raise TypeError()
+                append(b"*%d\r\n" % size)
+                for arg in command:
+                    size = len(arg)
+                    append(headers[size] if size < 1024
+                           else b"$%d\r\n" % size)
+                    append(arg)
+                    append(crlf)
+            encoded = b"".join(parts)
+            if not data.startswith(encoded, pos):
+                raise TypeError()
+        except TypeError:
+            # Something in there is not a plain array of bulk strings:
+            # accept what comes before it, one command at a time.
+            used = pos
+            for command in commands:
+                if command is None:
+                    encoded = b"*-1\r\n"
+                elif type(command) is list and len(command) <= maxArgs:
+                    try:
+                        encoded = encodeCommand(command)
+                    except TypeError:
+                        break
+                else:
+                    break
+                if not data.startswith(encoded, used):
+                    break
+                used += len(encoded)
+                if command:
+                    out.append(command)
             else:
-                pos = self._parseSlow(data, pos, out, fast)
-        return out
+                if clean and used == n:
+                    # Only *0 or *-1 were in the way.
+                    return n, True, False
+            self._reader = None
+            return used, False, False
+        out.extend(commands)
+        used = pos + len(encoded)
+        if clean and used == n:
+            return n, True, not pos and bool(commands)
+        # hiredis holds part of a command (or an error); forget it.
+        self._reader = None
+        if clean and end < n and used > pos:
+            # The window ended inside a command: carry on after the last
+            # complete one.
+            return used, True, False
+        return used, False, False
 
 
-    def _fail(self, message):
-        """
-        Die of a protocol error.
 
-        @return: a position beyond any buffer, to end the caller's loop.
-        """
-        self.error = ProtocolError("Protocol error: " + message)
-        self._argv = self._chunks = self._reader = self.sink = None
-        self._held = self._pending = 0
-        self._wait = _NOTHING
-        return 1 << 62
 
+class _HeldBytes(object):
+    """
+    The part of L{RequestParser} that finishes what an earlier feed left
+    incomplete: a line or header cut short, a bulk argument whose body is
+    still arriving (kept in chunks, or received in place through a
+    L{BodySink}), the CRLF after it.
+    """
+
+    __slots__ = ()
 
     def _stash(self, buf, pos, wait):
         """
@@ -470,7 +400,6 @@ class RequestParser(object):
         self._chunks = [buf[pos:] if pos else buf]
         self._pending = len(buf) - pos
         self._wait = wait
-
 
     def _resume(self, data, out):
         """
@@ -568,7 +497,6 @@ class RequestParser(object):
             return -1
         return end
 
-
     def bodyReceived(self, size):
         """
         C{size} more bytes of the big argument are in L{sink}: received
@@ -587,7 +515,6 @@ class RequestParser(object):
         self._bulkLen = -1
         self._argc -= 1
         self._wait = _BODY_END
-
 
     def _bodyEnd(self, data, pos, out):
         """
@@ -620,6 +547,185 @@ class RequestParser(object):
         return -1 if end == len(data) else end
 
 
+class RequestParser(_HeldBytes):
+    """
+    Turns a client's byte stream into commands.
+
+    Feed it whatever the transport delivers, split anywhere; it returns the
+    commands completed so far, each a non-empty C{list} of C{bytes} with the
+    command name as sent (not case-folded).  Clients may mix RESP arrays and
+    inline commands freely.
+
+    After a protocol error the parser is dead: L{error} holds the
+    L{ProtocolError}, and later feeds return nothing.  The caller should
+    answer with the error and close, as Redis does.
+
+    Limits are class attributes, as with L{twisted.protocols.basic}'s
+    C{MAX_LENGTH}; override them in a subclass or pass them to C{__init__}.
+    They are checked as soon as a header arrives, never after buffering what
+    it announces.
+
+    RESP arrays are parsed by C{rmux._speedups.scanRequests} (else
+    L{_HiredisScan}) while the stream is at a command boundary: it takes
+    canonical arrays of bulk strings within the limits, in one pass, and
+    leaves anything else to the pure-Python parser, which has the last
+    word, including on error texts.
+
+    @cvar maxBulkLength: the longest bulk string argument accepted (Redis's
+        C{proto-max-bulk-len}).
+    @cvar maxArguments: the most arguments one command may have.
+    @cvar maxInlineLength: the longest inline command line, and the longest
+        C{*}/C{$} header line (Redis's C{PROTO_INLINE_MAX_SIZE}).
+    @cvar useSpeedups: whether to use the C accelerator for RESP arrays.
+    @cvar useHiredis: whether to use hiredis for RESP arrays, when the C
+        accelerator is not used.
+
+    @ivar error: the L{ProtocolError} that killed this parser, or L{None}.
+    @ivar wholeFeed: whether the last L{feed}'s bytes were exactly the
+        commands it returned, all complete and canonically encoded (RESP
+        arrays of bulk strings): then those bytes may be forwarded as they
+        are, instead of being encoded again.
+    @ivar sink: the L{BodySink} of a big argument being received, or
+        L{None}.  While there is one, the caller may receive into it and
+        call L{bodyReceived}, instead of calling L{feed}.
+    """
+
+    maxBulkLength = settings.default("maxBulkLength")
+    maxArguments = settings.default("maxArguments")
+    maxInlineLength = settings.default("maxInlineLength")
+    useHiredis = hiredis is not None
+    useSpeedups = _scanRequests is not None
+    #: Arguments of these sizes are received in place, with the
+    #: accelerator (see L{BodySink}).
+    sinkMinimum = _SINK_MIN
+    sinkMaximum = _SINK_MAX
+
+    __slots__ = (
+        "error", "_maxBulk", "_maxArgs", "_maxInline", "_fast", "_scan", "_hiredis",
+        "_tooManyArgs", "_tooLong", "_saved",
+        "_argv", "_argc", "_bulkLen", "_held", "_chunks", "_pending",
+        "_wait", "wholeFeed", "sink",
+    )
+
+    def __init__(self, maxBulkLength=None, maxArguments=None,
+                 maxInlineLength=None):
+        """
+        @param maxBulkLength: overrides L{maxBulkLength} for this parser.
+        @param maxArguments: overrides L{maxArguments} for this parser.
+        @param maxInlineLength: overrides L{maxInlineLength} for this parser.
+        """
+        self.error = None
+        self.wholeFeed = False
+        self._maxBulk = (self.maxBulkLength if maxBulkLength is None
+                         else maxBulkLength)
+        self._maxArgs = (self.maxArguments if maxArguments is None
+                         else maxArguments)
+        self._maxInline = (self.maxInlineLength if maxInlineLength is None
+                           else maxInlineLength)
+        self._tooManyArgs = "invalid multibulk length"
+        self._tooLong = "invalid bulk length"
+        self._saved = None
+        # A canonical header line is at most 21 bytes long; below that the
+        # inline limit could reject what the fast path accepts.
+        self._scan = _scanRequests if self.useSpeedups else None
+        self.sink = None
+        self._fast = bool((self._scan is not None or self.useHiredis)
+                          and self._maxInline >= 21)
+        self._hiredis = None
+        # The command being read: arguments so far, how many are still to
+        # come, and the length of the one being read (-1: its header is next).
+        self._argv = None
+        self._argc = 0
+        self._bulkLen = -1
+        # Bytes of the current command already parsed into _argv.
+        self._held = 0
+        # Bytes received but not yet parsed, and what they are waiting for.
+        self._chunks = None
+        self._pending = 0
+        self._wait = _NOTHING
+
+    @property
+    def buffered(self):
+        """
+        The number of bytes held of an incomplete command: 0 at a command
+        boundary.
+        """
+        return self._held + self._pending
+
+    def restrictUntilAuthenticated(self, maxArguments=10, maxBulkLength=16384):
+        """
+        Apply Redis's limits for a client that has not authenticated yet,
+        with Redis's texts (C{unauthenticated multibulk length}, ...), so a
+        stranger cannot make rmux buffer large requests.  L{authenticated}
+        lifts them.
+        """
+        self._saved = (self._maxArgs, self._maxBulk)
+        self._maxArgs = min(self._maxArgs, maxArguments)
+        self._maxBulk = min(self._maxBulk, maxBulkLength)
+        self._tooManyArgs = "unauthenticated multibulk length"
+        self._tooLong = "unauthenticated bulk length"
+
+    def authenticated(self):
+        """
+        Lift the limits of L{restrictUntilAuthenticated}.
+        """
+        if self._saved is not None:
+            self._maxArgs, self._maxBulk = self._saved
+            self._saved = None
+            self._tooManyArgs = "invalid multibulk length"
+            self._tooLong = "invalid bulk length"
+
+    def feed(self, data):
+        """
+        Parse more of the stream.
+
+        @param data: the bytes just received.
+        @type data: C{bytes}
+
+        @return: the commands completed by C{data}, in order.  If C{data}
+            holds a protocol error, the commands before it, with L{error}
+            set.
+        @rtype: C{list} of C{list} of C{bytes}
+        """
+        self.wholeFeed = False
+        if self.error is not None or not data:
+            return []
+        if type(data) is not bytes:
+            data = bytes(data)
+        out = []
+        pos = 0
+        fast = self._fast
+        if fast and not self._wait and self._argv is None and data[0] == 42:
+            pos, fast = self._parseFast(data, 0, out)
+            if pos == len(data):
+                # wholeFeed is set by _parseFast when hiredis's commands
+                # were exactly these bytes.
+                return out
+            self.wholeFeed = False
+        elif self._wait:
+            pos = self._resume(data, out)
+            if pos < 0:
+                return out
+        n = len(data)
+        while pos < n:
+            if fast and self._argv is None and data[pos] == 42:
+                pos, fast = self._parseFast(data, pos, out)
+            else:
+                pos = self._parseSlow(data, pos, out, fast)
+        return out
+
+    def _fail(self, message):
+        """
+        Die of a protocol error.
+
+        @return: a position beyond any buffer, to end the caller's loop.
+        """
+        self.error = ProtocolError("Protocol error: " + message)
+        self._argv = self._chunks = self._hiredis = self.sink = None
+        self._held = self._pending = 0
+        self._wait = _NOTHING
+        return 1 << 62
+
     def _parseFast(self, data, pos, out):
         """
         Parse the RESP arrays starting at C{data[pos]} with the C
@@ -637,95 +743,20 @@ class RequestParser(object):
                 self.wholeFeed = not pos
                 return used, True
             return used, data[used] != 42
-        n = len(data)
-        # hiredis sees at most a window of the bytes: a big value is left to
-        # the pure-Python parser, which keeps it without scanning or copying
-        # it again, and the checks below stay cheap.
-        end = min(n, pos + _FAST_WINDOW)
-        if (end - pos > self._maxBulk or _BIG_ARRAY(data, pos, end) is not None
-                or ((data.find(b"~", pos, end) >= 0 or data.find(b">", pos, end) >= 0
-                     or data.find(b"|", pos, end) >= 0)
-                    and _BIG_OTHER(data, pos, end) is not None)):
-            return pos, False
-        reader = self._reader
-        if reader is None:
-            reader = self._reader = hiredis.Reader()
-        reader.feed(data, pos, end - pos)
-        commands = []
-        clean = True
-        try:
-            command = reader.gets()
-            while command is not False:
-                commands.append(command)
-                command = reader.gets()
-        except Exception:
-            # hiredis refused something; what it returned before stays good.
-            clean = False
-
-        # Accept the commands only if they are exactly the bytes received.
-        parts = []
-        append = parts.append
-        headers = _BULK_HEADERS
-        maxArgs = self._maxArgs
-        crlf = _CRLF
-        try:
-            for command in commands:
-                size = len(command)
-                if not size or size > maxArgs:
-                    raise TypeError()
-                append(b"*%d\r\n" % size)
-                for arg in command:
-                    size = len(arg)
-                    append(headers[size] if size < 1024
-                           else b"$%d\r\n" % size)
-                    append(arg)
-                    append(crlf)
-            encoded = b"".join(parts)
-            if not data.startswith(encoded, pos):
-                raise TypeError()
-        except TypeError:
-            # Something in there is not a plain array of bulk strings:
-            # accept what comes before it, one command at a time.
-            used = pos
-            for command in commands:
-                if command is None:
-                    encoded = b"*-1\r\n"
-                elif type(command) is list and len(command) <= maxArgs:
-                    try:
-                        encoded = encodeCommand(command)
-                    except TypeError:
-                        break
-                else:
-                    break
-                if not data.startswith(encoded, used):
-                    break
-                used += len(encoded)
-                if command:
-                    out.append(command)
-            else:
-                if clean and used == n:
-                    # Only *0 or *-1 were in the way.
-                    return n, True
-            self._reader = None
-            return used, False
-        out.extend(commands)
-        used = pos + len(encoded)
-        if clean and used == n:
-            self.wholeFeed = not pos and bool(commands)
-            return n, True
-        # hiredis holds part of a command (or an error); forget it.
-        self._reader = None
-        if clean and end < n and used > pos:
-            # The window ended inside a command: carry on after the last
-            # complete one.
-            return used, True
-        return used, False
-
+        hiredisScan = self._hiredis
+        if hiredisScan is None:
+            hiredisScan = self._hiredis = _HiredisScan()
+        used, again, whole = hiredisScan(data, pos, out, self._maxArgs, self._maxBulk)
+        if whole:
+            self.wholeFeed = True
+        return used, again
 
     def _parseSlow(self, buf, pos, out, fast):
         """
         The pure-Python parser: parse C{buf} from C{pos} and keep whatever
-        incomplete command remains.
+        incomplete command remains.  A hot loop, deliberately unrolled into
+        one long function: state lives in locals, not in calls per
+        argument.
 
         @param fast: whether to stop at the next command boundary followed
             by a RESP array, so that hiredis can take it.
@@ -936,8 +967,9 @@ def scanReplies(buf, pos, stack, limit=0):
     Find where complete top-level replies end in C{buf}.
 
     This is the framer's inner loop, kept as one function of plain values so
-    that a C accelerator could replace it.  It never copies the bytes it
-    scans.  The scan is resumable: called again on a longer C{buf} with the
+    that a C accelerator could replace it; it is a hot loop, deliberately
+    unrolled into one long function (a call per reply element would cost
+    more than the scan).  It never copies the bytes it scans.  The scan is resumable: called again on a longer C{buf} with the
     returned position and the same C{stack}, it carries on where it stopped
     instead of starting the incomplete reply over.
 

@@ -640,21 +640,21 @@ class HiredisRequestParserTests(FastPathTestsMixin, RequestParserTestsMixin,
         """
         parser = HiredisRequestParser()
         parser.feed(encodeCommand([b"PING"]))
-        reader = parser._reader
+        reader = parser._hiredis._reader
         self.assertIsNotNone(reader)
         parser.feed(encodeCommand([b"PING"]) * 2)
-        self.assertIs(parser._reader, reader)
+        self.assertIs(parser._hiredis._reader, reader)
         parser.feed(encodeCommand([b"PING"]) + b"*1\r\n$4\r\nPI")
-        self.assertIsNone(parser._reader)
+        self.assertIsNone(parser._hiredis._reader)
         parser.feed(b"NG\r\n" + encodeCommand([b"PING"]))
-        self.assertIsNotNone(parser._reader)
-        reader = parser._reader
+        self.assertIsNotNone(parser._hiredis._reader)
+        reader = parser._hiredis._reader
         parser.feed(encodeCommand([b"PING"]) + b"*0\r\n*-1\r\n"
                     + encodeCommand([b"PING"]))
-        self.assertIs(parser._reader, reader)
+        self.assertIs(parser._hiredis._reader, reader)
         self.assertEqual(parser.feed(encodeCommand([b"PING"]) + b"+PING\r\n"),
                          [[b"PING"], [b"+PING"]])
-        self.assertIsNone(parser._reader)
+        self.assertIsNone(parser._hiredis._reader)
 
 
     def test_bigCountsAvoidHiredis(self):
