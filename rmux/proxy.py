@@ -422,6 +422,7 @@ class ClientProtocol(Protocol):
 
     def resumeProducing(self):
         self.paused = False
+        self.replies.pausedBytes = 0
         if len(self.replies) <= self.factory.maxPending // 2:
             self._resumeReading()
         if self._writeTimer is not None:

@@ -55,7 +55,7 @@ class ReplyQueue:
     its output limit or close once everything is written.
     """
 
-    __slots__ = ("client", "transport", "stats", "slots")
+    __slots__ = ("client", "transport", "stats", "slots", "pausedBytes")
 
     def __init__(self, client, transport, stats):
         """
@@ -67,6 +67,9 @@ class ReplyQueue:
         self.transport = transport
         self.stats = stats
         self.slots = deque()
+        #: Bytes written since the client stopped reading (the transport
+        #: paused it), all of them still unsent.
+        self.pausedBytes = 0
 
     def __len__(self):
         return len(self.slots)
@@ -95,6 +98,7 @@ class ReplyQueue:
             stats.responses += 1
             coalescer.write(self.transport, data)
             if client.paused:
+                self.pausedBytes += len(data)
                 self.checkOutputLimit()
 
     def filled(self, slot):
@@ -122,6 +126,7 @@ class ReplyQueue:
         stats.responses += len(out)
         coalescer.write(self.transport, data)
         if client.paused:
+            self.pausedBytes += len(data)
             self.checkOutputLimit()
         if client.readingPaused or client.closeWhenDrained:
             client.repliesWritten(len(slots))
@@ -138,7 +143,11 @@ class ReplyQueue:
             return
         transport = self.transport
         buffered = unsentBytes(transport)
-        if buffered is not None and buffered > limit:
+        if buffered is None:
+            # A transport that does not say: what was written since it
+            # paused the client is unsent, at the least.
+            buffered = self.pausedBytes
+        if buffered > limit:
             log.warn(
                 "closing client {id}: {buffered} bytes of replies unread, over "
                 "the client output limit of {limit}",

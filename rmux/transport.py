@@ -21,6 +21,14 @@ Profiling rmux under load showed more time in the transports than in rmux:
     transports receive straight into it (see L{_SinkRead}).
 
 Everything else (buffering, producers, closing, errors) stays Twisted's.
+
+These paths use the attributes of Twisted's write buffer
+(L{TWISTED_INTERNALS}), which are not public API.  L{knowsWriteBuffer}
+checks a transport for them once per class; where one is missing (a
+Twisted release that renamed it), rmux logs it once, loudly, and takes
+Twisted's public paths instead: plain C{write}s, and an output limit
+counted from what rmux wrote while the client was not reading (see
+L{rmux.replies.ReplyQueue.checkOutputLimit}), never skipped.
 """
 
 import shutil
@@ -28,11 +36,13 @@ import socket
 from errno import EWOULDBLOCK
 
 from twisted.internet import main, tcp, unix
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import execute
 from twisted.internet.endpoints import UNIXServerEndpoint as _UNIXServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ClientCreator
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from rmux.interfaces import ISinkProtocol
@@ -41,6 +51,43 @@ try:
     from rmux._speedups import recvBody
 except ImportError:
     recvBody = None
+
+log = Logger()
+
+TWISTED_INTERNALS = (
+    "dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen", "_maybePauseProducer",
+)
+"""
+The attributes of Twisted's C{FileDescriptor} write buffer rmux relies on:
+the string being sent and where in it, the pieces queued behind it and
+their size, and the call that pauses the producer when they are too many.
+"""
+
+_writeBufferKnown = {}
+
+
+def knowsWriteBuffer(transport):
+    """
+    Whether C{transport} has every attribute of L{TWISTED_INTERNALS}, as
+    Twisted's stream transports do; checked once per transport class.  A
+    Twisted transport without them is reported once, as critical.
+    """
+    kind = type(transport)
+    known = _writeBufferKnown.get(kind)
+    if known is None:
+        missing = [name for name in TWISTED_INTERNALS if not hasattr(transport, name)]
+        known = _writeBufferKnown[kind] = not missing
+        if missing and isinstance(transport, FileDescriptor):
+            import twisted
+
+            log.critical(
+                "rmux: Twisted {version}'s {kind} lacks {missing}: rmux writes through "
+                "Twisted's public write() instead, and counts a client's output limit "
+                "from what it wrote while the client was not reading; rmux supports "
+                "the Twisted releases its setup.py names",
+                version=twisted.__version__, kind=kind.__name__, missing=", ".join(missing),
+            )
+    return known
 
 
 class _SinkRead:
@@ -95,7 +142,7 @@ class _GatheringWrite:
     """
 
     def doWrite(self):
-        if (self._tempDataLen >= self.SEND_LIMIT
+        if (knowsWriteBuffer(self) and self._tempDataLen >= self.SEND_LIMIT
                 and len(self.dataBuffer) - self.offset < self.SEND_LIMIT):
             self._takeQueued()
         return super().doWrite()
@@ -406,12 +453,11 @@ coalescer = WriteCoalescer()
 def unsentBytes(transport):
     """
     How many bytes C{transport} holds that the peer has not taken, or
-    L{None} for a transport that does not say.
+    L{None} for a transport that does not say (see L{knowsWriteBuffer}).
     """
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except AttributeError:
+    if not knowsWriteBuffer(transport):
         return None
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 def _idleSocket(transport):
@@ -422,6 +468,7 @@ def _idleSocket(transport):
     sock = getattr(transport, "socket", None)
     if (
         sock is None
+        or not knowsWriteBuffer(transport)
         or transport._tempDataBuffer
         or transport.offset != len(transport.dataBuffer)
         or not transport.connected

@@ -16,6 +16,7 @@ from rmux.pool import BackendPool, BackendProtocol, errorReply
 from rmux.resp import encodeCommand
 from rmux.stats import ListenerStats, PoolStats
 from tests.redisserver import freePort, startRedis
+from tests.transports import BufferedTransport
 
 
 class Collector:
@@ -51,14 +52,14 @@ class FakePool:
         pass
 
 
-def connect(readTimeout=0.5, writeTimeout=0.5):
+def connect(readTimeout=0.5, writeTimeout=0.5, transportClass=StringTransport):
     clock = Clock()
     protocol = BackendProtocol()
     protocol.pool = FakePool()
     protocol.clock = clock
     protocol.readTimeout = readTimeout
     protocol.writeTimeout = writeTimeout
-    transport = StringTransport()
+    transport = transportClass()
     protocol.makeConnection(transport)
     return protocol, transport, clock
 
@@ -254,7 +255,8 @@ class BackendProtocolTests(SynchronousTestCase):
         A backend that keeps taking our writes, only more slowly than they
         pile up, is not given up on; one that stops taking them is.
         """
-        protocol, transport, clock = connect(readTimeout=0, writeTimeout=0.2)
+        protocol, transport, clock = connect(
+            readTimeout=0, writeTimeout=0.2, transportClass=BufferedTransport)
         transport.dataBuffer, transport.offset, transport._tempDataLen = b"x" * 1000, 0, 0
         waiter = Collector()
         protocol.send(command(b"SET", b"a", b"b"), waiter)

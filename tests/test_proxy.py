@@ -17,6 +17,8 @@ from rmux.local import HANDLERS
 from rmux.config import fromFlags
 from rmux.proxy import ProxyFactory
 from rmux.resp import encodeCommand
+from rmux.transport import unsentBytes
+from tests.transports import BufferedTransport
 
 
 class RecordingRouter:
@@ -48,7 +50,7 @@ class RefusingPool:
         self.testCase.fail("passed through")
 
 
-def makeClient(**flags):
+def makeClient(transportClass=StringTransport, **flags):
     values = {"socket": "/tmp/rmux-unit.sock", "unixConnections": "/tmp/r.sock"}
     values.update(flags)
     listener = fromFlags(values).listeners[0]
@@ -56,7 +58,7 @@ def makeClient(**flags):
     router = RecordingRouter()
     factory = ProxyFactory(clock, router, CommandTable.default(), listener)
     protocol = factory.buildProtocol(UNIXAddress(None))
-    transport = StringTransport(
+    transport = transportClass(
         hostAddress=UNIXAddress(b"/tmp/rmux-unit.sock"),
         peerAddress=UNIXAddress(None),
     )
@@ -169,6 +171,26 @@ class OrderingTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         router.routed[0][1].fill(b"$-1\r\n")
         self.assertEqual(transport.value(), b"$-1\r\n+OK\r\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_outputLimitWithoutTwistedsBuffer(self):
+        """
+        With a transport that does not say what it holds, what was written
+        since the client stopped reading counts against the limit: it is
+        never skipped.
+        """
+        client, transport, router, clock = makeClient(clientOutputLimit="1000")
+        self.assertIsNone(unsentBytes(transport))
+        client.dataReceived(b"GET a\r\nGET b\r\n")
+        client.pauseProducing()
+        client.reply(b"+" + b"x" * 900 + b"\r\n")
+        router.routed[0][1].fill(b"$1\r\nx\r\n")
+        self.assertFalse(transport.disconnecting)
+        client.resumeProducing()
+        client.pauseProducing()
+        router.routed[1][1].fill(b"$1\r\nx\r\n")
+        self.assertFalse(transport.disconnecting)
+        client.reply(b"+" + b"x" * 1000 + b"\r\n")
         self.assertTrue(transport.disconnecting)
 
     def test_dbAndProtocolTravelWithTheRequest(self):
@@ -377,10 +399,8 @@ class OverloadTests(SynchronousTestCase):
         """
         A client whose unsent replies exceed the output limit is dropped.
         """
-        client, transport, router, clock = makeClient(clientOutputLimit="1000")
-        transport.dataBuffer = b""
-        transport.offset = 0
-        transport._tempDataLen = 0
+        client, transport, router, clock = makeClient(
+            clientOutputLimit="1000", transportClass=BufferedTransport)
         client.pauseProducing()
         transport._tempDataLen = 999
         client.reply(b"+OK\r\n")

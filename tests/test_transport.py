@@ -8,10 +8,11 @@ import shutil
 import socket
 import tempfile
 
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp, unix
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.error import ConnectionDone
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from rmux.resp import BodySink
@@ -24,7 +25,8 @@ except ImportError:
 from rmux.transport import (
     FastClientCreator, ISinkProtocol, TCPClient, TCPPort, TCPServer,
     TCPServerEndpoint, UNIXClient, UNIXServer, UNIXServerEndpoint,
-    _GatheringWrite, writeNow, writeSequenceNow,
+    TWISTED_INTERNALS, _GatheringWrite, knowsWriteBuffer, unsentBytes, writeNow,
+    writeSequenceNow,
 )
 
 
@@ -37,6 +39,7 @@ class FakeTransport:
     def __init__(self, sock):
         self.socket = sock
         self._tempDataBuffer = []
+        self._tempDataLen = 0
         self.dataBuffer = b""
         self.offset = 0
         self.connected = True
@@ -494,3 +497,111 @@ class SinkReadTests(TestCase):
             self.assertEqual(sum(protocol.sizes), 1000)
             self.assertIsNotNone(protocol.sink)
             reason.trap(ConnectionDone)
+
+
+class Connected(Protocol):
+    """
+    Fires C{made} with itself once connected.
+    """
+
+    def __init__(self, made):
+        self.made = made
+
+    def connectionMade(self):
+        self.made.callback(self)
+
+
+class TwistedInternalsTests(TestCase):
+    """
+    The attributes of Twisted's write buffer that rmux relies on exist on
+    the real transports of this Twisted release, Twisted's own classes and
+    rmux's subclasses, on both ends of TCP and UNIX connections; and where
+    one would be missing, rmux says so once and keeps every limit.
+    """
+
+    @inlineCallbacks
+    def transports(self, listen, connect):
+        """
+        The server and client transports of one real connection.
+        """
+        accepted = Deferred()
+        port = yield listen(Factory.forProtocol(lambda: Connected(accepted)))
+        self.addCleanup(port.stopListening)
+        client = yield connect(port)
+        self.addCleanup(client.transport.loseConnection)
+        server = yield accepted
+        self.addCleanup(server.transport.loseConnection)
+        return server.transport, client.transport
+
+    def assertKnown(self, transport):
+        missing = [name for name in TWISTED_INTERNALS if not hasattr(transport, name)]
+        self.assertEqual(missing, [], type(transport))
+        self.assertTrue(knowsWriteBuffer(transport))
+        self.assertEqual(unsentBytes(transport), 0)
+
+    @inlineCallbacks
+    def test_tcp(self):
+        def connect(port):
+            return FastClientCreator(reactor, Protocol).connectTCP(
+                "127.0.0.1", port.getHost().port)
+
+        for listen in (
+            lambda factory: reactor.listenTCP(0, factory, interface="127.0.0.1"),
+            lambda factory: TCPServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory),
+        ):
+            server, client = yield self.transports(listen, connect)
+            self.assertIsInstance(server, tcp.Server)
+            self.assertIsInstance(client, TCPClient)
+            self.assertKnown(server)
+            self.assertKnown(client)
+
+    @inlineCallbacks
+    def test_unix(self):
+        directory = tempfile.mkdtemp(prefix="rmux-tw-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        paths = iter(os.path.join(directory, name) for name in ("a.sock", "b.sock"))
+
+        def connect(port):
+            return FastClientCreator(reactor, Protocol).connectUNIX(port.getHost().name)
+
+        for listen in (
+            lambda factory: reactor.listenUNIX(next(paths), factory),
+            lambda factory: UNIXServerEndpoint(reactor, next(paths)).listen(factory),
+        ):
+            server, client = yield self.transports(listen, connect)
+            self.assertIsInstance(server, unix.Server)
+            self.assertIsInstance(client, UNIXClient)
+            self.assertKnown(server)
+            self.assertKnown(client)
+
+    def test_missingIsReportedOnceAndWritesTakeThePublicPath(self):
+        """
+        A Twisted transport class without one of the attributes is logged
+        as critical once, and written to through C{write}.
+        """
+
+        class Renamed(TCPServer):
+            def __init__(self, sock):
+                self.socket = sock
+                self.connected = True
+                self.disconnecting = False
+                self.written = []
+
+            def write(self, data):
+                self.written.append(data)
+
+        events = []
+        addObserver = globalLogPublisher.addObserver
+        addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        one, other = socket.socketpair()
+        self.addCleanup(one.close)
+        self.addCleanup(other.close)
+        transport = Renamed(one)
+        writeNow(transport, b"a")
+        writeNow(Renamed(one), b"b")
+        self.assertEqual(transport.written, [b"a"])
+        self.assertIsNone(unsentBytes(transport))
+        critical = [e for e in events if e.get("log_level") == LogLevel.critical]
+        self.assertEqual(len(critical), 1)
+        self.assertIn("_tempDataBuffer, _tempDataLen", formatEvent(critical[0]))
