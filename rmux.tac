@@ -3,7 +3,7 @@
 rmux built in code: run it with C{twistd -ny rmux.tac}.
 
 This is also the pattern for embedding rmux in an existing Twisted
-application: build a config, then attach L{rmux.service.makeService}'s
+application: build a config, then attach L{rmux.application.makeService}'s
 service to your own service tree.  Edit the addresses below to suit.
 """
 
@@ -12,7 +12,7 @@ from twisted.internet import reactor
 
 from rmux.config import ListenerConfig, RmuxConfig, BackendAddress
 from rmux.logs import configureLogging
-from rmux.service import makeService
+from rmux.application import makeService
 
 listener = ListenerConfig(
     socket="/tmp/rmux.sock",

@@ -42,7 +42,7 @@ setup(
     description="A Redis connection pooler and key-hashing multiplexer on Twisted",
     long_description=read("README.md") if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
-    packages=["rmux", "rmux.config", "twisted.plugins"],
+    packages=["rmux", "rmux.config", "rmux.workers", "twisted.plugins"],
     package_data={"rmux": ["*.json"]},
     ext_modules=EXTENSIONS,
     entry_points={"console_scripts": ["rmux = rmux.cli:main"]},

@@ -3,7 +3,7 @@
 The rmux service: what C{twistd rmux}, C{rmux.tac} and embedding programs
 run.
 
-L{makeService} turns an L{rmux.config.RmuxConfig} into one
+L{RmuxService} turns an L{rmux.config.RmuxConfig} into one
 L{MultiService} with a child L{ListenerService} per listener; each listener
 owns its backend pools, health monitor and server endpoint, and shares
 nothing with the others (as in Go rmux).
@@ -404,7 +404,7 @@ class Listeners(MultiService):
     """
     Every listener of one configuration, which a reload changes as a whole:
     what a process that serves clients runs (L{RmuxService}, and
-    L{rmux.workers.WorkerService} in each worker process).
+    L{rmux.workers.child.WorkerService} in each worker process).
 
     @ivar config: the L{rmux.config.RmuxConfig} in force.
     @ivar listeners: the L{ListenerService}s, in the configuration's order.
@@ -544,31 +544,3 @@ class RmuxService(Listeners):
     def stopService(self):
         self.hangup.uninstall()
         return Listeners.stopService(self)
-
-
-def makeService(config, reactor=None):
-    """
-    Build the rmux service for C{config}.
-
-    This is the public way to embed rmux in a Twisted program::
-
-        from rmux.config import fromFlags
-        from rmux.service import makeService
-
-        config = fromFlags({"socket": "/tmp/rmux.sock",
-                            "tcpConnections": "127.0.0.1:6379"})
-        makeService(config).setServiceParent(application)
-
-    @param config: an L{rmux.config.RmuxConfig}.
-    @param reactor: the reactor to run on; the global one if L{None}.
-    @return: an L{IService}: an L{RmuxService}, or with C{maxProcesses}
-        above 1 an L{rmux.workers.ParentService} whose worker processes
-        each run the listeners.
-    """
-    if reactor is None:
-        from twisted.internet import reactor
-    from rmux import workers
-
-    if workers.workerCount(config) > 1:
-        return workers.ParentService(config, reactor)
-    return RmuxService(config, reactor)

@@ -393,11 +393,11 @@ def makeService(options: Options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     # Imported here so that --help and option errors do not need it.
-    from rmux import service
+    from rmux import application
 
     config = options.config
     logs.configureLogging(config, reactor)
-    rmuxService = service.makeService(config, reactor=reactor)
+    rmuxService = application.makeService(config, reactor=reactor)
     if config.cpuProfile is None:
         return rmuxService
     profiled = CPUProfiledService(config.cpuProfile)

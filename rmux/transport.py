@@ -45,7 +45,6 @@ from twisted.internet.protocol import ClientCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rmux.interfaces import ISinkProtocol
 
 try:
     from rmux._speedups import recvBody

@@ -1,6 +1,6 @@
 """
 Tests for live reload (L{rmux.reload}, L{rmux.service.Listeners.reload},
-L{rmux.workers.ParentService.reload}): what a reload accepts and refuses and
+L{rmux.workers.parent.ParentService.reload}): what a reload accepts and refuses and
 how it says so, then real redis-server processes behind a real rmux in this
 process, real clients in threads, real worker processes, and a real twistd
 that gets a real SIGHUP.
@@ -33,8 +33,9 @@ from rmux.reload import (
     describeChanges,
     nextConfig,
 )
-from rmux.service import RmuxService, makeService
-from rmux.workers import ParentService
+from rmux.application import makeService
+from rmux.service import RmuxService
+from rmux.workers.parent import ParentService
 from tests.redisserver import startRedis, startServers
 from tests.test_integration import ThreadedClients
 

@@ -83,3 +83,57 @@ class DependencyTests(SynchronousTestCase):
         self.assertEqual(
             {name for name in self.imports("rmux/settings.py") if name.startswith("rmux")}
             - {"rmux", "rmux.logs"}, set())
+
+
+def moduleImports():
+    """
+    Each rmux module's imports of other rmux modules, those done on first
+    use inside a function included.
+    """
+    graph = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "rmux", "**", "*.py"), recursive=True)):
+        relative = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+        name = relative[: -len(".__init__")] if relative.endswith(".__init__") else relative
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        found = set()
+        for inner in ast.walk(tree):
+            if isinstance(inner, ast.ImportFrom) and inner.module:
+                if inner.module == "rmux":
+                    found.update(f"rmux.{alias.name}" for alias in inner.names)
+                else:
+                    found.add(inner.module)
+            elif isinstance(inner, ast.Import):
+                found.update(alias.name for alias in inner.names)
+        graph[name] = {m for m in found if m.startswith("rmux.")} - {name}
+    return graph
+
+
+class CycleTests(SynchronousTestCase):
+    def test_noImportCycles(self):
+        """
+        No rmux module imports one that imports it back, directly or not,
+        even on first use inside a function.
+        """
+        graph = moduleImports()
+        for name in graph:
+            package = name.rpartition(".")[0]
+            if package in graph and package != "rmux":
+                graph[name] = graph[name] - {package}
+        cycles = []
+
+        def visit(node, path):
+            for target in sorted(graph.get(node, ())):
+                if target in path:
+                    cycles.append(path[path.index(target):] + [target])
+                elif target in graph and len(path) < 20:
+                    visit(target, path + [target])
+
+        for name in sorted(graph):
+            visit(name, [name])
+        self.assertEqual(cycles, [])
+
+    def test_serviceKnowsNothingOfWorkers(self):
+        imports = moduleImports()["rmux.service"]
+        self.assertEqual({m for m in imports if m.startswith(("rmux.workers", "rmux.application"))},
+                         set())

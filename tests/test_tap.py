@@ -674,22 +674,13 @@ class MakeServiceTests(SynchronousTestCase):
     def test_delegates(self):
         """
         L{tap.makeService} hands the parsed configuration to
-        L{rmux.service.makeService}.
+        L{rmux.application.makeService}.
         """
+        from rmux import application
+
         calls = []
-        fake = types.ModuleType("rmux.service")
-        fake.makeService = lambda config, reactor=None: calls.append(config) or "service"
-        missing = object()
-        previous = getattr(rmux, "service", missing)
-        rmux.service = fake
-
-        def restore():
-            if previous is missing:
-                del rmux.service
-            else:
-                rmux.service = previous
-
-        self.addCleanup(restore)
+        self.patch(application, "makeService",
+                   lambda config, reactor=None: calls.append(config) or "service")
         configured = []
         self.patch(logs, "configureLogging", lambda *args: configured.append(args))
         options = parse("--socket=/tmp/r.sock")
@@ -703,10 +694,10 @@ class MakeServiceTests(SynchronousTestCase):
         With C{--cpuProfile}, the service runs inside a
         L{tap.CPUProfiledService} that writes to the file.
         """
-        from rmux import service
+        from rmux import application
 
         made = MultiService()
-        self.patch(service, "makeService", lambda config, reactor=None: made)
+        self.patch(application, "makeService", lambda config, reactor=None: made)
         self.patch(logs, "configureLogging", lambda *args: None)
         profiled = tap.makeService(parse("--socket=/tmp/r.sock", "--cpuProfile=cpu.prof"), Clock())
         self.assertIsInstance(profiled, tap.CPUProfiledService)

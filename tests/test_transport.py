@@ -15,6 +15,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from rmux.interfaces import ISinkProtocol
 from rmux.resp import BodySink
 
 try:
@@ -23,7 +24,7 @@ except ImportError:
     _speedups = None
 
 from rmux.transport import (
-    FastClientCreator, ISinkProtocol, TCPClient, TCPPort, TCPServer,
+    FastClientCreator, TCPClient, TCPPort, TCPServer,
     TCPServerEndpoint, UNIXClient, UNIXServer, UNIXServerEndpoint,
     TWISTED_INTERNALS, _GatheringWrite, knowsWriteBuffer, unsentBytes, writeNow,
     writeSequenceNow,

@@ -26,19 +26,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rmux.config import fromFlags
-from rmux.service import RmuxService, makeService
+from rmux.application import makeService
+from rmux.service import RmuxService
 from rmux.stats import listenerSnapshot
-from rmux.workers import (
-    FIRST_LISTENER_FD,
-    Frames,
-    InheritedPortEndpoint,
-    ParentService,
-    RestartPolicy,
-    WorkerService,
-    combineReports,
-    frame,
-    workerCount,
-)
+from rmux.workers.child import InheritedPortEndpoint, WorkerService
+from rmux.workers.ipc import FIRST_LISTENER_FD, Frames, frame
+from rmux.workers.parent import ParentService, RestartPolicy, combineReports, workerCount
 from tests.redisserver import freePort, startRedis
 from tests.test_integration import ThreadedClients
 
@@ -261,7 +254,7 @@ class ParentServiceTests(SynchronousTestCase):
             self.assertEqual(process.executable, sys.executable)
             self.assertEqual(
                 process.args,
-                [sys.executable, "-m", "rmux.workers", "--worker", str(number)],
+                [sys.executable, "-m", "rmux.workers.child", "--worker", str(number)],
             )
             self.assertEqual(
                 process.childFDs, {0: "w", 1: "r", 2: "r", FIRST_LISTENER_FD: 20}
@@ -977,7 +970,7 @@ class OrphanTests(TestCase):
         process = subprocess.Popen(
             [sys.executable, "-c",
              "import os, sys; os.dup2(100, 3); os.close(100); "
-             "from rmux.workers import main; sys.exit(main(['--worker', '1']))"],
+             "from rmux.workers.child import main; sys.exit(main(['--worker', '1']))"],
             stdin=read, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             pass_fds=[100], env=env,
         )

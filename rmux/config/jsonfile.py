@@ -19,7 +19,7 @@ from rmux.config.build import (
     jsonSize, jsonSocketMode, jsonString, jsonType, objectFields,
 )
 from rmux.config.checks import ConfigError
-from rmux.config.model import RmuxConfig, UserConfig
+from rmux.config.model import ListenerConfig, RmuxConfig, UserConfig
 
 __all__ = ["fromJSON", "loadConfigFile"]
 

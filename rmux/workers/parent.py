@@ -1,78 +1,22 @@
 # -*- test-case-name: tests.test_workers -*-
 """
-Worker processes: how rmux uses more than one core.
-
-One process is one event loop, so more cores means more processes.  With
-C{maxProcesses} above 1, the twistd process becomes a L{ParentService}
-that serves nobody itself.  It creates and binds every listener's socket
-with the endpoint a single rmux would listen on (so the socket file, its
-mode and owner, its lock and the "address in use" error are exactly
-those of a single rmux), never accepts on them, and keeps that many
-worker processes running.  Each worker inherits the listening sockets
-as file descriptors and runs the ordinary per-listener services, each with
-its own pools and health monitor, on them (L{WorkerService}); the kernel
-hands every new client to one of the workers.
-
-A client's connection lives in one worker from accept to close, so
-everything per-client (transactions, subscriptions, AUTH) works unchanged.
-What is per-listener is now per-worker: each worker has its own backend
-connections (C{poolSize} of them per backend, and up to C{maxPinned}
-dedicated ones), its own health checks, INFO counters and script cache.
-
-The parent talks to a worker over pipes.  The worker's stdin carries
-messages from the parent, each a 4-byte length then a pickle: first the
-configuration, an L{RmuxConfig} pickled by the parent (an exact copy, with
-no second serialisation to keep in step with L{rmux.config}), with the
-file descriptors of the sockets, rather than on its command line or in its
-environment, where local users could read backend passwords and
-C{requirepass}; then, on each reload, the new configuration
-(L{ParentService.reload}: SIGHUP goes to the parent, which reads and
-checks the file once).  Stdin also stays open as a lifeline: when it
-reaches end of file the parent is gone, and the worker shuts down instead
-of serving on as an orphan.  The worker's log comes back on stdout (info
-and below) and stderr (warnings, errors, and whatever Python itself
-prints), and the parent logs each line with the worker's number.
-
-When the parent reports stats (a stats or metrics port, statsd; see
-L{rmux.metrics}), one more pipe, after the listeners' descriptors, brings
-each worker's counters back every second or C{statsInterval}, as
-length-prefixed JSON: the parent holds no client connection and knows only
-what the workers tell it, and adds up their latest reports
-(L{combineReports}).
-
-This is a process supervisor in the manner of
-L{twisted.runner.procmon.ProcessMonitor}, which cannot be used as is
-because it cannot pass file descriptors to its children.
+The parent of rmux's worker processes: it binds every listener's socket,
+starts the workers on them, restarts those that die, hands them new
+configurations on SIGHUP, and adds up their stats reports.  It serves no
+client itself.  See L{rmux.workers} for the whole design.
 """
 
-import argparse
 import json
 import os
-import pickle
-import signal
-import socket
-import struct
 import sys
 
-from zope.interface import implementer
-
-from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet import error, fdesc, tcp
-from twisted.internet.defer import Deferred, DeferredList, execute, maybeDeferred, succeed
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet import error
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import (
-    FileLogObserver,
-    LogLevel,
-    Logger,
-    eventAsText,
-    globalLogBeginner,
-)
+from twisted.logger import Logger
 
 import rmux
-from rmux.commands import CommandTable
-from rmux.logs import filteringObserver
 from rmux.reload import (
     HangupHandler,
     NothingToReload,
@@ -81,82 +25,11 @@ from rmux.reload import (
     describeSource,
     nextConfig,
 )
-from rmux.service import ListenerService, Listeners, MemoryTrimmer, metricsService
+from rmux.service import ListenerService, metricsService
 from rmux.stats import ListenerStats, combine, listenerSnapshot
-from rmux.transport import TCPPort, UNIXPort
+from rmux.workers import ipc
 
-__all__ = [
-    "workerCount",
-    "RestartPolicy",
-    "ParentService",
-    "WorkerProtocol",
-    "WorkerService",
-    "InheritedListenerService",
-    "InheritedPortEndpoint",
-    "StatsReporter",
-    "Frames",
-    "frame",
-    "combineReports",
-    "main",
-]
-
-FIRST_LISTENER_FD = 3
-"""
-The worker's file descriptor for the first listener's socket; the next
-listener's is one more, and so on, in the configuration's order.
-"""
-
-_LENGTH = struct.Struct("!I")
-
-
-def frame(data):
-    """
-    One message of a pipe between the parent and a worker: its length, then
-    its bytes.
-    """
-    return _LENGTH.pack(len(data)) + data
-
-
-class Frames:
-    """
-    Cuts a byte stream into the messages L{frame} made.
-
-    @cvar maxLength: the longest message accepted; a longer length can only
-        be a stream out of step, and is an error.
-    """
-
-    maxLength = 256 << 20
-
-    def __init__(self):
-        self._buffer = b""
-
-    def feed(self, data):
-        """
-        @return: the messages C{data} completes, in order.
-        @raise ValueError: for a length beyond L{maxLength}.
-        """
-        buffer = self._buffer + data
-        messages = []
-        while len(buffer) >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer)
-            if length > self.maxLength:
-                raise ValueError("a message of %d bytes: out of step" % (length,))
-            end = _LENGTH.size + length
-            if len(buffer) < end:
-                break
-            messages.append(buffer[_LENGTH.size:end])
-            buffer = buffer[end:]
-        self._buffer = buffer
-        return messages
-
-
-def reportInterval(config):
-    """
-    How often, in seconds, workers report their counters to the parent:
-    every C{statsInterval}, and at least every second, so that the parent's
-    stats and metrics ports are never more than a second behind.
-    """
-    return min(1.0, config.statsInterval / 1000.0)
+__all__ = ["workerCount", "RestartPolicy", "ParentService", "WorkerProtocol", "combineReports"]
 
 
 class _Unreported:
@@ -203,6 +76,8 @@ def combineReports(reports, listeners, clock):
         ]
         combined.append(combine(mine) if mine else _noReport(listener, clock))
     return combined
+
+
 
 
 def workerCount(config):
@@ -350,7 +225,7 @@ class WorkerProtocol(ProcessProtocol):
         self.workerId = workerId
         self.payload = payload
         self.reportFd = reportFd
-        self._reports = Frames()
+        self._reports = ipc.Frames()
         self._reportsBroken = False
         self._buffers = {}
         self._ended = []
@@ -366,7 +241,7 @@ class WorkerProtocol(ProcessProtocol):
         """
         Send the worker one message (a picklable C{dict}) on its stdin.
         """
-        self.transport.write(frame(pickle.dumps(message)))
+        self.transport.write(ipc.message(message))
 
     def childDataReceived(self, childFD, data):
         if childFD == self.reportFd:
@@ -545,7 +420,7 @@ class ParentService(MultiService):
         @return: the executable and its argument list.
         """
         executable = sys.executable
-        return executable, [executable, "-m", "rmux.workers", "--worker", str(workerId)]
+        return executable, [executable, "-m", "rmux.workers.child", "--worker", str(workerId)]
 
     def workerEnvironment(self):
         """
@@ -585,19 +460,19 @@ class ParentService(MultiService):
         its sockets' descriptors and backlogs, and where and how often to
         report its stats.
         """
-        filenos = [FIRST_LISTENER_FD + i for i in range(len(self.ports))]
+        filenos = [ipc.FIRST_LISTENER_FD + i for i in range(len(self.ports))]
         backlogs = [getattr(port, "backlog", 50) for port in self.ports]
         message = {"config": self.config, "fds": filenos, "backlogs": backlogs}
         if self._reportFd is not None:
             message["reportFd"] = self._reportFd
-            message["reportInterval"] = reportInterval(self.config)
-        self._payload = frame(pickle.dumps(message))
+            message["reportInterval"] = ipc.reportInterval(self.config)
+        self._payload = ipc.message(message)
 
     def startService(self):
         self._listen()
         MultiService.startService(self)
         if self.wantReports:
-            self._reportFd = FIRST_LISTENER_FD + len(self.ports)
+            self._reportFd = ipc.FIRST_LISTENER_FD + len(self.ports)
         self._makePayload()
         if self.reloadOnHangup:
             self.hangup.install()
@@ -618,7 +493,7 @@ class ParentService(MultiService):
         protocol = WorkerProtocol(self, workerId, self._payload, self._reportFd)
         childFDs = {0: "w", 1: "r", 2: "r"}
         for index, port in enumerate(self.ports):
-            childFDs[FIRST_LISTENER_FD + index] = port.fileno()
+            childFDs[ipc.FIRST_LISTENER_FD + index] = port.fileno()
         if self._reportFd is not None:
             childFDs[self._reportFd] = "r"
         executable, args = self.workerCommand(workerId)
@@ -770,374 +645,3 @@ class ParentService(MultiService):
 # The worker's side.
 
 
-class _SharedAccepts:
-    """
-    A listening port that accepts at most L{maxAccepts} clients per
-    wake-up.
-
-    Every worker waits on the same socket and the kernel wakes them all
-    when clients arrive.  Twisted's port goes on accepting for as long as
-    clients keep coming, up to 100 at a time, so a burst of new clients
-    (an application server starting, a benchmark's 50 connections) would
-    all go to whichever worker woke first, and stay there: measured, 50
-    to 0.  With a cap the others, and the least busy above all, take
-    their share (about 30 to 20).  A cap of 1 shares as well but costs
-    half as much CPU again per connection when clients reconnect for
-    every request (C{redis-benchmark -k 0}), since every accept then
-    needs a turn of the event loop of its own.
-
-    @cvar maxAccepts: the cap.
-    """
-
-    maxAccepts = 16
-
-    def doRead(self):
-        self.numberAccepts = min(self.numberAccepts, self.maxAccepts)
-        return super().doRead()
-
-
-class _InheritedTCPPort(_SharedAccepts, TCPPort):
-    """
-    A TCP port on a socket inherited from the parent.
-    """
-
-
-class _InheritedUNIXPort(_SharedAccepts, UNIXPort):
-    """
-    A unix port on a socket inherited from the parent, with the same
-    connections as the single-process listener's (L{rmux.transport}).
-
-    The socket file belongs to the parent, which removes it when rmux
-    stops; a worker that stops (restarted, or killed by an operator) must
-    leave it, or no new client could reach the workers still running.
-    """
-
-    def connectionLost(self, reason):
-        # unix.Port.connectionLost would unlink the socket file; skip to
-        # its base class.  An adopted port holds no lock to release.
-        tcp.Port.connectionLost(self, reason)
-
-
-@implementer(IStreamServerEndpoint)
-class InheritedPortEndpoint:
-    """
-    A server endpoint that adopts a listening socket given to this process
-    as a file descriptor.
-
-    This is what L{IReactorSocket.adoptStreamPort} does, with ports of our
-    own: they share new clients with the other workers (L{_SharedAccepts}),
-    and a unix socket's file is left in place when the port stops (see
-    L{_InheritedUNIXPort}).
-
-    The address family is the socket's own, so the worker need not know
-    what kind of address the parent bound.
-    """
-
-    def __init__(self, reactor, fileno, backlog=50):
-        """
-        @param reactor: an L{IReactorSocket}.
-        @param fileno: the listening socket's file descriptor, closed once
-            adopted (the port works on its own duplicate).
-        @param backlog: the parent's backlog for the socket: a port may
-            call C{listen()} again when it adopts a socket (Twisted's unix
-            port does), and must not shrink it.
-        """
-        self.reactor = reactor
-        self.fileno = fileno
-        self.backlog = backlog
-        self._used = False
-
-    def listen(self, protocolFactory):
-        if self._used:
-            return execute(self._alreadyListened)
-        self._used = True
-        return execute(self._adopt, protocolFactory)
-
-    @staticmethod
-    def _alreadyListened():
-        raise error.AlreadyListened()
-
-    def _adopt(self, factory):
-        probe = socket.socket(fileno=self.fileno)
-        family = probe.family
-        probe.detach()
-        fdesc.setNonBlocking(self.fileno)
-        if family == socket.AF_UNIX:
-            port = _InheritedUNIXPort._fromListeningDescriptor(
-                self.reactor, self.fileno, factory
-            )
-        elif family in (socket.AF_INET, socket.AF_INET6):
-            port = _InheritedTCPPort._fromListeningDescriptor(
-                self.reactor, self.fileno, family, factory
-            )
-        else:
-            raise error.UnsupportedAddressFamily(family)
-        port.backlog = self.backlog
-        port.startListening()
-        os.close(self.fileno)
-        return port
-
-
-class InheritedListenerService(ListenerService):
-    """
-    A L{ListenerService} in a worker process: its own pools and health
-    monitor, serving on a socket the parent bound.
-
-    @ivar workerId: the number of this worker, from 1; also set on the
-        factory (C{factory.workerId}) for INFO.  Single-process rmux has no
-        number there (L{None}).
-    """
-
-    def __init__(self, listener, reactor, fileno, workerId, table=None, backlog=50):
-        """
-        @param listener: an L{rmux.config.ListenerConfig}.
-        @param reactor: the reactor.
-        @param fileno: the listening socket's file descriptor.
-        @param workerId: the number of this worker.
-        @param table: the L{CommandTable}, shared by the listeners.
-        @param backlog: the socket's backlog (see L{InheritedPortEndpoint}).
-        """
-        self.fileno = fileno
-        self.backlog = backlog
-        self.workerId = workerId
-        ListenerService.__init__(self, listener, reactor, table)
-        self.factory.workerId = workerId
-        # A worker that cannot serve its socket should die where the
-        # parent sees it and restarts it, not idle on with an error logged.
-        self.endpointService._raiseSynchronously = True
-
-    def endpoint(self):
-        return InheritedPortEndpoint(self.reactor, self.fileno, self.backlog)
-
-
-class WorkerService(Listeners):
-    """
-    Everything one worker process runs: every listener of the
-    configuration, on the sockets it inherited (the L{RmuxService} of a
-    worker).  It reloads (L{Listeners.reload}) the configurations the
-    parent sends, never on a signal of its own.
-
-    @ivar listeners: the L{InheritedListenerService}s, in the
-        configuration's order.
-    """
-
-    def __init__(self, config, reactor, workerId, filenos, backlogs=None):
-        """
-        @param config: an L{rmux.config.RmuxConfig}.
-        @param reactor: the reactor.
-        @param workerId: the number of this worker.
-        @param filenos: the listening sockets' file descriptors, one per
-            listener, in the same order.
-        @param backlogs: their backlogs, in the same order; 50 each, as
-            Twisted's, if L{None}.
-        """
-        Listeners.__init__(self, config, reactor)
-        self.workerId = workerId
-        self.reloadSource = "the parent's configuration"
-        MemoryTrimmer(reactor).setServiceParent(self)
-        table = CommandTable.default()
-        if backlogs is None:
-            backlogs = [50] * len(filenos)
-        for listener, fileno, backlog in zip(
-            config.listeners, filenos, backlogs, strict=True
-        ):
-            service = InheritedListenerService(
-                listener, reactor, fileno, workerId, table, backlog
-            )
-            service.setServiceParent(self)
-            self.listeners.append(service)
-
-
-class StatsReporter(TimerService):
-    """
-    Sends the worker's stats to the parent every C{interval} seconds: the
-    listeners' snapshots (L{rmux.stats.listenerSnapshot}) as one
-    length-prefixed JSON list, on a pipe the parent reads.
-    """
-
-    def __init__(self, reactor, writer, snapshots, interval):
-        """
-        @param reactor: an L{IReactorTime}.
-        @param writer: the pipe's transport (its C{write} buffers, so a
-            busy parent never blocks the worker).
-        @param snapshots: returns the listeners' snapshots.
-        @param interval: seconds between two reports.
-        """
-        TimerService.__init__(self, interval, self.report)
-        self.clock = reactor
-        self.writer = writer
-        self.snapshots = snapshots
-
-    def report(self):
-        self.writer.write(frame(json.dumps(self.snapshots()).encode("utf-8")))
-
-
-class _ParentChannel:
-    """
-    The worker's stdin, which the parent holds open: messages from the
-    parent (new configurations) come in on it, and end of file means the
-    parent has gone, so the worker stops rather than serve on as an orphan
-    nobody will stop.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor, service):
-        """
-        @param service: the L{WorkerService} new configurations go to.
-        """
-        self.reactor = reactor
-        self.service = service
-        self.stopping = False
-        self._frames = Frames()
-        reactor.addSystemEventTrigger("before", "shutdown", self._stopping)
-
-    def _stopping(self):
-        # The reactor closes stdin too as it shuts down; that is not news.
-        self.stopping = True
-
-    def childDataReceived(self, name, data):
-        for message in self._frames.feed(data):
-            self.messageReceived(pickle.loads(message))
-
-    def messageReceived(self, message):
-        config = message.get("config")
-        if config is not None:
-            self.service.reload(config).addErrback(
-                lambda failure: self.log.failure("rmux: reload failed", failure)
-            )
-
-    def childConnectionLost(self, name, reason):
-        if self.stopping:
-            return
-        self.log.info("the parent process has gone: stopping")
-        try:
-            self.reactor.stop()
-        except error.ReactorNotRunning:
-            pass
-
-
-def _readPayload(fd):
-    """
-    Read the parent's first message, length-prefixed and pickled, from
-    C{fd} without reading past it, so that the rest of the pipe (later
-    messages, and the lifeline) is left to L{_ParentChannel}.
-    """
-
-    def read(n):
-        data = b""
-        while len(data) < n:
-            chunk = os.read(fd, n - len(data))
-            if not chunk:
-                raise SystemExit("rmux worker: no configuration from the parent")
-            data += chunk
-        return data
-
-    (length,) = _LENGTH.unpack(read(_LENGTH.size))
-    return pickle.loads(read(length))
-
-
-_LOUD = frozenset([LogLevel.warn, LogLevel.error, LogLevel.critical])
-
-
-def _logTo(stdout, stderr):
-    """
-    A log observer for a worker: each event as text without a time stamp
-    (the parent's log adds its own), warnings and errors to C{stderr} so
-    that the parent can keep their level, the rest to C{stdout}.
-    """
-    quiet = FileLogObserver(stdout, lambda event: _asLine(event))
-    loud = FileLogObserver(stderr, lambda event: _asLine(event))
-
-    def observe(event):
-        (loud if event.get("log_level") in _LOUD else quiet)(event)
-
-    return observe
-
-
-def _asLine(event):
-    return eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n"
-
-
-def runWorker(
-    reactor, workerId, config, filenos, backlogs=None, stdin=0,
-    reportFd=None, reportInterval=1.0,
-):
-    """
-    Run one worker until it is told to stop (SIGTERM, SIGINT) or its
-    parent goes away.
-
-    @param reactor: the reactor, not yet running.
-    @param workerId: the number of this worker.
-    @param config: the L{rmux.config.RmuxConfig}.
-    @param filenos: see L{WorkerService}.
-    @param backlogs: see L{WorkerService}.
-    @param stdin: the file descriptor of the channel from the parent.
-    @param reportFd: the file descriptor to send stats reports on, or
-        L{None} for none.
-    @param reportInterval: seconds between two reports.
-    @return: the process's exit status.
-    """
-    from twisted.internet.process import ProcessReader, ProcessWriter
-
-    # The worker's own level filter and repeat limiter: the parent relays
-    # its lines as they come.
-    globalLogBeginner.beginLoggingTo(
-        [filteringObserver(_logTo(sys.stdout, sys.stderr), reactor, config.debug)],
-        redirectStandardIO=False,
-    )
-    log = Logger(namespace="rmux.workers")
-    channel = None
-    try:
-        service = WorkerService(config, reactor, workerId, filenos, backlogs)
-        channel = _ParentChannel(reactor, service)
-        if reportFd is not None:
-            writer = ProcessWriter(reactor, channel, "reports", reportFd)
-            StatsReporter(
-                reactor, writer, service.snapshots, reportInterval
-            ).setServiceParent(service)
-        service.startService()
-    except BaseException:
-        log.failure("worker {workerId} could not start", workerId=workerId)
-        return 1
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    ProcessReader(reactor, channel, "parent", stdin)
-    # Ctrl-C at a terminal signals the parent and its workers alike; the
-    # parent stops the workers (SIGTERM) itself, and workers that stopped
-    # on their own first would only be logged as dead and rescheduled.
-    # A hang-up of the terminal or an operator's "kill -HUP" of the whole
-    # group likewise: the parent reloads, and sends the workers the result.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    log.info(
-        "worker {workerId} (pid {pid}) serving", workerId=workerId, pid=os.getpid()
-    )
-    reactor.run()
-    return 0
-
-
-def main(argv=None):
-    """
-    The entry point of a worker process, C{python -m rmux.workers --worker
-    N}, started by L{ParentService} with the listening sockets from file
-    descriptor L{FIRST_LISTENER_FD} on and its configuration on stdin.  Not
-    for running by hand.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m rmux.workers",
-        description="An rmux worker process; started by rmux with --maxProcesses.",
-    )
-    parser.add_argument("--worker", type=int, required=True, help="this worker's number")
-    args = parser.parse_args(argv)
-    payload = _readPayload(0)
-    from twisted.internet import reactor
-
-    return runWorker(
-        reactor, args.worker, payload["config"], payload["fds"], payload.get("backlogs"),
-        reportFd=payload.get("reportFd"),
-        reportInterval=payload.get("reportInterval", 1.0),
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
