@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rmux.config import BackendAddress
-from rmux.pool import BackendPool, errorReply
+from rmux.pool import BackendPool
 from rmux.router import PlacementError
 from rmux.pubsub import SubscriptionHub, confirmation
 from rmux.resp import ReplyFramer, RequestParser, encodeCommand
