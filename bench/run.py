@@ -86,6 +86,10 @@ def parseOptions(argv=None):
                              % RUN_TIMEOUT)
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
                         help="an unrecorded warm-up round first (default: on, off with --quick)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run rmux from this source tree (an earlier release in a "
+                             "git worktree, its C accelerator built in place) as the target "
+                             "rmux-baseline, side by side with this one")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     options = parser.parse_args(argv)
     if options.rounds is None:

@@ -158,7 +158,7 @@ class ClientProtocol(Protocol):
                 handle(args)
                 if self.closing:
                     return
-        if len(self.replies) > self.factory.maxPending:
+        if len(self.replies.slots) > self.factory.maxPending:
             self._pauseReading()
         if parser.error is not None:
             self.factory.stats.protocolErrors += 1
@@ -189,12 +189,14 @@ class ClientProtocol(Protocol):
         @return: whether it did; if not, nothing was done.
         """
         pool = self.router.single
+        session = self.session
         if (
             pool is None
             or self.held is not None
             or self.usedPubSub
             or not self.authenticated
-            or not self.session.isPlain
+            or session.pin is not None
+            or session.multi is not None
         ):
             return False
         factory = self.factory
@@ -212,7 +214,7 @@ class ClientProtocol(Protocol):
         stats.commands += count
         slot = self.replies.newSlot()
         waiter = slot if count == 1 else PipelineWaiter(slot, count, stats)
-        self.session.send(pool, data, waiter, count)
+        session.send(pool, data, waiter, count)
         return True
 
     # Replies (IClient)
@@ -238,9 +240,7 @@ class ClientProtocol(Protocol):
             self.transport.loseConnection()
 
     def closeAfterReplies(self):
-        """
-        Stop reading, and close once every queued reply has been written.
-        """
+        # Stop reading, and close once every queued reply has been written.
         self.closing = True
         if self.replies:
             self.closeWhenDrained = True

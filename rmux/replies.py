@@ -90,7 +90,7 @@ class ReplyQueue:
             self.slots.append(ReplySlot(self, data))
             return
         client = self.client
-        if not client.disconnected:
+        if client is not None:
             # Through the coalescer, like backend replies: a reply that is
             # ready now must not overtake one still held back there.
             stats = self.stats
@@ -118,7 +118,7 @@ class ReplyQueue:
             out.append(slot.data)
             slot.data = WRITTEN
         client = self.client
-        if client.disconnected:
+        if client is None:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         stats = self.stats
@@ -158,9 +158,11 @@ class ReplyQueue:
 
     def clear(self):
         """
-        Forget every reply still due: the client has gone.
+        Forget every reply still due, and the client: it has gone (and
+        nothing here keeps it alive, so it is freed at once).
         """
         self.slots.clear()
+        self.client = None
 
 
 @implementer(IReplyWaiter)

@@ -132,10 +132,10 @@ class _Executed:
     Waiter for EXEC: the client's reply; then the connection goes back.
     """
 
-    __slots__ = ("session", "slot", "connection", "data")
+    __slots__ = ("client", "slot", "connection", "data")
 
-    def __init__(self, session, slot, connection):
-        self.session = session
+    def __init__(self, client, slot, connection):
+        self.client = client
         self.slot = slot
         self.connection = connection
         self.data = None
@@ -144,7 +144,7 @@ class _Executed:
         self.data = reply
         self.slot.fill(reply)
         self.connection.pool.checkin(self.connection)
-        self.session.client.release()
+        self.client.release()
 
 
 @implementer(IReplyWaiter)
@@ -174,10 +174,11 @@ class _Blocked:
     Waiter for a blocking command on a dedicated connection.
     """
 
-    __slots__ = ("session", "slot", "connection", "giveBack", "data")
+    __slots__ = ("session", "client", "slot", "connection", "giveBack", "data")
 
     def __init__(self, session, slot, connection, giveBack):
         self.session = session
+        self.client = session.client
         self.slot = slot
         self.connection = connection
         self.giveBack = giveBack
@@ -185,14 +186,13 @@ class _Blocked:
 
     def fill(self, reply):
         self.data = reply
-        session = self.session
-        session.blockedOn = None
+        self.session.blockedOn = None
         connection = self.connection
         connection.readTimeout = connection.pool.readTimeout
         if self.giveBack:
             connection.pool.checkin(connection)
         self.slot.fill(reply)
-        session.client.release()
+        self.client.release()
 
 
 @implementer(IReplyWaiter)
@@ -217,7 +217,7 @@ class _NoScriptRetry:
         session = self.session
         if not self.retried and reply.startswith(b"-NOSCRIPT"):
             body = session.scripts.get(self.args[1])
-            if body is not None and not session.client.disconnected:
+            if body is not None and session.client is not None:
                 self.retried = True
                 load = [b"SCRIPT", b"LOAD", body]
                 session.forwardInternal(load, self.args, self.spec, IgnoredReply())
@@ -240,6 +240,7 @@ class Session:
     @ivar multi: the commands queued since MULTI, or L{None} outside a
         transaction.
     @ivar blockedOn: the connection a blocking command runs on, or L{None}.
+    @ivar client: the client served, L{None} once it has gone.
     """
 
     db = 0
@@ -489,7 +490,7 @@ class Session:
             ignore = IgnoredReply()
             for command in commands[:-1]:
                 self.sendDedicated(connection, command, ignore)
-            self.sendDedicated(connection, commands[-1], _Executed(self, slot, connection))
+            self.sendDedicated(connection, commands[-1], _Executed(client, slot, connection))
 
         if pin is not None:
             client.hold()
@@ -555,13 +556,15 @@ class Session:
 
     def close(self):
         """
-        The client has gone: give back what it held.
+        The client has gone: give back what it held, and forget the client
+        (so that nothing here keeps it alive, and it is freed at once).
         """
         self.affinity.clear()
         if self.blockedOn is not None:
             # It may stay blocked forever: nobody else may have it.
             self.blockedOn.abort()
         self._dropPin()
+        self.client = None
 
 
 #: The transaction commands a session runs, by name, for the dispatcher.

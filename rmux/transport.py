@@ -467,7 +467,7 @@ def _idleSocket(transport):
     sock = getattr(transport, "socket", None)
     if (
         sock is None
-        or not knowsWriteBuffer(transport)
+        or not (_writeBufferKnown.get(type(transport)) or knowsWriteBuffer(transport))
         or transport._tempDataBuffer
         or transport.offset != len(transport.dataBuffer)
         or not transport.connected

@@ -5,6 +5,9 @@ delivers in any order it likes.  (Everything involving Redis itself is in
 L{tests.test_integration}, against real servers.)
 """
 
+import gc
+import weakref
+
 from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -200,6 +203,24 @@ class OrderingTests(SynchronousTestCase):
             [(args, db, version) for args, slot, db, version in router.routed],
             [([b"GET", b"a"], 0, 2), ([b"GET", b"b"], 3, 3)],
         )
+
+    def test_goneClientFreedAtOnce(self):
+        """
+        A client that has gone is freed as soon as nothing refers to it,
+        without waiting for the cycle collector: with a new connection per
+        request, that would be every request's garbage.
+        """
+        client, transport, router, clock = makeClient()
+        client.dataReceived(b"GET a\r\nSET b c\r\n")
+        router.routed[0][1].fill(b"$-1\r\n")
+        client.connectionLost(Failure(ConnectionDone()))
+        transport.producer = None  # as Twisted's transports do
+        gone = weakref.ref(client)
+        gc.disable()
+        self.addCleanup(gc.enable)
+        del client, transport
+        router.routed[:] = []
+        self.assertIsNone(gone())
 
     def test_replyForDisconnectedClientIsDropped(self):
         client, transport, router, clock = makeClient()

@@ -208,11 +208,17 @@ class Lab:
             argv += ["--distribution=ketama", "--hash=fnv1a_64"]
         return argv + self.options.rmux_arg
 
-    def startRmux(self, name: str, servers: List[RedisServer]) -> Target:
+    def startRmux(self, name: str, servers: List[RedisServer], source: Path = REPO,
+                  targetName: str = RMUX, kind: str = "rmux") -> Target:
+        """
+        Start rmux from the source tree C{source}: this checkout, or with
+        C{--baseline} another one (an earlier release in a git worktree),
+        measured side by side as one more target.
+        """
         socketPath = str(self.directory / ("%s.sock" % name))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+            [str(source)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         process = self.processes.start(name, self.rmuxArgv(socketPath, servers), env)
 
         def backendsUp():
@@ -225,7 +231,7 @@ class Lab:
             return len(states) == len(servers) and all("status=up" in s for s in states)
 
         waitFor(name + " (rmux)", backendsUp, START_TIMEOUT, process)
-        return Target(RMUX, "rmux", [["-s", socketPath]], process)
+        return Target(targetName, kind, [["-s", socketPath]], process)
 
     # twemproxy -------------------------------------------------------------
 
@@ -330,6 +336,10 @@ class Lab:
             servers = self.ensureServers(count)
             targets = self.directTargets(servers)
             targets.append(self.startRmux("rmux-%s" % kind, servers))
+            if self.options.baseline:
+                targets.append(self.startRmux(
+                    "rmux-baseline-%s" % kind, servers, Path(self.options.baseline),
+                    "rmux-baseline", "rmux-baseline"))
             if self.twemproxy:
                 try:
                     targets += self.startTwemproxy("twemproxy-%s" % kind, servers)
