@@ -52,9 +52,8 @@ class ClientProtocol(Protocol):
     """
     One client of rmux.
 
-    Most of its state is set on first use: the class attributes below are
-    what a client that never needs it has, which spares a client that
-    connects for one command most of the work of setting up.
+    State that most clients never use is set on first use: the class
+    attributes below are what a client that never needs it has.
 
     @ivar session: its L{rmux.session.Session}: db, RESP version, affinity,
         transaction.
@@ -69,19 +68,12 @@ class ClientProtocol(Protocol):
     #: The L{rmux.resp.BodySink} of a big argument being received, for the
     #: transport to receive into (see L{bodyReceived}), or L{None}.
     sink = None
-    held = None
-    usedPubSub = False
-    authenticated = True
     authFailures = 0
     name = None
     libName = None
     libVersion = None
-    closing = False
-    closeWhenDrained = False
     disconnected = False
     lastCommand = b"NULL"
-    paused = False
-    readingPaused = False
     _timer = None
     _writeTimer = None
 
@@ -102,8 +94,12 @@ class ClientProtocol(Protocol):
         self.session = Session(self, factory.router, factory.scripts)
         self.replies = ReplyQueue(self, self.transport, factory.stats)
         self.createdAt = self.lastActivity = self.clock.seconds()
-        if factory.auth.required:
-            self.authenticated = False
+        # Read on every request: instance attributes are found faster.
+        self.held = None
+        self.closing = self.paused = self.readingPaused = self.usedPubSub = False
+        self.closeWhenDrained = self.disconnected = False
+        self.authenticated = not factory.auth.required
+        if not self.authenticated:
             self.parser.restrictUntilAuthenticated()
         if len(factory.clients) >= factory.maxClients:
             # As Redis does: say why, then close; the client is not counted.

@@ -243,10 +243,6 @@ class Session:
     @ivar client: the client served, L{None} once it has gone.
     """
 
-    db = 0
-    protocolVersion = 2
-    pin = None
-    multi = None
     multiFailed = False
     blockedOn = None
 
@@ -260,6 +256,9 @@ class Session:
         self.router = router
         self.scripts = scripts
         self.affinity = {}
+        self.db = 0
+        self.protocolVersion = 2
+        self.pin = self.multi = None
 
     @property
     def isPlain(self):
