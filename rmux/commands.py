@@ -49,6 +49,7 @@ single-key command is found by a precomputed index.
 import json
 from importlib import resources
 
+from rmux.auth import NOAUTH
 from rmux.resp import errorReply
 
 __all__ = [
@@ -62,7 +63,7 @@ __all__ = [
     "OPTION_ALLOW_FLUSH",
     "KeySpec", "CommandSpec", "CommandTable",
     "unknownCommandError", "wrongArityError", "unknownSubcommandError",
-    "refusalError", "errorReply",
+    "refusalError", "rejection", "errorReply",
 ]
 
 
@@ -139,7 +140,9 @@ _POLICY_TABLE = {
     "client|list": (LOCAL, None),  # rmux's own clients, not its pool
     "client|help": (FORWARD, None),   # Redis's own text
 
-    # Connection state: never on a shared connection.
+    # Connection state: never on a shared connection.  rmux keeps it per
+    # client (CLIENT REPLY, the transaction), or gives the client a
+    # connection of its own for as long as it lasts (see rmux.session).
     "multi": (STATEFUL, None),
     "exec": (STATEFUL, None),
     "discard": (STATEFUL, None),
@@ -147,22 +150,29 @@ _POLICY_TABLE = {
     "unwatch": (STATEFUL, None),
     "reset": (STATEFUL, None),     # rmux resets the client, and its pin
     "monitor": (STATEFUL, None),   # turns the connection into a feed
-    "client|reply": (STATEFUL, None),     # OFF/SKIP breaks reply matching
+    "client|reply": (STATEFUL, None),     # rmux drops the replies itself
     "client|tracking": (STATEFUL, None),
     "client|caching": (STATEFUL, None),   # applies to the next command
     "client|no-evict": (STATEFUL, None),
     "client|no-touch": (STATEFUL, None),  # Redis 7.2
-    # CLIENT GETREDIR and TRACKINGINFO only read that state: on a pooled
-    # connection they truthfully say "not tracking", and a client that
-    # turned tracking on is pinned, so they reach its own connection.
-    "client|getredir": (FORWARD, None),
+    "readonly": (STATEFUL, None),         # cluster replicas' reads
+    "readwrite": (STATEFUL, None),
+    # Reads of that state: rmux knows the redirect (an rmux client's id);
+    # TRACKINGINFO runs where the tracking is, on the client's own
+    # connection, or on a pooled one that truthfully says "off".
+    "client|getredir": (LOCAL, None),
     "client|trackinginfo": (FORWARD, None),
-    # Server-wide actions on clients: the ids are the server's, not rmux's,
-    # and a pause or kill through rmux hits rmux's own pooled connections.
-    "client|kill": (REFUSED, None),
-    "client|pause": (REFUSED, None),
-    "client|unpause": (REFUSED, None),
-    "client|unblock": (REFUSED, None),
+    # The clients are rmux's: rmux kills and unblocks its own.
+    "client|kill": (LOCAL, None),
+    "client|unblock": (LOCAL, None),
+    "acl|whoami": (LOCAL, None),   # the user the client logged in to rmux as
+    # Forwarded, unless they would lock rmux out of its servers.
+    "config|set": (LOCAL, None),
+    "acl|setuser": (LOCAL, None),
+    # Pausing pauses the server's connections, rmux's among them: what
+    # pausing Redis's clients means.
+    "client|pause": (FORWARD, None),
+    "client|unpause": (FORWARD, None),
 
     # Blocking: flagged "blocking" by Redis, except these.
     "wait": (BLOCKING, None),
@@ -187,37 +197,25 @@ _POLICY_TABLE = {
     # @connection, but only describes the server's command table.
     "command": (FORWARD, None),
 
-    # Whole families that belong to the operator of one server.
-    "config": (REFUSED, None),
-    "cluster": (REFUSED, _CLUSTER_ONLY % ("CLUSTER",)),
-    "module": (REFUSED, None),
-    "latency": (REFUSED, None),    # per-server diagnostics
-    "slowlog": (REFUSED, None),    # per-server diagnostics
-    "readonly": (REFUSED, _CLUSTER_ONLY % ("READONLY",)),
-    "readwrite": (REFUSED, _CLUSTER_ONLY % ("READWRITE",)),
-    "asking": (REFUSED, _CLUSTER_ONLY % ("ASKING",)),
-    "restore-asking": (REFUSED, _CLUSTER_ONLY % ("RESTORE-ASKING",)),
+    # What only makes sense on a connection of the server's own: the
+    # replication stream, and the script debugger.
+    "sync": (REFUSED, "SYNC turns the connection into a replication stream; "
+                      "replicate from the Redis server itself"),
+    "psync": (REFUSED, "PSYNC turns the connection into a replication stream; "
+                       "replicate from the Redis server itself"),
+    "replconf": (REFUSED, "REPLCONF belongs to the replication protocol; "
+                          "replicate from the Redis server itself"),
+    "script|debug": (REFUSED, "SCRIPT DEBUG turns the connection into a debugger; "
+                              "debug scripts directly on a Redis server"),
 
-    # @dangerous or @admin without Redis's "admin" flag: decided one by one.
+    # Everything else Redis has is forwarded, server-wide commands
+    # included (CONFIG, SLOWLOG, DEBUG...): with one backend rmux is that
+    # server; with several, _KEYLESS_TABLE says how each spreads.
     "keys": (FORWARD, None),       # slow, but answerable: merged
     "flushdb": (FORWARD, None),    # only with OPTION_ALLOW_FLUSH
     "flushall": (FORWARD, None),   # only with OPTION_ALLOW_FLUSH
-    "sort": (FORWARD, None),       # dangerous only for BY/GET patterns
-    "sort_ro": (FORWARD, None),
-    "restore": (FORWARD, None),    # an ordinary keyed write
     "role": (FORWARD, None),       # client libraries ask on connect
-    "migrate": (REFUSED, None),    # server-to-server, outside the hashing
-    "swapdb": (REFUSED, None),     # swaps a db under every client at once
-    "lastsave": (REFUSED, None),   # per-server persistence diagnostic
-    "memory|doctor": (REFUSED, None),
-    "memory|stats": (REFUSED, None),
-    "memory|malloc-stats": (REFUSED, None),
-    "memory|purge": (REFUSED, None),
-    "memory|usage": (FORWARD, None),   # keyed: a question about one key
-    "script|debug": (REFUSED, None),   # turns the connection into a debugger
-    "acl|whoami": (REFUSED,
-                   "ACL WHOAMI would name the user rmux logs in to Redis as, "
-                   "not yours; run it directly on a Redis server"),
+    "asking": (FORWARD, None),     # a cluster's; one server says so itself
     # MOVE moves a key between dbs of the server that holds it; rmux keeps
     # keys on the same server in every db and selects the client's db on
     # the pooled connection first, so it is an ordinary keyed write.
@@ -274,8 +272,7 @@ _KEYLESS_TABLE = {
     "acl|cat": (KEYLESS_ANY, None, "static list"),
     "acl|genpass": (KEYLESS_ANY, None, "random bytes from any server"),
     "acl|help": (KEYLESS_ANY, None, "static text"),
-    "client|getredir": (KEYLESS_ANY, None,
-                        "describes the connection it runs on"),
+    "client|getredir": (KEYLESS_ANY, None, "answered by rmux"),
     "client|trackinginfo": (KEYLESS_ANY, None,
                             "describes the connection it runs on"),
     "memory|help": (KEYLESS_ANY, None, "static text"),
@@ -307,9 +304,71 @@ _KEYLESS_TABLE = {
                         "runs on the client's pinned connection"),
     "client|no-touch": (KEYLESS_ANY, None,
                         "runs on the client's pinned connection"),
-    "monitor": (KEYLESS_REFUSED, None,
-                "MONITOR watches one Redis server; with several servers "
-                "behind rmux, run it directly on each server"),
+    "readonly": (KEYLESS_ANY, None, "runs on the client's pinned connections"),
+    "readwrite": (KEYLESS_ANY, None, "runs on the client's pinned connections"),
+    "monitor": (KEYLESS_ALL, MERGE_ALL_OK, "rmux watches every server"),
+    "client|kill": (KEYLESS_ANY, None, "answered by rmux"),
+    "client|unblock": (KEYLESS_ANY, None, "answered by rmux"),
+    "acl|whoami": (KEYLESS_ANY, None, "answered by rmux"),
+    "client|pause": (KEYLESS_ALL, MERGE_ALL_OK, "pause every server"),
+    "client|unpause": (KEYLESS_ALL, MERGE_ALL_OK, "unpause every server"),
+
+    # Server-wide commands.  rmux expects its servers to share one
+    # configuration, users and modules: reading them asks any one server,
+    # changing them changes every server (OK only if every one said OK).
+    # Diagnostics are gathered from every server.
+    "config|get": (KEYLESS_ANY, None, "the servers share one configuration"),
+    "config|set": (KEYLESS_ALL, MERGE_ALL_OK, "set on every server"),
+    "config|resetstat": (KEYLESS_ALL, MERGE_ALL_OK, "reset on every server"),
+    "config|rewrite": (KEYLESS_ALL, MERGE_ALL_OK, "rewrite on every server"),
+    "config|help": (KEYLESS_ANY, None, "static text"),
+    "slowlog|get": (KEYLESS_ALL, MERGE_CONCAT, "the entries of every server"),
+    "slowlog|len": (KEYLESS_ALL, MERGE_SUM, "the entries of every server"),
+    "slowlog|reset": (KEYLESS_ALL, MERGE_ALL_OK, "reset on every server"),
+    "slowlog|help": (KEYLESS_ANY, None, "static text"),
+    "latency|latest": (KEYLESS_ALL, MERGE_CONCAT, "the events of every server"),
+    "latency|history": (KEYLESS_ALL, MERGE_CONCAT, "the events of every server"),
+    "latency|reset": (KEYLESS_ALL, MERGE_SUM, "reset on every server"),
+    "latency|doctor": (KEYLESS_ANY, None, "one server's report"),
+    "latency|graph": (KEYLESS_ANY, None, "one server's graph"),
+    "latency|histogram": (KEYLESS_ANY, None, "one server's histograms"),
+    "latency|help": (KEYLESS_ANY, None, "static text"),
+    "memory|stats": (KEYLESS_ANY, None, "one server's statistics"),
+    "memory|doctor": (KEYLESS_ANY, None, "one server's report"),
+    "memory|malloc-stats": (KEYLESS_ANY, None, "one server's allocator"),
+    "memory|purge": (KEYLESS_ALL, MERGE_ALL_OK, "purge every server"),
+    "lastsave": (KEYLESS_ALL, MERGE_MIN, "the oldest save: what is surely on disk"),
+    "save": (KEYLESS_ALL, MERGE_ALL_OK, "save every server"),
+    "bgsave": (KEYLESS_ALL, MERGE_ALL_OK, "save every server"),
+    "bgrewriteaof": (KEYLESS_ALL, MERGE_ALL_OK, "rewrite every server's log"),
+    "acl|setuser": (KEYLESS_ALL, MERGE_ALL_OK, "the same users everywhere"),
+    "acl|deluser": (KEYLESS_ALL, MERGE_MIN, "the same users everywhere"),
+    "acl|save": (KEYLESS_ALL, MERGE_ALL_OK, "the same users everywhere"),
+    "acl|load": (KEYLESS_ALL, MERGE_ALL_OK, "the same users everywhere"),
+    "acl|getuser": (KEYLESS_ANY, None, "the same users everywhere"),
+    "acl|list": (KEYLESS_ANY, None, "the same users everywhere"),
+    "acl|users": (KEYLESS_ANY, None, "the same users everywhere"),
+    "acl|dryrun": (KEYLESS_ANY, None, "the same users everywhere"),
+    "acl|log": (KEYLESS_ALL, MERGE_CONCAT, "the entries of every server"),
+    "swapdb": (KEYLESS_ALL, MERGE_ALL_OK, "swap on every server: keys stay placed"),
+    "debug": (KEYLESS_ANY, None, "one server (DEBUG OBJECT goes to its key's)"),
+    "module|list": (KEYLESS_ANY, None, "the same modules everywhere"),
+    "module|load": (KEYLESS_ALL, MERGE_ALL_OK, "the same modules everywhere"),
+    "module|loadex": (KEYLESS_ALL, MERGE_ALL_OK, "the same modules everywhere"),
+    "module|unload": (KEYLESS_ALL, MERGE_ALL_OK, "the same modules everywhere"),
+    "module|help": (KEYLESS_ANY, None, "static text"),
+    "pfselftest": (KEYLESS_ANY, None, "one server's self-test"),
+    "shutdown": (KEYLESS_REFUSED, None,
+                 "SHUTDOWN through rmux with several servers would stop one of "
+                 "them, or all; run it directly on the server"),
+    "replicaof": (KEYLESS_REFUSED, None,
+                  "REPLICAOF changes one server's role; run it directly on it"),
+    "slaveof": (KEYLESS_REFUSED, None,
+                "SLAVEOF changes one server's role; run it directly on it"),
+    "failover": (KEYLESS_REFUSED, None,
+                 "FAILOVER changes one server's role; run it directly on it"),
+    "cluster": (KEYLESS_REFUSED, None, _CLUSTER_ONLY % ("CLUSTER",)),
+    "asking": (KEYLESS_REFUSED, None, _CLUSTER_ONLY % ("ASKING",)),
 
     # Pub/Sub: PUBLISH is placed by its channel, like a key, so that every
     # rmux host publishes a channel on the same server (the router reads
@@ -374,6 +433,9 @@ _KEYLESS_TABLE = {
     "waitaof": (KEYLESS_ALL, MERGE_MIN, "the weakest server's guarantee"),
 }
 
+# Families whose every subcommand routes as the container's entry says.
+_FAMILY_ROUTING = frozenset(["cluster"])
+
 # Keys that COMMAND's key specs cannot describe; found the way Redis's own
 # getkeys procedures find them.  Filled in below the finder functions.
 _KEY_FINDERS = {}
@@ -417,11 +479,6 @@ def _decidePolicy(name, container, flags, categories):
         policy, reason = entry
     elif "blocking" in flags:
         policy, reason = BLOCKING, None
-    elif ("admin" in flags or "@admin" in categories
-          or "@dangerous" in categories):
-        # Redis's own judgement of what an ordinary client should not run;
-        # unlisted newcomers land here rather than on a shared connection.
-        policy, reason = REFUSED, None
     elif "@transaction" in categories:
         policy, reason = STATEFUL, None
     elif "pubsub" in flags:
@@ -456,6 +513,8 @@ def _decideRouting(name, hasKeys, policy, reason, tips, isContainer):
     if hasKeys:
         return KEYED, None, None
     entry = _KEYLESS_TABLE.get(name)
+    if entry is None and "|" in name and name.split("|", 1)[0] in _FAMILY_ROUTING:
+        entry = _KEYLESS_TABLE[name.split("|", 1)[0]]
     if entry is not None:
         routing, merge, why = entry
         return routing, merge, why if routing == KEYLESS_REFUSED else None
@@ -1225,6 +1284,27 @@ def _cString(value):
         value = value.encode("utf-8")
     nul = value.find(b"\x00")
     return value if nul < 0 else value[:nul]
+
+
+#: What a client may send before it has authenticated.
+_WITHOUT_AUTH = frozenset(["auth", "hello", "quit"])
+
+
+def rejection(table, args, spec, authenticated):
+    """
+    Why a command is rejected before anything is done with it: unknown,
+    the wrong number of arguments, or not authenticated yet.
+
+    @param spec: what C{table.lookup(args)} found.
+    @return: the error reply, or L{None}.
+    """
+    if spec is None:
+        return table.unknownError(args)
+    if not spec.checkArity(len(args)):
+        return wrongArityError(spec.name)
+    if not authenticated and spec.name not in _WITHOUT_AUTH:
+        return NOAUTH
+    return None
 
 
 def refusalError(spec):

@@ -16,9 +16,11 @@ byte for byte, errors included.
 from rmux import commands as C
 from rmux import resp
 from rmux.auth import NOPASSWORD, WRONGPASS
-from rmux.info import infoText
+from rmux.info import InfoGatherer, asksServers
 from rmux.resp import errorReply
+from rmux.router import PlacementError
 from rmux.session import SESSION_COMMANDS
+from rmux.transport import unsentBytes
 
 __all__ = ["HANDLERS", "describe", "decimal"]
 
@@ -94,9 +96,18 @@ def select(client, args, spec):
 
 
 def info(client, args, spec):
+    """
+    INFO: the live servers' INFO, merged, then rmux's sections (see
+    L{rmux.info}).
+    """
     sections = [a.decode("latin-1").lower() for a in args[1:]]
-    text = infoText(client.factory, sections)
-    client.reply(resp.verbatimString(text.encode("utf-8"), client.protocolVersion))
+    factory = client.factory
+    pools = factory.livePools() if asksServers(sections) else []
+    gatherer = InfoGatherer(
+        client.newSlot(), factory, sections, client.protocolVersion, len(pools))
+    payload = resp.encodeRequest(args)
+    for index, pool in enumerate(pools):
+        client.session.send(pool, payload, gatherer.part(index))
 
 
 def reset(client, args, spec):
@@ -140,6 +151,7 @@ def authenticate(client, username, password):
     if auth.check(username, password):
         client.authenticated = True
         client.authFailures = 0
+        client.user = (username or b"default").decode("utf-8", "replace")
         client.parser.authenticated()
         return resp.OK
     client.authFailures += 1
@@ -264,9 +276,39 @@ def clientInfo(client, args, spec):
     client.reply(resp.verbatimString(describe(client).encode() + b"\n", client.protocolVersion))
 
 
+_TYPES = {b"normal": False, b"pubsub": True, b"master": None, b"replica": None,
+          b"slave": None}
+
+
 def clientList(client, args, spec):
-    lines = "".join(describe(c) + "\n" for c in client.factory.clients)
+    """
+    CLIENT LIST [TYPE type] [ID id ...]: rmux's clients, in Redis's layout.
+    """
+    clients = sorted((c for c in client.factory.clients if not c.killed), key=lambda c: c.id)
+    if len(args) > 2:
+        option = args[2].lower()
+        if option == b"type" and len(args) == 4:
+            kind = args[3].lower()
+            if kind not in _TYPES:
+                client.reply(errorReply("Unknown client type '%s'" % (args[3].decode("latin-1"),)))
+                return
+            clients = [c for c in clients if _isPubSub(c) is _TYPES[kind]]
+        elif option == b"id" and len(args) > 3:
+            ids = [decimal(a) for a in args[3:]]
+            if any(i is None or i <= 0 for i in ids):
+                client.reply(errorReply("Invalid client ID"))
+                return
+            clients = [c for c in clients if c.id in ids]
+        else:
+            client.reply(resp.error(b"ERR syntax error"))
+            return
+    lines = "".join(describe(c) + "\n" for c in clients)
     client.reply(resp.verbatimString(lines.encode(), client.protocolVersion))
+
+
+def _isPubSub(client):
+    hub = client.factory.hub
+    return bool(client.usedPubSub and hub is not None and hub.isSubscribed(client))
 
 
 def _addressText(address):
@@ -276,7 +318,25 @@ def _addressText(address):
     name = getattr(address, "name", None)
     if isinstance(name, bytes):
         name = name.decode("latin-1")
-    return name or ""
+    return "%s:0" % (name,) if name else ""
+
+
+def _flags(client, pubsub):
+    session = client.session
+    flags = ""
+    if session.multi is not None:
+        flags += "x"
+    if session.blockedOn is not None:
+        flags += "b"
+    if pubsub:
+        flags += "P"
+    if session.tracking is not None:
+        flags += "t"
+    if session.noEvict:
+        flags += "e"
+    if getattr(client.transport.getHost(), "host", None) is None:
+        flags += "U"
+    return flags or "N"
 
 
 def describe(client):
@@ -289,25 +349,369 @@ def describe(client):
         return "" if value is None else value.decode("latin-1")
 
     transport = client.transport
-    return (
-        "id=%d addr=%s laddr=%s name=%s age=%d idle=%d db=%d resp=%d "
-        "qbuf=%d oll=%d cmd=%s lib-name=%s lib-ver=%s"
-        % (
-            client.id,
-            _addressText(transport.getPeer()),
-            _addressText(transport.getHost()),
-            text(client.name),
-            now - client.createdAt,
-            now - client.lastActivity,
-            client.session.db,
-            client.protocolVersion,
-            client.parser.buffered,
-            len(client.replies),
-            client.lastCommand if isinstance(client.lastCommand, str) else "NULL",
-            text(client.libName),
-            text(client.libVersion),
-        )
-    )
+    hub = client.factory.hub
+    session = client.session
+    pubsub = _isPubSub(client)
+    counts = (0, 0, 0)
+    if hub is not None and client.usedPubSub:
+        counts = hub.counts(client)
+    unsent = unsentBytes(transport) or 0
+    fileno = getattr(transport, "fileno", None)
+    fields = [
+        ("id", client.id),
+        ("addr", _addressText(transport.getPeer())),
+        ("laddr", _addressText(transport.getHost())),
+        ("fd", fileno() if callable(fileno) else -1),
+        ("name", text(client.name)),
+        ("age", int(now - client.createdAt)),
+        ("idle", int(now - client.lastActivity)),
+        ("flags", _flags(client, pubsub)),
+        ("db", session.db),
+        ("sub", counts[0]),
+        ("psub", counts[1]),
+        ("ssub", counts[2]),
+        ("multi", len(session.multi) if session.multi is not None else -1),
+        ("qbuf", client.parser.buffered),
+        ("qbuf-free", 0),
+        ("argv-mem", 0),
+        ("multi-mem", 0),
+        ("obl", 0),
+        ("oll", len(client.replies)),
+        ("omem", unsent),
+        ("tot-mem", unsent + client.parser.buffered),
+        ("events", "rw" if unsent else "r"),
+        ("cmd", client.lastCommand if isinstance(client.lastCommand, str) else "NULL"),
+        ("user", client.user),
+        ("redir", session.redirect if session.tracking is not None else -1),
+        ("resp", session.protocolVersion),
+        ("lib-name", text(client.libName)),
+        ("lib-ver", text(client.libVersion)),
+    ]
+    return " ".join("%s=%s" % pair for pair in fields)
+
+
+def clientReply(client, args, spec):
+    """
+    CLIENT REPLY ON|OFF|SKIP, kept by rmux: the commands still run and
+    their replies come back from the servers, and rmux drops them.
+    """
+    mode = args[2].lower()
+    if mode not in (b"on", b"off", b"skip"):
+        client.reply(resp.error(b"ERR syntax error"))
+        return
+    client.replies.setMode(mode.decode())
+    if mode == b"on":
+        client.reply(resp.OK)
+
+
+def clientKill(client, args, spec):
+    """
+    CLIENT KILL, over rmux's clients: C{addr} alone (the old form), or
+    filters (ID, TYPE, USER, ADDR, LADDR, SKIPME, MAXAGE) and a count.
+    """
+    factory = client.factory
+    if len(args) == 3:
+        address = args[2].decode("latin-1")
+        victims = [c for c in factory.clients
+                   if not c.killed and _addressText(c.transport.getPeer()) == address]
+        if not victims:
+            client.reply(errorReply("No such client"))
+            return
+        _kill(client, victims)
+        client.reply(resp.OK)
+        return
+    if len(args) % 2:
+        client.reply(resp.error(b"ERR syntax error"))
+        return
+    tests, skipMe = [], True
+    for position in range(2, len(args), 2):
+        option, value = args[position].lower(), args[position + 1]
+        test = _killFilter(client, option, value)
+        if isinstance(test, bytes):
+            client.reply(test)
+            return
+        if option == b"skipme":
+            skipMe = test
+        else:
+            tests.append(test)
+    victims = [c for c in factory.clients if not c.killed and (c is not client or not skipMe)
+               and all(test(c) for test in tests)]
+    _kill(client, victims)
+    client.reply(resp.integer(len(victims)))
+
+
+def _killFilter(client, option, value):
+    """
+    One CLIENT KILL filter: a predicate (SKIPME: a boolean), or an error.
+    """
+    text = value.decode("latin-1")
+    if option == b"id":
+        number = decimal(value)
+        if number is None:
+            return resp.error(b"ERR value is not an integer or out of range")
+        if number <= 0:
+            return errorReply("client-id should be greater than 0")
+        return lambda c: c.id == number
+    if option == b"type":
+        kind = value.lower()
+        if kind not in _TYPES:
+            return errorReply("Unknown client type '%s'" % (text,))
+        return lambda c: _isPubSub(c) is _TYPES[kind]
+    if option == b"user":
+        if text != "default" and text not in client.factory.auth.users:
+            return errorReply("No such user '%s'" % (text,))
+        return lambda c: c.user == text
+    if option == b"addr":
+        return lambda c: _addressText(c.transport.getPeer()) == text
+    if option == b"laddr":
+        return lambda c: _addressText(c.transport.getHost()) == text
+    if option == b"skipme" and value.lower() in (b"yes", b"no"):
+        return value.lower() == b"yes"
+    if option == b"maxage":
+        seconds = decimal(value)
+        if seconds is None:
+            return resp.error(b"ERR syntax error")
+        now = client.clock.seconds()
+        return lambda c: now - c.createdAt >= seconds
+    return resp.error(b"ERR syntax error")
+
+
+def _kill(client, victims):
+    """
+    Close C{victims}: the caller after its reply, the others at once.
+    """
+    for victim in victims:
+        victim.killed = True
+        if victim is client:
+            victim.closeAfterReplies()
+        else:
+            victim.transport.abortConnection()
+
+
+def clientUnblock(client, args, spec):
+    """
+    CLIENT UNBLOCK id [TIMEOUT|ERROR]: the id is an rmux client's; its
+    blocking command is unblocked on the server it blocks on.
+    """
+    target = decimal(args[2])
+    if target is None:
+        client.reply(resp.error(b"ERR value is not an integer or out of range"))
+        return
+    if len(args) == 4 and args[3].lower() not in (b"timeout", b"error"):
+        client.reply(errorReply("CLIENT UNBLOCK reason should be TIMEOUT or ERROR"))
+        return
+    if len(args) > 4:
+        client.reply(resp.error(b"ERR syntax error"))
+        return
+    blocked = [c for c in client.factory.clients
+               if c.id == target and c.session.blockedOn is not None]
+    connection = blocked[0].session.blockedOn if blocked else None
+    if connection is None or connection.serverId is None:
+        client.reply(resp.integer(0))
+        return
+    command = [b"CLIENT", b"UNBLOCK", b"%d" % (connection.serverId,)] + list(args[3:])
+    client.session.send(connection.pool, resp.encodeRequest(command), client.newSlot())
+
+
+def aclWhoami(client, args, spec):
+    client.reply(resp.bulkString(client.user.encode("utf-8")))
+
+
+# State kept on the client's own connections (rmux.ownconnections)
+
+def _statePools(client, own):
+    """
+    The servers a state command goes to: those the client already has
+    its own connection to, or one to answer it.
+    """
+    if own.connections:
+        return list(own.connections)
+    return [client.router.anyPool()]
+
+
+def _changeState(client, args, record, command=None):
+    """
+    Run a state command on the client's own connections, recording the
+    state with C{record(own)} once every server accepted it.
+    """
+    own = client.session.ownConnections(client.factory.hub)
+    try:
+        pools = _statePools(client, own)
+    except PlacementError as e:
+        own.settle()
+        client.reply(e.reply)
+        return
+    own.change(command or (lambda pool: args), pools, lambda: record(own))
+
+
+def clientTracking(client, args, spec):
+    """
+    CLIENT TRACKING ON|OFF [REDIRECT id] [PREFIX p ...] [BCAST] [OPTIN]
+    [OPTOUT] [NOLOOP], on the client's own connections; a REDIRECT names an
+    rmux client.
+    """
+    mode = args[2].lower()
+    session = client.session
+    if mode == b"off":
+        if session.tracking is None:
+            client.reply(resp.OK)
+            return
+        _changeState(client, args, lambda own: setattr(own, "tracking", None))
+        return
+    if mode != b"on":
+        session.forward(args, spec)
+        return
+    upper = [a.upper() for a in args]
+    redirect = 0
+    if b"REDIRECT" in upper:
+        index = upper.index(b"REDIRECT") + 1
+        redirect = decimal(args[index]) if index < len(args) else None
+        if redirect is None or not any(c.id == redirect for c in client.factory.clients):
+            client.reply(errorReply("The client ID you want redirect to does not exist"))
+            return
+
+    def record(own):
+        own.tracking = list(args[2:])
+        own.redirect = redirect
+
+    own = session.ownConnections(client.factory.hub)
+    if not redirect or client.factory.hub is None:
+        _changeState(client, args, record,
+                     lambda pool: own.trackingCommand(pool, args[2:]))
+        return
+    # The redirect goes to rmux's subscriber connection on each server:
+    # connect those first, holding the client's later commands.
+    client.hold()
+    try:
+        pools = _statePools(client, own)
+    except PlacementError as e:
+        own.settle()
+        client.reply(e.reply)
+        client.release()
+        return
+
+    def connected(ids):
+        own.change(lambda pool: own.trackingCommand(pool, args[2:]), pools, lambda: record(own))
+        client.release()
+
+    client.factory.hub.serverIds(pools).addCallback(connected)
+
+
+def clientGetredir(client, args, spec):
+    session = client.session
+    if session.tracking is None:
+        client.reply(resp.integer(-1))
+    else:
+        client.reply(resp.integer(session.redirect))
+
+
+def clientCaching(client, args, spec):
+    if client.session.tracking is None:
+        client.session.forward(args, spec)
+        return
+    _changeState(client, args, lambda own: None)
+
+
+def _flag(name, on, off=None):
+    """
+    The handler of a connection flag: C{on} (and C{off}) as the commands
+    that turn it on (and off), such as CLIENT NO-EVICT ON|OFF.
+    """
+
+    def handler(client, args, spec):
+        if off is None:
+            turnOn = [a.lower() for a in args[:len(on)]] == [a.lower() for a in on]
+            turnOff = not turnOn and len(args) == len(on) and args[-1].lower() == b"off"
+        else:
+            turnOn = args[0].lower() == on[0].lower()
+            turnOff = not turnOn
+        session = client.session
+        if not (turnOn or turnOff) or (turnOff and (session.own is None
+                                                      or name not in session.own.flags)):
+            # A syntax error, or nothing to turn off: the server answers.
+            session.forward(args, spec)
+            return
+        if turnOn:
+            _changeState(client, args, lambda own: own.flags.__setitem__(name, list(on)))
+        else:
+            _changeState(client, args, lambda own: own.flags.pop(name, None))
+
+    return handler
+
+
+def monitor(client, args, spec):
+    """
+    MONITOR: rmux watches every live server for the client.
+    """
+    pools = client.factory.livePools()
+    if not pools:
+        client.reply(errorReply("rmux: every backend is down"))
+        return
+    client.session.ownConnections(client.factory.hub).monitor(pools)
+
+
+def monitored(client, args, spec):
+    """
+    A command from a client that is MONITORing: the servers answer it in
+    the feed, as Redis answers a monitoring connection.
+    """
+    name = spec.name if spec is not None else ""
+    if name in ("quit", "reset"):
+        HANDLERS[name](client, args, spec)
+        return
+    try:
+        pool = (client.router.poolForCommand(args, spec) if spec is not None else None) \
+            or client.router.anyPool()
+    except PlacementError as e:
+        client.reply(e.reply)
+        return
+    client.session.own.monitored(args, pool)
+
+
+
+# Server-wide commands that would lock rmux out of its own servers
+
+_LOCKOUT = (
+    "rmux: {what} would lock rmux out of its servers (it logs in as {user!r}); "
+    "change the password on the servers and in rmux's backend addresses"
+)
+
+
+def _backendUser(client):
+    """
+    The user rmux logs in to its servers as.
+    """
+    for pool in client.router.pools:
+        if pool.address.username is not None:
+            return pool.address.username
+    return "default"
+
+
+def configSet(client, args, spec):
+    """
+    CONFIG SET, forwarded, but not of C{requirepass}: rmux's own
+    connections would lose their way in.
+    """
+    if any(name.lower() == b"requirepass" for name in args[2::2]):
+        client.reply(errorReply(_LOCKOUT.format(
+            what="CONFIG SET requirepass", user=_backendUser(client))))
+        return
+    client.session.forward(args, spec)
+
+
+def aclSetuser(client, args, spec):
+    """
+    ACL SETUSER, forwarded, but not if it disables, resets or adds a
+    password to the user rmux logs in as.
+    """
+    user = _backendUser(client)
+    if args[2].decode("utf-8", "replace") == user and any(
+            rule.lower() in (b"off", b"reset", b"resetpass") or rule[:1] in (b">", b"#")
+            for rule in args[3:]):
+        client.reply(errorReply(_LOCKOUT.format(what="this ACL SETUSER", user=user)))
+        return
+    client.session.forward(args, spec)
+
 
 
 def _onSession(method):
@@ -337,5 +741,19 @@ HANDLERS = {
     "client|setinfo": clientSetinfo,
     "client|info": clientInfo,
     "client|list": clientList,
+    "client|reply": clientReply,
+    "client|kill": clientKill,
+    "client|unblock": clientUnblock,
+    "acl|whoami": aclWhoami,
+    "client|tracking": clientTracking,
+    "client|getredir": clientGetredir,
+    "client|caching": clientCaching,
+    "client|no-evict": _flag(b"no-evict", [b"CLIENT", b"NO-EVICT", b"ON"]),
+    "client|no-touch": _flag(b"no-touch", [b"CLIENT", b"NO-TOUCH", b"ON"]),
+    "readonly": _flag(b"readonly", [b"READONLY"], [b"READWRITE"]),
+    "readwrite": _flag(b"readonly", [b"READONLY"], [b"READWRITE"]),
+    "monitor": monitor,
+    "config|set": configSet,
+    "acl|setuser": aclSetuser,
 }
 HANDLERS.update((name, _onSession(method)) for name, method in SESSION_COMMANDS.items())

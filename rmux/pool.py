@@ -36,6 +36,23 @@ from rmux.transport import (
 )
 
 
+class _ServerId:
+    """
+    The waiter for a connection's C{CLIENT ID}.
+    """
+
+    __slots__ = ("connection", "data")
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.data = None
+
+    def fill(self, reply):
+        self.data = reply
+        if reply[:1] == b":":
+            self.connection.serverId = int(reply[1:-2])
+
+
 class _StateSwitch:
     """
     The waiter for an internal C{SELECT}/C{HELLO} sent before a request.
@@ -55,8 +72,85 @@ class _StateSwitch:
         self.connection._switchDone(self.what, reply)
 
 
+class _Deadlines:
+    """
+    The part of L{BackendProtocol} that decides when a server is given up
+    on: a read timeout measured from the last bytes the server sent (and a
+    longer limit for completing one reply), and a write timeout measured
+    from the last bytes it took of rmux's writes.
+    """
+
+    def _checkRead(self):
+        """
+        Give up when the server has sent nothing for the read timeout, or
+        has not completed the oldest reply within C{replyTimeoutFactor}
+        read timeouts.
+        """
+        self._readTimer = None
+        if not self.waiting or not self.readTimeout:
+            # Nothing owed, or a blocking command that may wait forever.
+            return
+        now = self.clock.seconds()
+        idle = now - self.lastProgress
+        replyLimit = self.readTimeout * self.replyTimeoutFactor
+        age = now - self.headSince
+        if idle >= self.readTimeout:
+            self.fail(
+                "did not reply within %d ms" % (round(self.readTimeout * 1000),),
+                timedOut=True,
+            )
+        elif age >= replyLimit:
+            self.fail(
+                "did not complete a reply within %d ms" % (round(replyLimit * 1000),),
+                timedOut=True,
+            )
+        else:
+            self._readTimer = self.clock.callLater(
+                min(self.readTimeout - idle, replyLimit - age), self._checkRead
+            )
+
+    def _taken(self):
+        """
+        How many of the bytes written so far the server has taken, or
+        L{None} if the transport does not say.
+        """
+        unsent = unsentBytes(self.transport)
+        return None if unsent is None else self.bytesWritten - unsent
+
+    def recheckRead(self):
+        """
+        Hold this connection to its current read timeout now: a timer armed
+        before a change keeps its old delay, so a lowered timeout would
+        otherwise wait out the old one.
+        """
+        timer = self._readTimer
+        if timer is None:
+            return
+        if timer.active():
+            timer.cancel()
+        self._readTimer = None
+        self._checkRead()
+
+    def _writeTimedOut(self):
+        """
+        The server has not drained rmux's writes within the write timeout:
+        give up, unless it did take some of them meanwhile (a big backlog
+        of large values draining slowly is not a hung server).
+        """
+        self._writeTimer = None
+        taken = self._taken()
+        if taken is not None and taken > self._takenAtCheck:
+            self._takenAtCheck = taken
+            self._writeTimer = self.clock.callLater(self.writeTimeout, self._writeTimedOut)
+            return
+        self.fail(
+            "did not accept a write within %d ms" % (round(self.writeTimeout * 1000),),
+            timedOut=True,
+        )
+
+
 @implementer(IPushProducer, ISinkProtocol, IBackendConnection)
-class BackendProtocol(Protocol):
+class BackendProtocol(_Deadlines, Protocol):
     """
     One pipelined connection to a Redis server.
 
@@ -84,6 +178,14 @@ class BackendProtocol(Protocol):
     _takenAtCheck = None
     #: Bytes handed to the transport so far.
     bytesWritten = 0
+    #: A dedicated connection's id on its server (CLIENT ID), once known.
+    serverId = None
+    #: Called with each RESP3 push (client tracking's invalidations) on a
+    #: client's own connection; on others, pushes are dropped.
+    onPush = None
+    #: On a MONITOR connection, called with every reply read: the client
+    #: gets the whole stream, and no waiter is involved.
+    relay = None
 
     #: A reply must be complete within this many read timeouts, however
     #: steadily its bytes trickle in (a backend that sends a reply that
@@ -152,6 +254,10 @@ class BackendProtocol(Protocol):
             return
         self.sink = framer.sink
         now = self.lastProgress = self.clock.seconds()
+        if self.relay is not None:
+            for reply in replies:
+                self.relay(reply)
+            return
         waiting = self.waiting
         answered = errors = 0
         coalescer.begin()
@@ -159,9 +265,17 @@ class BackendProtocol(Protocol):
             for reply in replies:
                 first = reply[:1]
                 if first == b">":
-                    # An out-of-band push (RESP3): nobody asked for it here.
+                    # An out-of-band push (RESP3): only a client's own
+                    # connection (client tracking) has somebody for it.
+                    if self.onPush is not None:
+                        self.onPush(reply)
                     continue
                 if not waiting:
+                    if self.relay is not None:
+                        # MONITOR's OK came in this very read: the rest is
+                        # the feed.
+                        self.relay(reply)
+                        continue
                     self.fail("sent a reply nobody asked for: %s" % (_firstLine(reply),))
                     return
                 if first == b"-":
@@ -373,72 +487,21 @@ class BackendProtocol(Protocol):
 
     # Failure
 
-    def _checkRead(self):
+    def relayWrite(self, payload):
         """
-        Give up when the server has sent nothing for the read timeout, or
-        has not completed the oldest reply within C{replyTimeoutFactor}
-        read timeouts.
+        Write a request on a relaying (MONITOR) connection: its reply comes
+        through L{relay}, with everything else the server sends.
         """
-        self._readTimer = None
-        if not self.waiting:
-            return
-        now = self.clock.seconds()
-        idle = now - self.lastProgress
-        replyLimit = self.readTimeout * self.replyTimeoutFactor
-        age = now - self.headSince
-        if idle >= self.readTimeout:
-            self.fail(
-                "did not reply within %d ms" % (round(self.readTimeout * 1000),),
-                timedOut=True,
-            )
-        elif age >= replyLimit:
-            self.fail(
-                "did not complete a reply within %d ms" % (round(replyLimit * 1000),),
-                timedOut=True,
-            )
-        else:
-            self._readTimer = self.clock.callLater(
-                min(self.readTimeout - idle, replyLimit - age), self._checkRead
-            )
+        self.bytesWritten += len(payload)
+        writeNow(self.transport, payload)
 
-    def _taken(self):
+    def learnServerId(self):
         """
-        How many of the bytes written so far the server has taken, or
-        L{None} if the transport does not say.
+        Ask the server this connection's id (CLIENT ID), for CLIENT UNBLOCK
+        and tracking redirects that name it.
         """
-        unsent = unsentBytes(self.transport)
-        return None if unsent is None else self.bytesWritten - unsent
-
-    def recheckRead(self):
-        """
-        Hold this connection to its current read timeout now: a timer armed
-        before a change keeps its old delay, so a lowered timeout would
-        otherwise wait out the old one.
-        """
-        timer = self._readTimer
-        if timer is None:
-            return
-        if timer.active():
-            timer.cancel()
-        self._readTimer = None
-        self._checkRead()
-
-    def _writeTimedOut(self):
-        """
-        The server has not drained rmux's writes within the write timeout:
-        give up, unless it did take some of them meanwhile (a big backlog
-        of large values draining slowly is not a hung server).
-        """
-        self._writeTimer = None
-        taken = self._taken()
-        if taken is not None and taken > self._takenAtCheck:
-            self._takenAtCheck = taken
-            self._writeTimer = self.clock.callLater(self.writeTimeout, self._writeTimedOut)
-            return
-        self.fail(
-            "did not accept a write within %d ms" % (round(self.writeTimeout * 1000),),
-            timedOut=True,
-        )
+        self.send(encodeCommand([b"CLIENT", b"ID"]), _ServerId(self), self.db,
+                  self.protocolVersion)
 
     def abort(self):
         """
@@ -826,6 +889,7 @@ class BackendPool:
 
             def mark(protocol):
                 protocol.dedicated = True
+                protocol.learnServerId()
                 return protocol
 
             def failed(reason):
@@ -855,10 +919,11 @@ class BackendPool:
         """
         if protocol.broken or not protocol.dedicated:
             return
-        if not clean or protocol.load or self.stopped:
+        if not clean or protocol.load or self.stopped or protocol.relay is not None:
             protocol.transport.abortConnection()
             return
         protocol.readTimeout = self.readTimeout
+        protocol.onPush = None
         if self.pinnedWaiters:
             waiter, timer = self.pinnedWaiters.popleft()
             timer.cancel()

@@ -24,9 +24,8 @@ from zope.interface import implementer
 
 from rmux import commands as C
 from rmux import resp
-from rmux.auth import NOAUTH
 from rmux.interfaces import IClient, ISinkProtocol
-from rmux.local import HANDLERS
+from rmux.local import HANDLERS, monitored
 from rmux.replies import PipelineWaiter, ReplyQueue
 from rmux.resp import errorReply
 from rmux.session import SCRIPT_SOURCES, SHA_COMMANDS, ScriptCache, Session
@@ -34,8 +33,6 @@ from rmux.stats import ListenerStats, listenerSnapshot
 
 MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 
-#: What a client may send before it has authenticated.
-_WITHOUT_AUTH = frozenset(["auth", "hello", "quit"])
 #: What a client may send while subscribed in RESP2, as in Redis.
 _WHILE_SUBSCRIBED = frozenset(
     ["subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe",
@@ -68,6 +65,8 @@ class ClientProtocol(Protocol):
     #: The L{rmux.resp.BodySink} of a big argument being received, for the
     #: transport to receive into (see L{bodyReceived}), or L{None}.
     sink = None
+    killed = False
+    user = "default"
     authFailures = 0
     name = None
     libName = None
@@ -193,6 +192,8 @@ class ClientProtocol(Protocol):
             or not self.authenticated
             or session.pin is not None
             or session.multi is not None
+            or session.own is not None
+            or self.replies.mode is not None
         ):
             return False
         factory = self.factory
@@ -258,7 +259,7 @@ class ClientProtocol(Protocol):
         stats = self.factory.stats
         stats.commands += 1
         spec = self.table.lookup(args)
-        reply = self._rejection(args, spec)
+        reply = C.rejection(self.table, args, spec, self.authenticated)
         if reply is not None:
             stats.requestsByClass["invalid"] += 1
             self.session.commandFailed()
@@ -266,6 +267,9 @@ class ClientProtocol(Protocol):
             return
         name = spec.name
         session = self.session
+        if session.own is not None and session.own.monitoring:
+            monitored(self, args, spec)
+            return
         if session.multi is not None and name not in _TRANSACTION_CONTROL:
             stats.requestsByClass["stateful"] += 1
             session.queue(args, spec)
@@ -301,21 +305,6 @@ class ClientProtocol(Protocol):
             stats.refused += 1
             stats.requestsByClass["refused"] += 1
             self.reply(C.refusalError(spec))
-
-    def _rejection(self, args, spec):
-        """
-        Why a command is rejected before anything is done with it: unknown,
-        the wrong number of arguments, or not authenticated yet.
-
-        @return: the error reply, or L{None}.
-        """
-        if spec is None:
-            return self.table.unknownError(args)
-        if not spec.checkArity(len(args)):
-            return C.wrongArityError(spec.name)
-        if not self.authenticated and spec.name not in _WITHOUT_AUTH:
-            return NOAUTH
-        return None
 
     # Pub/sub
 
@@ -596,6 +585,13 @@ class ProxyFactory(Factory):
         return self._drained.addBoth(done)
 
     # Facts learned from the backends
+
+    def livePools(self):
+        """
+        Every server of the listener that may take requests now.
+        """
+        health = self.health
+        return [pool for pool in self.router.pools if health is None or health.isUp(pool)]
 
     def databases(self):
         """

@@ -197,42 +197,64 @@ def connectAuthenticated(reactor, pool, protocol):
     """
     Like L{connectToBackend}, but when the pool's address carries
     credentials, send AUTH first and hand the connection over only once the
-    server has accepted them, so the subscriber never sees AUTH's reply.
+    server has accepted them, so the subscriber never sees AUTH's reply;
+    and learn the connection's id on the server (L{learnServerId}).
     """
     d = connectToBackend(reactor, pool, protocol)
     address = pool.address
     password = getattr(address, "password", None)
-    if password is None:
-        return d
 
     def authenticate(protocol):
-        accepted = Deferred()
-        framer = ReplyFramer()
-
-        def firstReply(data):
-            replies = framer.feed(data)
-            if not replies:
-                return
-            del protocol.dataReceived  # the class's own method again
-            if replies[0] == b"+OK\r\n":
-                accepted.callback(protocol)
-            else:
-                protocol.transport.abortConnection()
-                accepted.errback(
-                    ConnectionError(
-                        "backend %s refused rmux's credentials" % (address,)
-                    )
-                )
-
-        protocol.dataReceived = firstReply
         command = [b"AUTH"]
         if address.username is not None:
             command.append(address.username.encode("utf-8"))
         command.append(password.encode("utf-8"))
-        protocol.transport.write(encodeCommand(command))
-        return accepted
+        return _exchange(protocol, command).addCallback(accepted, protocol)
 
-    return d.addCallback(authenticate)
+    def accepted(reply, protocol):
+        if reply == b"+OK\r\n":
+            return protocol
+        protocol.transport.abortConnection()
+        raise ConnectionError("backend %s refused rmux's credentials" % (address,))
+
+    if password is not None:
+        d.addCallback(authenticate)
+    return d.addCallback(learnServerId)
+
+
+def learnServerId(protocol):
+    """
+    Ask the server the subscriber connection's id (CLIENT ID), before it
+    subscribes to anything: a client tracking keys may redirect its
+    invalidations to it.
+    """
+
+    def learned(reply):
+        if reply[:1] == b":":
+            protocol.serverId = int(reply[1:-2])
+        return protocol
+
+    return _exchange(protocol, [b"CLIENT", b"ID"]).addCallback(learned)
+
+
+def _exchange(protocol, command):
+    """
+    Send C{command} on a connection that is not yet handed to its
+    protocol's own reading, and fire with the first reply.
+    """
+    answered = Deferred()
+    framer = ReplyFramer()
+
+    def firstReply(data):
+        replies = framer.feed(data)
+        if not replies:
+            return
+        del protocol.dataReceived  # the class's own method again
+        answered.callback(replies[0])
+
+    protocol.dataReceived = firstReply
+    protocol.transport.write(encodeCommand(command))
+    return answered
 
 
 
@@ -258,6 +280,8 @@ class SubscriberProtocol(Protocol):
     """
     One RESP2 subscriber connection to a backend server.
 
+    @ivar serverId: its id on the server, once known.
+
     It only writes C{(P|S)(UN)SUBSCRIBE} commands, one channel each, so that
     every command has exactly one answer: a confirmation naming the channel,
     or an error.  The commands in flight are kept in order, and each answer
@@ -269,6 +293,8 @@ class SubscriberProtocol(Protocol):
         not yet answered, oldest first.
     @ivar closed: a L{Deferred} that fires when the connection is lost.
     """
+
+    serverId = None
 
     def __init__(self, subscriber):
         self.subscriber = subscriber
@@ -429,6 +455,7 @@ class BackendSubscriber(object):
         self.down = None
         self.delay = hub.retryDelay
         self.stopped = False
+        self.connectWaiters = []
 
 
     def __repr__(self):
@@ -590,6 +617,28 @@ class BackendSubscriber(object):
 
     # The connection
 
+    def whenConnected(self):
+        """
+        Connect if need be, without subscribing to anything.
+
+        @return: a L{Deferred} firing with the connection's id on the
+            server, or L{None} if it cannot be had now.
+        """
+        if self.protocol is not None:
+            return succeed(self.protocol.serverId)
+        d = Deferred()
+        self.connectWaiters.append(d)
+        if self.attempt is None and self.retryCall is None and not self.stopped:
+            self._connect()
+        elif self.down is not None and self.attempt is None:
+            self._fireConnectWaiters(None)
+        return d
+
+    def _fireConnectWaiters(self, serverId):
+        waiters, self.connectWaiters = self.connectWaiters, []
+        for d in waiters:
+            d.callback(serverId)
+
     def _connect(self):
         protocol = SubscriberProtocol(self)
         self.attempt = d = self.hub.openConnection(self.pool, protocol)
@@ -610,6 +659,7 @@ class BackendSubscriber(object):
                           "is back", address=self.address)
         self.protocol = protocol
         self.down = None
+        self._fireConnectWaiters(protocol.serverId)
         commands = []
         for key in self.wanted:
             self.sent.add(key)
@@ -634,6 +684,7 @@ class BackendSubscriber(object):
         # (a client's queued SUBSCRIBE) fails fast instead of reconnecting.
         self._scheduleRetry()
         self._fireAll(self._downError())
+        self._fireConnectWaiters(None)
 
 
     def connectionLost(self, protocol, reason):
@@ -690,6 +741,7 @@ class BackendSubscriber(object):
         if self.attempt is not None:
             self.attempt.cancel()
         self._fireAll(errorReply("rmux: shutting down"))
+        self._fireConnectWaiters(None)
         protocol = self.protocol
         if protocol is None:
             return succeed(None)
@@ -804,6 +856,39 @@ class SubscriptionHub(object):
         state = self._clients.get(client)
         return state.counts[1] if state is not None else 0
 
+
+    def counts(self, client):
+        """
+        @return: C{(channels, patterns, shard channels)} C{client} is
+            subscribed to, as CLIENT LIST shows them.
+        """
+        state = self._clients.get(client)
+        if state is None:
+            return 0, 0, 0
+        patterns = sum(1 for kind, name in state.keys if kind.everywhere)
+        return state.counts[0] - patterns, patterns, state.counts[1]
+
+    def knownServerId(self, pool):
+        """
+        The id on C{pool}'s server of rmux's subscriber connection there,
+        if it is connected, else L{None}.
+        """
+        backend = self.backends.get(pool)
+        protocol = backend.protocol if backend is not None else None
+        return protocol.serverId if protocol is not None else None
+
+    def serverIds(self, pools):
+        """
+        The ids, on each of C{pools}' servers, of rmux's subscriber
+        connection there (connected now if need be).
+
+        @return: a L{Deferred} firing with a C{dict} of pool to id (or
+            L{None} where there is no connection).
+        """
+        pools = list(pools)
+        d = DeferredList([self.backendFor(pool).whenConnected() for pool in pools])
+        return d.addCallback(lambda results: {
+            pool: value if ok else None for pool, (ok, value) in zip(pools, results)})
 
     def isSubscribed(self, client):
         """

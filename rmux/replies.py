@@ -55,7 +55,7 @@ class ReplyQueue:
     its output limit or close once everything is written.
     """
 
-    __slots__ = ("client", "transport", "stats", "slots", "pausedBytes")
+    __slots__ = ("client", "transport", "stats", "slots", "pausedBytes", "mode")
 
     def __init__(self, client, transport, stats):
         """
@@ -70,6 +70,9 @@ class ReplyQueue:
         #: Bytes written since the client stopped reading (the transport
         #: paused it), all of them still unsent.
         self.pausedBytes = 0
+        #: CLIENT REPLY's: None (replies go out), "off" or "skip" (the
+        #: next command's reply is dropped).
+        self.mode = None
 
     def __len__(self):
         return len(self.slots)
@@ -78,14 +81,35 @@ class ReplyQueue:
         """
         A place for a reply that will be ready later.
         """
-        slot = ReplySlot(self)
+        slot = ReplySlot(self) if self.mode is None else self._muted()
         self.slots.append(slot)
         return slot
+
+    def setMode(self, mode):
+        """
+        CLIENT REPLY ON, OFF or SKIP: from the next command on, its reply
+        goes out, none do, or the next one does not.
+        """
+        if mode == "on":
+            self.mode = None
+        elif mode == "off" or self.mode != "off":
+            self.mode = mode
+
+    def _muted(self):
+        """
+        The slot of a reply CLIENT REPLY drops: it still keeps its place.
+        """
+        if self.mode == "skip":
+            self.mode = None
+        return _MutedSlot(self)
 
     def reply(self, data):
         """
         Queue a reply that is ready now.
         """
+        if self.mode is not None:
+            self._muted()
+            return
         if self.slots:
             self.slots.append(ReplySlot(self, data))
             return
@@ -121,6 +145,8 @@ class ReplyQueue:
         if client is None:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
+        if not data:
+            return
         stats = self.stats
         stats.bytesOut += len(data)
         stats.responses += len(out)
@@ -163,6 +189,18 @@ class ReplyQueue:
         """
         self.slots.clear()
         self.client = None
+
+
+class _MutedSlot(ReplySlot):
+    """
+    A reply slot whose reply is dropped (CLIENT REPLY OFF or SKIP).
+    """
+
+    __slots__ = ()
+
+    def fill(self, data):
+        self.data = b""
+        self.queue.filled(self)
 
 
 @implementer(IReplyWaiter)

@@ -32,6 +32,7 @@ from zope.interface import implementer
 from rmux import commands as C
 from rmux import resp
 from rmux.interfaces import IReplyWaiter, IRequestSender
+from rmux.ownconnections import OwnConnections
 from rmux.pool import PoolExhausted
 from rmux.replies import IgnoredReply
 from rmux.resp import encodeCommand, errorReply
@@ -258,7 +259,7 @@ class Session:
         self.affinity = {}
         self.db = 0
         self.protocolVersion = 2
-        self.pin = self.multi = None
+        self.pin = self.multi = self.own = None
 
     @property
     def isPlain(self):
@@ -266,7 +267,28 @@ class Session:
         Whether no dedicated connection or transaction is involved: the
         client's requests may go straight to the shared connections.
         """
-        return self.pin is None and self.multi is None
+        return self.pin is None and self.multi is None and self.own is None
+
+    def ownConnections(self, hub=None):
+        """
+        The client's own connections (see L{rmux.ownconnections}), made on
+        first use.
+        """
+        if self.own is None:
+            self.own = OwnConnections(self, hub)
+        return self.own
+
+    @property
+    def tracking(self):
+        return self.own.tracking if self.own is not None else None
+
+    @property
+    def redirect(self):
+        return self.own.redirect if self.own is not None else -1
+
+    @property
+    def noEvict(self):
+        return self.own is not None and b"no-evict" in self.own.flags
 
     # Sending, with per-client connection affinity
 
@@ -277,6 +299,9 @@ class Session:
         connection in order but interleaves connections, so a GET sent on
         another connection could overtake its own SET.
         """
+        if self.own is not None:
+            self.own.send(pool, payload, waiter, count)
+            return
         affinity = self.affinity
         previous = affinity.get(pool)
         after = None
@@ -525,6 +550,8 @@ class Session:
         """
         self.multi = None
         self._dropPin()
+        if self.own is not None:
+            self.own.close()
         self.db = 0
         self.protocolVersion = 2
 
@@ -563,6 +590,8 @@ class Session:
             # It may stay blocked forever: nobody else may have it.
             self.blockedOn.abort()
         self._dropPin()
+        if self.own is not None:
+            self.own.close()
         self.client = None
 
 

@@ -208,9 +208,10 @@ class TableTests(SynchronousTestCase):
     def test_deliberate(self):
         """
         No dangerous, admin, connection or keyless command is classified by
-        a fallback rule alone: each is refused by Redis's own C{admin}
-        judgement, blocking by Redis's C{blocking} flag, or listed in one
-        of the module's tables.
+        a fallback rule alone: each is forwarded (with one server rmux is
+        that server) or blocking by Redis's C{blocking} flag, or listed in
+        one of the module's tables; and every keyless one says where it goes
+        with several servers.
         """
         for spec in self.table:
             if spec.subcommands is not None:
@@ -224,10 +225,10 @@ class TableTests(SynchronousTestCase):
                 if "blocking" in spec.flags:
                     self.assertEqual(spec.policy, BLOCKING, spec.name)
                 else:
-                    self.assertEqual(spec.policy, REFUSED, spec.name)
-                    self.assertIn("admin", spec.flags, spec.name)
+                    self.assertEqual(spec.policy, FORWARD, spec.name)
             if not spec.hasKeys and spec.policy != REFUSED:
-                self.assertIn(spec.name, commands._KEYLESS_TABLE)
+                self.assertTrue(spec.name in commands._KEYLESS_TABLE
+                                or spec.container in commands._FAMILY_ROUTING, spec.name)
 
     def test_tablesNameRealCommands(self):
         """
@@ -613,36 +614,32 @@ class PolicyTests(SynchronousTestCase):
         self.assertPolicy(LOCAL, [
             "ping", "echo", "quit", "select", "info", "hello", "auth",
             "client|setname", "client|getname", "client|id", "client|info",
-            "client|list"])
+            "client|list", "client|kill", "client|unblock", "client|getredir",
+            "acl|whoami"])
 
     def test_forward(self):
         self.assertPolicy(FORWARD, [
-            "client|help",
+            "client|help", "config|get", "config|set", "shutdown", "debug",
+            "replicaof", "save", "bgsave", "failover", "module|load", "acl|setuser",
+            "cluster|info", "migrate", "swapdb", "latency|doctor", "slowlog|get",
+            "memory|stats", "client|pause", "client|unpause", "lastsave",
+            "restore-asking", "pfselftest",
             "get", "set", "command", "command|info", "command|docs",
             "command|getkeys", "lolwut", "time", "sort", "keys", "flushdb",
             "flushall", "restore", "move", "role", "publish", "spublish",
             "pubsub|channels", "script|load", "function|load", "eval",
-            "memory|usage", "object|encoding", "client|getredir",
+            "memory|usage", "object|encoding",
             "client|trackinginfo", "scan", "dbsize",
             "acl|cat"])
 
     def test_refused(self):
-        self.assertPolicy(REFUSED, [
-            "config|get", "config|set", "config|help", "shutdown", "debug",
-            "replicaof", "slaveof", "save", "bgsave", "bgrewriteaof", "sync",
-            "psync", "replconf", "failover", "module|load", "module|list",
-            "acl|setuser", "acl|deluser", "acl|load", "acl|save",
-            "acl|whoami", "cluster|info", "cluster|slots", "readonly",
-            "readwrite", "asking", "migrate", "swapdb", "latency|doctor",
-            "slowlog|get", "memory|doctor", "memory|stats", "pfdebug",
-            "pfselftest", "client|kill", "client|pause", "client|unpause",
-            "client|unblock", "lastsave", "script|debug", "restore-asking"])
+        self.assertPolicy(REFUSED, ["sync", "psync", "replconf", "script|debug"])
 
     def test_stateful(self):
         self.assertPolicy(STATEFUL, [
             "multi", "exec", "discard", "watch", "unwatch", "reset",
             "monitor", "client|reply", "client|tracking", "client|caching",
-            "client|no-evict"])
+            "client|no-evict", "client|no-touch", "readonly", "readwrite"])
 
     def test_blocking(self):
         self.assertPolicy(BLOCKING, [
@@ -659,13 +656,11 @@ class PolicyTests(SynchronousTestCase):
         Refusals say what to do instead.
         """
         self.assertEqual(
-            self.table.get("config|get").reason,
-            "CONFIG must be run directly on a Redis server, not through rmux")
-        self.assertEqual(
-            self.table.get("client|kill").reason,
-            "CLIENT KILL must be run directly on a Redis server, not through "
-            "rmux")
+            self.table.get("sync").reason,
+            "SYNC turns the connection into a replication stream; replicate "
+            "from the Redis server itself")
         self.assertIn("cluster", self.table.get("cluster|nodes").reason)
+        self.assertIn("run it directly", self.table.get("shutdown").reason)
 
     def test_blockingOption(self):
         """
@@ -764,7 +759,7 @@ class RoutingTests(SynchronousTestCase):
             self.assertEqual(self.routing(name), (KEYLESS_ANY, None), name)
 
     def test_keylessRefused(self):
-        for name in ["scan", "function|stats", "monitor", "config|get"]:
+        for name in ["scan", "function|stats", "shutdown", "cluster|info", "replicaof"]:
             spec = self.table.get(name)
             self.assertEqual(spec.routing, KEYLESS_REFUSED, name)
             self.assertTrue(spec.reason, name)
@@ -890,10 +885,7 @@ class ExtendTests(SynchronousTestCase):
         self.assertEqual(spec.keyIndexes(b("my.multi", "2", "a", "b", "c")),
                          [2, 3])
         admin = self.table.get("my.admin")
-        self.assertEqual(admin.policy, REFUSED)
-        self.assertEqual(admin.routing, KEYLESS_REFUSED)
-        self.assertEqual(admin.reason, "MY.ADMIN must be run directly on a "
-                         "Redis server, not through rmux")
+        self.assertEqual((admin.policy, admin.routing), (FORWARD, KEYLESS_ANY))
         self.assertEqual(self.table.get("my.block").policy, BLOCKING)
         stats = self.table.get("my.stats")
         self.assertEqual((stats.routing, stats.merge),

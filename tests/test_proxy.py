@@ -159,12 +159,12 @@ class OrderingTests(SynchronousTestCase):
         (Go rmux wrote errors immediately).
         """
         client, transport, router, clock = makeClient()
-        client.dataReceived(b"SET k1 a\r\nCONFIG GET x\r\nGET k1\r\n")
+        client.dataReceived(b"SET k1 a\r\nSCRIPT DEBUG YES\r\nGET k1\r\n")
         (_, first, _, _), (_, third, _, _) = router.routed
         third.fill(b"$1\r\na\r\n")
         first.fill(b"+OK\r\n")
         value = transport.value()
-        self.assertTrue(value.startswith(b"+OK\r\n-ERR CONFIG"), value)
+        self.assertTrue(value.startswith(b"+OK\r\n-ERR SCRIPT DEBUG"), value)
         self.assertTrue(value.endswith(b"$1\r\na\r\n"), value)
 
     def test_quitAfterPendingReplies(self):
@@ -295,14 +295,21 @@ class LocalCommandTests(SynchronousTestCase):
         )
 
     def test_infoSections(self):
+        """
+        With no server to ask (the router here has none), INFO is rmux's
+        own sections, and INFO rmux asks nobody else.
+        """
         client, transport, router, clock = makeClient()
-        client.dataReceived(b"INFO clients\r\n")
-        value = transport.value()
-        self.assertEqual(value, b"$32\r\n# Clients\r\nconnected_clients:1\r\n\r\n")
+        client.dataReceived(b"INFO rmux\r\n")
+        body = transport.value().decode()
+        self.assertTrue(body.startswith("$"), body)
+        self.assertIn("# Rmux\r\nrmux_version:", body)
+        self.assertIn("rmux_connected_clients:1\r\n", body)
+        self.assertNotIn("# Backends", body)
         transport.clear()
         client.dataReceived(b"INFO\r\n")
         body = transport.value().decode()
-        for section in ("# Server", "# Clients", "# Stats", "# Replication", "# Backends"):
+        for section in ("# Rmux", "# Backends"):
             self.assertIn(section + "\r\n", body)
         self.assertIn("total_endpoints:0\r\n", body)
 
