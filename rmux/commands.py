@@ -63,7 +63,7 @@ __all__ = [
     "OPTION_ALLOW_FLUSH",
     "KeySpec", "CommandSpec", "CommandTable",
     "unknownCommandError", "wrongArityError", "unknownSubcommandError",
-    "refusalError", "rejection", "errorReply",
+    "refusalError", "rejection", "deniedNames", "errorReply",
 ]
 
 
@@ -1290,10 +1290,11 @@ def _cString(value):
 _WITHOUT_AUTH = frozenset(["auth", "hello", "quit"])
 
 
-def rejection(table, args, spec, authenticated):
+def rejection(table, args, spec, authenticated, denied=frozenset()):
     """
     Why a command is rejected before anything is done with it: unknown,
-    the wrong number of arguments, or not authenticated yet.
+    the wrong number of arguments, not authenticated yet, or denied to the
+    client (see L{deniedNames}), in Redis's order and words.
 
     @param spec: what C{table.lookup(args)} found.
     @return: the error reply, or L{None}.
@@ -1304,7 +1305,28 @@ def rejection(table, args, spec, authenticated):
         return wrongArityError(spec.name)
     if not authenticated and spec.name not in _WITHOUT_AUTH:
         return NOAUTH
+    if spec.name in denied:
+        return b"-NOPERM this user has no permissions to run the '%s' command\r\n" % (
+            spec.name.encode(),)
     return None
+
+
+def deniedNames(table, text):
+    """
+    The full names of the commands C{text} denies: names (a container
+    denies every subcommand) and C{@categories}, separated by spaces.
+    """
+    names = set()
+    for token in (text or "").split():
+        token = token.lower()
+        if token.startswith("@"):
+            names.update(spec.name for spec in table if token in spec.categories)
+            continue
+        names.add(token)
+        spec = table.get(token)
+        if spec is not None and spec.subcommands:
+            names.update(sub.name for sub in spec.subcommands.values())
+    return frozenset(names)
 
 
 def refusalError(spec):

@@ -152,6 +152,7 @@ def authenticate(client, username, password):
         client.authenticated = True
         client.authFailures = 0
         client.user = (username or b"default").decode("utf-8", "replace")
+        client.denied = factory.userDenied.get(client.user, factory.denied)
         client.parser.authenticated()
         return resp.OK
     client.authFailures += 1
@@ -556,7 +557,9 @@ def clientTracking(client, args, spec):
         if session.tracking is None:
             client.reply(resp.OK)
             return
-        _changeState(client, args, lambda own: setattr(own, "tracking", None))
+        own = session.own
+        _changeState(client, args, lambda own: setattr(own, "tracking", None),
+                     lambda pool: own.trackingCommand(pool, args[2:]))
         return
     if mode != b"on":
         session.forward(args, spec)

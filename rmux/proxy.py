@@ -97,6 +97,7 @@ class ClientProtocol(Protocol):
         self.held = None
         self.closing = self.paused = self.readingPaused = self.usedPubSub = False
         self.closeWhenDrained = self.disconnected = False
+        self.denied = factory.denied
         self.authenticated = not factory.auth.required
         if not self.authenticated:
             self.parser.restrictUntilAuthenticated()
@@ -185,6 +186,7 @@ class ClientProtocol(Protocol):
         """
         pool = self.router.single
         session = self.session
+        factory = self.factory
         if (
             pool is None
             or self.held is not None
@@ -194,9 +196,9 @@ class ClientProtocol(Protocol):
             or session.multi is not None
             or session.own is not None
             or self.replies.mode is not None
+            or self.denied is not factory.denied
         ):
             return False
-        factory = self.factory
         arities = factory.plainArities
         for args in commands:
             arity = arities.get(args[0], _UNKNOWN)
@@ -259,7 +261,7 @@ class ClientProtocol(Protocol):
         stats = self.factory.stats
         stats.commands += 1
         spec = self.table.lookup(args)
-        reply = C.rejection(self.table, args, spec, self.authenticated)
+        reply = C.rejection(self.table, args, spec, self.authenticated, self.denied)
         if reply is not None:
             stats.requestsByClass["invalid"] += 1
             self.session.commandFailed()
@@ -467,7 +469,6 @@ class ProxyFactory(Factory):
         self.health = health
         self.hub = hub
         self.scripts = ScriptCache()
-        self.plainArities = {}
         self.clients = set()
         self._drained = None
         self.stats = stats if stats is not None else ListenerStats()
@@ -493,6 +494,12 @@ class ProxyFactory(Factory):
         self.maxClients = listener.maxClients
         self.clientOutputLimit = listener.clientOutputLimit
         self.shutdownTimeout = listener.shutdownTimeout / 1000.0
+        self.plainArities = {}
+        self.denied = C.deniedNames(self.table, listener.denyCommands)
+        self.userDenied = {
+            user.name: self.denied | C.deniedNames(self.table, user.denyCommands)
+            for user in listener.users if user.denyCommands
+        }
         self.parserLimits = {
             "maxBulkLength": listener.maxBulkLength,
             "maxArguments": listener.maxArguments,
@@ -521,6 +528,7 @@ class ProxyFactory(Factory):
             and spec.policy == C.FORWARD
             and spec.name not in SCRIPT_SOURCES
             and spec.name not in SHA_COMMANDS
+            and spec.name not in self.denied
         ):
             arity = spec.arity
         if len(self.plainArities) < self.maxPlainArities:

@@ -320,6 +320,10 @@ class Session:
         name = spec.name
         if name in SCRIPT_SOURCES:
             self.scripts.remember(args[2] if name == "script|load" else args[1])
+        elif name == "script|flush":
+            # The client wants its scripts gone: a later EVALSHA of one
+            # must meet NOSCRIPT, not be loaded again by rmux.
+            self.scripts.bodies.clear()
         elif name in SHA_COMMANDS:
             slot = _NoScriptRetry(self, slot, args, spec)
         pin = self.pin

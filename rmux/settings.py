@@ -347,6 +347,12 @@ def _clients():
                 zeroMeans="do not wait",
                 help="On SIGTERM, how long clients may still collect the replies they "
                      "are owed before they are closed (ms); 0 = close them at once."),
+        Setting("denyCommands", STRING, "shutdown replicaof slaveof failover", group=group,
+                help="Commands clients may not run, separated by spaces: names "
+                     "(client|kill, or client for every subcommand) and Redis ACL "
+                     "categories (@admin, @dangerous...); a denied command gets "
+                     "Redis's NOPERM error. '' denies nothing. Default: '{default}', "
+                     "which stop or demote the servers every host shares."),
     ]
 
 

@@ -101,9 +101,10 @@ class Options(usage.Options):
     )
 
     helpGroups = tuple(
-        (group, tuple(s.name for s in settings.SETTINGS if s.group == group and s.flag))
+        (group, tuple(s.name for s in settings.SETTINGS if s.group == group and s.flag)
+         + (("help", "version") if group == "This command" else ()))
         for group in settings.GROUPS
-    ) + (("This command", ("help", "version")),)
+    )
     """
     How C{--help} groups the options: a title, then option names in the
     order shown, as L{rmux.settings} lists them.  An option left out of

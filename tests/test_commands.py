@@ -615,12 +615,12 @@ class PolicyTests(SynchronousTestCase):
             "ping", "echo", "quit", "select", "info", "hello", "auth",
             "client|setname", "client|getname", "client|id", "client|info",
             "client|list", "client|kill", "client|unblock", "client|getredir",
-            "acl|whoami"])
+            "acl|whoami", "config|set", "acl|setuser"])
 
     def test_forward(self):
         self.assertPolicy(FORWARD, [
-            "client|help", "config|get", "config|set", "shutdown", "debug",
-            "replicaof", "save", "bgsave", "failover", "module|load", "acl|setuser",
+            "client|help", "config|get", "shutdown", "debug",
+            "replicaof", "save", "bgsave", "failover", "module|load",
             "cluster|info", "migrate", "swapdb", "latency|doctor", "slowlog|get",
             "memory|stats", "client|pause", "client|unpause", "lastsave",
             "restore-asking", "pfselftest",

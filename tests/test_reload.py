@@ -912,7 +912,7 @@ def info(path):
     client = redis.Redis(unix_socket_path=path, socket_timeout=5)
     try:
         values = client.info()
-        return values["worker"], values["total_endpoints"]
+        return values["rmux_worker"], values["total_endpoints"]
     finally:
         client.close()
 
@@ -993,7 +993,7 @@ class WorkerReloadTests(ReloadTestCase):
                     values = client.info()
                 finally:
                     client.close()
-                if values["process_id"] == replacement:
+                if values["rmux_process_id"] == replacement:
                     return values["total_endpoints"]
             raise AssertionError("the replacement worker never answered")
 

@@ -97,6 +97,7 @@ PARAMETER_CASES = [
     ("maxArguments", "64", lambda c: c.listeners[0].maxArguments, 64),
     ("maxInlineLength", "4k", lambda c: c.listeners[0].maxInlineLength, 4000),
     ("shutdownTimeout", "0", lambda c: c.listeners[0].shutdownTimeout, 0),
+    ("denyCommands", "keys @admin", lambda c: c.listeners[0].denyCommands, "keys @admin"),
     ("statsPort", "22222", lambda c: c.statsPort, 22222),
     ("metricsPort", "9121", lambda c: c.metricsPort, 9121),
     ("statsHost", "::1", lambda c: c.statsHost, "::1"),

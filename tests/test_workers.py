@@ -691,11 +691,11 @@ def info(path, timeout=5):
     """
     client = redis.Redis(unix_socket_path=path, socket_timeout=timeout)
     try:
-        server = client.info("server")
-        pid = server["process_id"]
+        server = client.info("rmux")
+        pid = server["rmux_process_id"]
         # INFO also says which worker answered.
-        if server["worker"] not in (1, 2):
-            raise AssertionError("INFO worker:%r" % (server["worker"],))
+        if server["rmux_worker"] not in (1, 2):
+            raise AssertionError("INFO rmux_worker:%r" % (server["rmux_worker"],))
         client.set("written-by:%d" % pid, pid)
         return pid
     finally:
@@ -783,7 +783,7 @@ class ParentProcessTests(TestCase):
             try:
                 for i in range(20):
                     client.set("k:%d:%d" % (n, i), n * i)
-                return client.info("server")["process_id"]
+                return client.info("rmux")["rmux_process_id"]
             finally:
                 client.close()
 
@@ -917,7 +917,7 @@ class ParentProcessTests(TestCase):
         def ownCount():
             client = redis.Redis(unix_socket_path=self.path, socket_timeout=5)
             try:
-                return client.info("stats")["total_connections_received"]
+                return client.info("rmux")["rmux_total_connections_received"]
             finally:
                 client.close()
 
@@ -939,7 +939,7 @@ class ParentProcessTests(TestCase):
             client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
             try:
                 client.set("tcp", "yes")
-                return client.info("server")["process_id"]
+                return client.info("rmux")["rmux_process_id"]
             finally:
                 client.close()
 

@@ -56,6 +56,7 @@ def _jsonUsers(value: object, label: str) -> tuple[UserConfig, ...]:
 _USER_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "name": jsonString,
     "password": jsonString,
+    "denyCommands": jsonString,
 }
 
 

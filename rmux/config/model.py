@@ -241,14 +241,19 @@ class UserConfig:
         one-argument C{AUTH password}.
     @ivar password: The password, a non-empty string, sent by the client
         as UTF-8.
+    @ivar denyCommands: Commands this user may not run besides the
+        listener's C{denyCommands}, in the same form, or L{None}.
     """
 
     name: str
     password: str = field(repr=False)
+    denyCommands: str | None = None
 
     def __post_init__(self) -> None:
         checkName(self.name, "name")
         checkPassword(self.password, "password")
+        if self.denyCommands is not None:
+            checkDenied(self.denyCommands, "denyCommands", ())
 
     def __repr__(self) -> str:
         return f"UserConfig(name={self.name!r}, password=<hidden>)"
@@ -444,6 +449,7 @@ class ListenerConfig:
     users: tuple[UserConfig, ...] = ()
     maxPinned: int = _default("maxPinned")
     pinnedWait: int = _default("pinnedWait")
+    denyCommands: str = _default("denyCommands")
     maxClients: int = _default("maxClients")
     clientOutputLimit: int = _default("clientOutputLimit")
     socketOwner: str | None = None
@@ -471,6 +477,7 @@ class ListenerConfig:
         if self.requirepass is not None:
             checkPassword(self.requirepass, "requirepass")
         object.__setattr__(self, "users", _checkUsers(self.users, self.requirepass))
+        checkDenied(self.denyCommands, "denyCommands", self.commands)
         if self.socketOwner is not None:
             if self.socket is None:
                 raise ConfigError(ownerWithoutSocket("socketOwner", "socket"))
@@ -708,6 +715,28 @@ def _sameAddress(a: ListenerConfig, b: ListenerConfig) -> bool:
     return a.host == b.host or a.host in WILDCARD_HOSTS or b.host in WILDCARD_HOSTS
 
 
+
+
+def checkDenied(value: object, label: str, commands: Iterable[Mapping[str, Any]]) -> str:
+    """
+    Check a list of denied commands: names and C{@categories} the command
+    table (with a listener's extra C{commands}) knows.
+    """
+    from rmux.commands import CommandTable
+
+    if not isinstance(value, str):
+        raise ConfigError(f"{label}: must be a string of command names, got {value!r}")
+    table = CommandTable.default()
+    categories = {c for spec in table for c in spec.categories}
+    extra = {entry["name"].lower() for entry in commands}
+    for token in value.split():
+        name = token.lower()
+        if name.startswith("@"):
+            if name not in categories:
+                raise ConfigError(f"{label}: unknown category {token!r}")
+        elif name not in table and name not in extra:
+            raise ConfigError(f"{label}: unknown command {token!r}")
+    return value
 
 
 def _checkCommands(entries: object) -> tuple[Mapping[str, Any], ...]:
