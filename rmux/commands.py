@@ -56,10 +56,10 @@ __all__ = [
     "LOCAL", "REFUSED", "STATEFUL", "BLOCKING", "PUBSUB", "FORWARD",
     "POLICIES",
     "KEYED", "SPLIT", "KEYLESS_ANY", "KEYLESS_ALL", "KEYLESS_REFUSED",
-    "ROUTINGS",
+    "CURSOR", "ROUTINGS",
     "MERGE_SUM", "MERGE_MIN", "MERGE_CONCAT", "MERGE_UNION",
     "MERGE_PAIRS_SUM", "MERGE_AND", "MERGE_ALL_OK", "MERGE_ONE_OK",
-    "MERGE_SAME", "MERGE_ANY_NON_NIL", "MERGE_IN_ORDER", "MERGES",
+    "MERGE_SAME", "MERGE_ANY_NON_NIL", "MERGE_IN_ORDER", "MERGE_MAX", "MERGES",
     "OPTION_ALLOW_FLUSH",
     "KeySpec", "CommandSpec", "CommandTable",
     "unknownCommandError", "wrongArityError", "unknownSubcommandError",
@@ -82,8 +82,9 @@ SPLIT = "split"
 KEYLESS_ANY = "keyless-any"
 KEYLESS_ALL = "keyless-all"
 KEYLESS_REFUSED = "keyless-refused"
+CURSOR = "cursor"                 # SCAN: each server in turn, by its cursor
 ROUTINGS = frozenset([KEYED, SPLIT, KEYLESS_ANY, KEYLESS_ALL,
-                      KEYLESS_REFUSED])
+                      KEYLESS_REFUSED, CURSOR])
 
 # Merge hints for KEYLESS_ALL and SPLIT commands: how to combine the
 # servers' replies into the one reply the client expects.
@@ -98,9 +99,10 @@ MERGE_ONE_OK = "one-ok"          # success if any server succeeded
 MERGE_SAME = "same"              # every server must give the same reply
 MERGE_ANY_NON_NIL = "any-non-nil"  # any non-nil reply; nil only if all are
 MERGE_IN_ORDER = "in-order"      # SPLIT: one reply element per key, in order
+MERGE_MAX = "max"                # integers: the largest
 MERGES = frozenset([MERGE_SUM, MERGE_MIN, MERGE_CONCAT, MERGE_UNION,
                     MERGE_PAIRS_SUM, MERGE_AND, MERGE_ALL_OK, MERGE_ONE_OK,
-                    MERGE_SAME, MERGE_ANY_NON_NIL, MERGE_IN_ORDER])
+                    MERGE_SAME, MERGE_ANY_NON_NIL, MERGE_IN_ORDER, MERGE_MAX])
 
 # The configuration switch that must be on before FLUSHDB/FLUSHALL are
 # forwarded: one mistyped command would otherwise empty every server.
@@ -390,20 +392,19 @@ _KEYLESS_TABLE = {
                       "subscribers of all servers, per channel"),
     "pubsub|shardnumsub": (KEYLESS_ALL, MERGE_PAIRS_SUM,
                            "subscribers of all servers, per channel"),
-    "pubsub|numpat": (KEYLESS_ALL, MERGE_SUM, "patterns of all servers"),
+    # rmux subscribes each pattern on every server: the largest count.
+    "pubsub|numpat": (KEYLESS_ALL, MERGE_MAX, "patterns of all servers"),
 
     # The keyspace as a whole.
     "dbsize": (KEYLESS_ALL, MERGE_SUM, "keys of all servers"),
     "keys": (KEYLESS_ALL, MERGE_CONCAT, "keys of all servers"),
     "randomkey": (KEYLESS_ALL, MERGE_ANY_NON_NIL,
-                  "nil only when every server is empty"),
+                  "from a non-empty server at random; nil only when all are empty"),
     "flushdb": (KEYLESS_ALL, MERGE_ALL_OK,
                 "empties every server; needs OPTION_ALLOW_FLUSH"),
     "flushall": (KEYLESS_ALL, MERGE_ALL_OK,
                  "empties every server; needs OPTION_ALLOW_FLUSH"),
-    "scan": (KEYLESS_REFUSED, None,
-             "SCAN is not supported when rmux spreads keys over several "
-             "servers: a cursor belongs to one server"),
+    "scan": (CURSOR, None, "each server in turn; the cursor says which"),
 
     # Scripts and functions: loaded everywhere so EVALSHA/FCALL work on
     # whichever server their keys pick.

@@ -535,7 +535,7 @@ def _changeState(client, args, record, command=None):
     Run a state command on the client's own connections, recording the
     state with C{record(own)} once every server accepted it.
     """
-    own = client.session.ownConnections(client.factory.hub)
+    own = client.session.ownConnections()
     try:
         pools = _statePools(client, own)
     except PlacementError as e:
@@ -577,7 +577,7 @@ def clientTracking(client, args, spec):
         own.tracking = list(args[2:])
         own.redirect = redirect
 
-    own = session.ownConnections(client.factory.hub)
+    own = session.ownConnections()
     if not redirect or client.factory.hub is None:
         _changeState(client, args, record,
                      lambda pool: own.trackingCommand(pool, args[2:]))
@@ -650,7 +650,7 @@ def monitor(client, args, spec):
     if not pools:
         client.reply(errorReply("rmux: every backend is down"))
         return
-    client.session.ownConnections(client.factory.hub).monitor(pools)
+    client.session.ownConnections().monitor(pools)
 
 
 def monitored(client, args, spec):

@@ -28,6 +28,7 @@ from rmux.interfaces import IClient, ISinkProtocol
 from rmux.local import HANDLERS, monitored
 from rmux.replies import PipelineWaiter, ReplyQueue
 from rmux.resp import errorReply
+from rmux.pubsub import RECOUNTED
 from rmux.session import SCRIPT_SOURCES, SHA_COMMANDS, ScriptCache, Session
 from rmux.stats import ListenerStats, listenerSnapshot
 
@@ -90,7 +91,7 @@ class ClientProtocol(Protocol):
         self.table = factory.table
         self.router = factory.router
         self.clock = factory.reactor
-        self.session = Session(self, factory.router, factory.scripts)
+        self.session = Session(self, factory.router, factory.scripts, factory.hub)
         self.replies = ReplyQueue(self, self.transport, factory.stats)
         self.createdAt = self.lastActivity = self.clock.seconds()
         # Read on every request: instance attributes are found faster.
@@ -528,6 +529,7 @@ class ProxyFactory(Factory):
             and spec.policy == C.FORWARD
             and spec.name not in SCRIPT_SOURCES
             and spec.name not in SHA_COMMANDS
+            and spec.name not in RECOUNTED
             and spec.name not in self.denied
         ):
             arity = spec.arity

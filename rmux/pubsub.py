@@ -868,6 +868,15 @@ class SubscriptionHub(object):
         patterns = sum(1 for kind, name in state.keys if kind.everywhere)
         return state.counts[0] - patterns, patterns, state.counts[1]
 
+    def recount(self, name, args, waiter):
+        """
+        The waiter that corrects the subscriber counts in the reply of
+        C{name} (one of L{RECOUNTED}) for rmux's clients, then fills
+        C{waiter}.  Other rmux hosts' subscribers still count as one
+        subscription each: theirs is the same shared connection.
+        """
+        return _Recount(self, waiter, name, args)
+
     def knownServerId(self, pool):
         """
         The id on C{pool}'s server of rmux's subscriber connection there,
@@ -1184,3 +1193,146 @@ def _anySucceeded(results):
     if len(errors) < len(results):
         return None
     return errors[0]
+
+
+# What PUBLISH and PUBSUB NUMSUB count
+
+def stringMatch(pattern, string):
+    """
+    Whether C{string} matches the glob C{pattern} as Redis's
+    C{stringmatchlen} decides for PSUBSCRIBE: C{*}, C{?}, C{[...]} with
+    ranges and C{^}, and C{\\} escaping the next byte.
+    """
+    p = s = 0
+    plen, slen = len(pattern), len(string)
+    starP = starS = -1
+    while s < slen:
+        if p < plen:
+            c = pattern[p]
+            if c == 42:  # *
+                starP, starS = p, s
+                p += 1
+                continue
+            if c == 63:  # ?
+                p += 1
+                s += 1
+                continue
+            if c == 91:  # [
+                end, matched = _classMatch(pattern, p + 1, string[s])
+                if matched:
+                    p, s = end, s + 1
+                    continue
+            elif c == 92 and p + 1 < plen:  # \
+                if pattern[p + 1] == string[s]:
+                    p, s = p + 2, s + 1
+                    continue
+            elif c == string[s]:
+                p, s = p + 1, s + 1
+                continue
+        if starP < 0:
+            return False
+        p, starS = starP + 1, starS + 1
+        s = starS
+    while p < plen and pattern[p] == 42:
+        p += 1
+    return p == plen
+
+
+def _classMatch(pattern, p, c):
+    """
+    Match the byte C{c} against the class starting after the C{[} at
+    C{p - 1}; return where the pattern goes on and whether it matched.
+    """
+    plen = len(pattern)
+    negate = p < plen and pattern[p] == 94
+    if negate:
+        p += 1
+    matched = False
+    while p < plen and pattern[p] != 93:
+        if pattern[p] == 92 and p + 1 < plen:
+            p += 1
+            matched = matched or pattern[p] == c
+        elif p + 2 < plen and pattern[p + 1] == 45 and pattern[p + 2] != 93:
+            low, high = sorted((pattern[p], pattern[p + 2]))
+            matched = matched or low <= c <= high
+            p += 2
+        else:
+            matched = matched or pattern[p] == c
+        p += 1
+    if p < plen:
+        p += 1  # the ]
+    return p, matched != negate
+
+
+def _receivers(backend, kind, channel):
+    """
+    On one backend subscriber: how many of its own subscriptions receive
+    C{channel} (what the server counts for rmux), and how many rmux
+    clients' subscriptions do (what it would count without rmux).
+    """
+    mine = theirs = 0
+    key = (kind, channel)
+    if key in backend.active:
+        mine += 1
+    theirs += len(backend.wanted.get(key, ()))
+    if kind is CHANNELS:
+        for (other, pattern), clients in backend.wanted.items():
+            if other is PATTERNS and stringMatch(pattern, channel):
+                mine += (other, pattern) in backend.active
+                theirs += len(clients)
+    return mine, theirs
+
+
+class _Recount(object):
+    """
+    The waiter for PUBLISH, SPUBLISH, PUBSUB NUMSUB or SHARDNUMSUB through
+    the hub: the server counts rmux's one subscription for all its
+    clients, so rmux puts its clients' own count in its place.
+    """
+
+    data = None
+
+    def __init__(self, hub, waiter, name, args):
+        self.hub = hub
+        self.waiter = waiter
+        self.name = name
+        self.args = args
+
+    def fill(self, reply):
+        self.data = reply
+        try:
+            reply = self._recount(reply)
+        except (ValueError, IndexError, PlacementError):
+            pass
+        self.waiter.fill(reply)
+
+    def _recount(self, reply):
+        hub = self.hub
+        shard = self.name in ("spublish", "pubsub|shardnumsub")
+        kind = SHARD_CHANNELS if shard else CHANNELS
+        if self.name in ("publish", "spublish"):
+            if reply[:1] != b":":
+                return reply
+            backend = hub.backends.get(hub.placeChannel(self.args[1]))
+            if backend is None:
+                return reply
+            mine, theirs = _receivers(backend, kind, self.args[1])
+            return b":%d\r\n" % (int(reply[1:-2]) - mine + theirs,)
+        if reply[:1] not in (b"*", b"%"):
+            return reply
+        header = reply.index(b"\r\n") + 2
+        elements = ReplyFramer().feed(reply[header:])
+        out = []
+        for name, count in zip(elements[0::2], elements[1::2]):
+            channel = name[name.index(b"\r\n") + 2:-2]
+            backend = hub.backends.get(hub.placeChannel(channel))
+            number = int(count[1:-2])
+            if backend is not None:
+                key = (kind, channel)
+                number += len(backend.wanted.get(key, ())) - (key in backend.active)
+            out += [name, b":%d\r\n" % (number,)]
+        return reply[:header] + b"".join(out)
+
+
+#: The commands whose counts L{SubscriptionHub.recount} corrects.
+RECOUNTED = frozenset(["publish", "spublish", "pubsub|numsub", "pubsub|shardnumsub"])

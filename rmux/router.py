@@ -10,6 +10,8 @@ commands go to any one server, to every server (merged), or are refused, as
 the command table says.
 """
 
+import random
+
 from zope.interface import implementer
 
 from rmux import commands as C
@@ -156,6 +158,8 @@ class Router:
                     "enable it with allowFlush" % (spec.name.upper(),)
                 )
             self._all(args, spec, waiter, sender)
+        elif routing == C.CURSOR:
+            self._scan(args, waiter, sender)
         else:
             raise PlacementError.because(
                 "%s cannot run through rmux with several servers: %s"
@@ -264,7 +268,7 @@ class Router:
             sender.send(pool, encodeRequest(partArgs), part)
 
     def _all(self, args, spec, waiter, sender):
-        pools = self.pools
+        pools = self.livePools()
         if len(pools) == 1:
             sender.send(pools[0], encodeRequest(args), waiter)
             return
@@ -272,7 +276,71 @@ class Router:
         self._countFragments(len(pools))
         payload = encodeRequest(args)
         for part, pool in enumerate(pools):
-            sender.send(pool, payload, fanOut.part(part))
+            sender.send(pool, payload, fanOut.part(part, pool=pool))
+
+    def livePools(self):
+        """
+        The servers a command for every server goes to: all of them; with
+        failover, those that are up.
+
+        @raise PlacementError: a server is down and failover is off (the
+            answer would silently miss its data), or every server is down.
+        """
+        health = self.health
+        if health is None:
+            return self.pools
+        live = [pool for pool in self.pools if health.isUp(pool)]
+        if len(live) < len(self.pools) and not self.default.failover:
+            down = next(pool for pool in self.pools if pool not in live)
+            raise PlacementError.because("rmux: backend %s is down" % (down.address,))
+        if not live:
+            raise PlacementError.because("rmux: every backend is down")
+        return live
+
+    # SCAN
+
+    #: The bits of a SCAN cursor that hold the server's own cursor; the
+    #: ones above say which server (counted in L{pools}).  The cursor
+    #: stays below 2**63, which clients that keep it in a signed 64-bit
+    #: integer (phpredis) need.
+    cursorBits = 55
+
+    def _scan(self, args, waiter, sender):
+        """
+        SCAN over every server in turn: the cursor rmux hands out says which
+        server to ask next and where in it, so that a loop visits every
+        key of every server as Redis guarantees for one.
+        """
+        cursor = _cursor(args[1])
+        if cursor is None:
+            raise PlacementError(b"-ERR invalid cursor\r\n")
+        index, position = cursor >> self.cursorBits, cursor & ((1 << self.cursorBits) - 1)
+        pools = self.pools
+        health = self.health
+        while index < len(pools) and health is not None and not health.isUp(pools[index]):
+            if not self.default.failover:
+                raise PlacementError.because(
+                    "rmux: backend %s is down" % (pools[index].address,))
+            index, position = index + 1, 0
+        if index >= len(pools):
+            if cursor >> self.cursorBits >= len(pools):
+                raise PlacementError(b"-ERR invalid cursor\r\n")
+            waiter.fill(b"*2\r\n$1\r\n0\r\n*0\r\n")
+            return
+        command = [args[0], b"%d" % (position,)] + list(args[2:])
+        sender.send(pools[index], encodeRequest(command), _ScanPart(self, waiter, index))
+
+    def nextCursor(self, index, position):
+        """
+        The cursor rmux hands out after server C{index} answered with
+        C{position}.
+        """
+        if position == 0:
+            index += 1
+            return index << self.cursorBits if index < len(self.pools) else 0
+        if position >> self.cursorBits:
+            return None
+        return (index << self.cursorBits) | position
 
     def _countFragments(self, count):
         """
@@ -283,18 +351,60 @@ class Router:
             self.stats.fragments += count
 
 
+def _cursor(text):
+    """
+    A SCAN cursor as Redis reads it: an unsigned decimal, or L{None}.
+    """
+    if not text.isdigit() or len(text) > 20:
+        return None
+    value = int(text)
+    return value if value < 2 ** 64 else None
+
+
+@implementer(IReplyWaiter)
+class _ScanPart:
+    """
+    The waiter for one server's SCAN: its reply with rmux's cursor in place
+    of the server's.
+    """
+
+    __slots__ = ("router", "waiter", "index", "data")
+
+    def __init__(self, router, waiter, index):
+        self.router = router
+        self.waiter = waiter
+        self.index = index
+        self.data = None
+
+    def fill(self, reply):
+        self.data = reply
+        if reply[:2] != b"*2":
+            self.waiter.fill(reply)
+            return
+        header = reply.index(b"\r\n", 4)
+        start = header + 2
+        end = reply.index(b"\r\n", start)
+        cursor = self.router.nextCursor(self.index, int(reply[start:end]))
+        if cursor is None:
+            self.waiter.fill(errorReply("rmux: backend SCAN cursor too large to carry"))
+            return
+        text = b"%d" % (cursor,)
+        self.waiter.fill(b"*2\r\n$%d\r\n%b\r\n" % (len(text), text) + reply[end + 2:])
+
+
 @implementer(IReplyWaiter)
 class _Part:
     """
     The waiter for one server's share of a fanned-out command.
     """
 
-    __slots__ = ("fanOut", "index", "positions", "data")
+    __slots__ = ("fanOut", "index", "positions", "pool", "data")
 
-    def __init__(self, fanOut, index, positions):
+    def __init__(self, fanOut, index, positions, pool=None):
         self.fanOut = fanOut
         self.index = index
         self.positions = positions
+        self.pool = pool
         self.data = None
 
     def fill(self, reply):
@@ -315,8 +425,8 @@ class FanOut:
         self.remaining = parts
         self.width = width
 
-    def part(self, index, positions=()):
-        waiter = _Part(self, index, positions)
+    def part(self, index, positions=(), pool=None):
+        waiter = _Part(self, index, positions, pool)
         self.parts.append(waiter)
         return waiter
 
@@ -344,6 +454,19 @@ def _isNil(reply):
     return reply in (b"$-1\r\n", b"*-1\r\n", b"_\r\n")
 
 
+def _firstError(errors, total):
+    """
+    The error a fanned-out command answers: the servers' own when every
+    one gave the same, else the first, naming its server.
+    """
+    first = errors[0]
+    if len(errors) == total and all(e.data == first.data for e in errors):
+        return first.data
+    if getattr(first, "pool", None) is None or first.data[:1] != b"-":
+        return first.data
+    return first.data[:-2] + b" (backend %s)\r\n" % (str(first.pool.address).encode(),)
+
+
 def merge(kind, parts, width=0):
     """
     Merge the replies of C{parts} (L{_Part}s, in sending order) into the
@@ -362,17 +485,19 @@ def merge(kind, parts, width=0):
         return replies[0]
     if kind == C.MERGE_ANY_NON_NIL:
         errors = [r for r in replies if _isError(r)]
-        for reply in replies:
-            if not _isError(reply) and not _isNil(reply):
-                return reply
+        found = [r for r in replies if not _isError(r) and not _isNil(r)]
+        if found:
+            return random.choice(found)
         return errors[0] if errors else replies[0]
-    for reply in replies:
-        if _isError(reply):
-            return reply
+    errors = [part for part in parts if _isError(part.data)]
+    if errors:
+        return _firstError(errors, len(parts))
     if kind == C.MERGE_SUM:
         return b":%d\r\n" % sum(int(r[1:-2]) for r in replies)
     if kind == C.MERGE_MIN:
         return b":%d\r\n" % min(int(r[1:-2]) for r in replies)
+    if kind == C.MERGE_MAX:
+        return b":%d\r\n" % max(int(r[1:-2]) for r in replies)
     if kind == C.MERGE_ALL_OK:
         return replies[0]
     if kind == C.MERGE_SAME:

@@ -33,6 +33,7 @@ from rmux import commands as C
 from rmux import resp
 from rmux.interfaces import IReplyWaiter, IRequestSender
 from rmux.ownconnections import OwnConnections
+from rmux.pubsub import RECOUNTED
 from rmux.pool import PoolExhausted
 from rmux.replies import IgnoredReply
 from rmux.resp import encodeCommand, errorReply
@@ -247,15 +248,17 @@ class Session:
     multiFailed = False
     blockedOn = None
 
-    def __init__(self, client, router, scripts):
+    def __init__(self, client, router, scripts, hub=None):
         """
         @param client: the L{rmux.interfaces.IClient} served.
         @param router: the listener's L{rmux.interfaces.IRouter}.
         @param scripts: the listener's L{ScriptCache}.
+        @param hub: the listener's L{rmux.pubsub.SubscriptionHub}, if any.
         """
         self.client = client
         self.router = router
         self.scripts = scripts
+        self.hub = hub
         self.affinity = {}
         self.db = 0
         self.protocolVersion = 2
@@ -269,13 +272,13 @@ class Session:
         """
         return self.pin is None and self.multi is None and self.own is None
 
-    def ownConnections(self, hub=None):
+    def ownConnections(self):
         """
         The client's own connections (see L{rmux.ownconnections}), made on
         first use.
         """
         if self.own is None:
-            self.own = OwnConnections(self, hub)
+            self.own = OwnConnections(self, self.hub)
         return self.own
 
     @property
@@ -326,6 +329,8 @@ class Session:
             self.scripts.bodies.clear()
         elif name in SHA_COMMANDS:
             slot = _NoScriptRetry(self, slot, args, spec)
+        elif name in RECOUNTED and self.hub is not None:
+            slot = self.hub.recount(name, args, slot)
         pin = self.pin
         if pin is not None:
             try:

@@ -740,7 +740,10 @@ class RoutingTests(SynchronousTestCase):
                             ("function|delete", commands.MERGE_ALL_OK),
                             ("pubsub|channels", commands.MERGE_UNION),
                             ("pubsub|numsub", commands.MERGE_PAIRS_SUM),
-                            ("pubsub|numpat", commands.MERGE_SUM),
+                            ("pubsub|numpat", commands.MERGE_MAX),
+                            ("config|set", commands.MERGE_ALL_OK),
+                            ("slowlog|len", commands.MERGE_SUM),
+                            ("lastsave", commands.MERGE_MIN),
                             ("randomkey", commands.MERGE_ANY_NON_NIL),
                             ("flushdb", commands.MERGE_ALL_OK)]:
             self.assertEqual(self.routing(name), (KEYLESS_ALL, merge), name)
@@ -759,7 +762,7 @@ class RoutingTests(SynchronousTestCase):
             self.assertEqual(self.routing(name), (KEYLESS_ANY, None), name)
 
     def test_keylessRefused(self):
-        for name in ["scan", "function|stats", "shutdown", "cluster|info", "replicaof"]:
+        for name in ["function|stats", "shutdown", "cluster|info", "replicaof"]:
             spec = self.table.get(name)
             self.assertEqual(spec.routing, KEYLESS_REFUSED, name)
             self.assertTrue(spec.reason, name)
