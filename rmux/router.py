@@ -76,7 +76,8 @@ class Router:
         the requests a command was split into.
     """
 
-    def __init__(self, default, routes=(), health=None, allowFlush=False, stats=None):
+    def __init__(self, default, routes=(), health=None, allowFlush=False, stats=None,
+                 crossServerTransactions=False):
         """
         @param default: the catch-all L{PoolGroup}.
         @param routes: C{(prefix, group)} pairs: keys starting with
@@ -88,6 +89,7 @@ class Router:
         self.routes = PrefixRoutes(list(routes), default) if routes else None
         self.health = health
         self.allowFlush = allowFlush
+        self.crossServerTransactions = crossServerTransactions
         self.stats = stats
         groups = [default] + [group for prefix, group in routes]
         seen = []

@@ -193,7 +193,8 @@ class ListenerService(MultiService):
         self._poolsByServer = pools.byServer
         self.health = HealthMonitor(reactor, self.pools, **_healthSettings(listener))
         self.stats = ListenerStats()
-        self.router = Router(default, routes, self.health, listener.allowFlush, self.stats)
+        self.router = Router(default, routes, self.health, listener.allowFlush, self.stats,
+                             listener.crossServerTransactions)
         # The hub and every client hold this router for good: a reload
         # changes what it holds (Router.adopt), never which router it is.
         self.hub = SubscriptionHub(
@@ -316,7 +317,8 @@ class ListenerReload:
             raise
         self.pools = pools
         self.router = Router(
-            default, routes, service.health, listener.allowFlush, service.stats
+            default, routes, service.health, listener.allowFlush, service.stats,
+            listener.crossServerTransactions,
         )
         self.added = pools.created
         staying = set(pools.pools)

@@ -29,11 +29,11 @@ import hashlib
 
 from zope.interface import implementer
 
-from rmux import commands as C
 from rmux import resp
 from rmux.interfaces import IReplyWaiter, IRequestSender
 from rmux.ownconnections import OwnConnections
 from rmux.pubsub import RECOUNTED
+from rmux.transaction import Transaction
 from rmux.pool import PoolExhausted
 from rmux.replies import IgnoredReply
 from rmux.resp import encodeCommand, errorReply
@@ -41,12 +41,6 @@ from rmux.router import PlacementError
 
 __all__ = ["Session", "ScriptCache", "SESSION_COMMANDS", "blockingReadTimeout"]
 
-QUEUED = b"+QUEUED\r\n"
-EXECABORT = b"-EXECABORT Transaction discarded because of previous errors.\r\n"
-EXECABORT_SPREAD = (
-    b"-EXECABORT Transaction discarded because its keys live on different "
-    b"servers behind rmux\r\n"
-)
 
 #: Commands that carry a script body rmux remembers for EVALSHA's sake.
 SCRIPT_SOURCES = frozenset(["script|load", "eval", "eval_ro"])
@@ -126,27 +120,6 @@ class _Pin:
     def __init__(self, pool, connection):
         self.pool = pool
         self.connection = connection
-
-
-@implementer(IReplyWaiter)
-class _Executed:
-    """
-    Waiter for EXEC: the client's reply; then the connection goes back.
-    """
-
-    __slots__ = ("client", "slot", "connection", "data")
-
-    def __init__(self, client, slot, connection):
-        self.client = client
-        self.slot = slot
-        self.connection = connection
-        self.data = None
-
-    def fill(self, reply):
-        self.data = reply
-        self.slot.fill(reply)
-        self.connection.pool.checkin(self.connection)
-        self.client.release()
 
 
 @implementer(IReplyWaiter)
@@ -239,13 +212,12 @@ class Session:
     @ivar affinity: pool -> C{(waiter, connection)} of the client's latest
         request to that server.
     @ivar pin: the dedicated connection held while WATCHing, or L{None}.
-    @ivar multi: the commands queued since MULTI, or L{None} outside a
-        transaction.
+    @ivar multi: the L{rmux.transaction.Transaction} since MULTI, or
+        L{None} outside one.
     @ivar blockedOn: the connection a blocking command runs on, or L{None}.
     @ivar client: the client served, L{None} once it has gone.
     """
 
-    multiFailed = False
     blockedOn = None
 
     def __init__(self, client, router, scripts, hub=None):
@@ -456,8 +428,7 @@ class Session:
         if self.multi is not None:
             self.client.reply(resp.error(b"ERR MULTI calls can not be nested"))
             return
-        self.multi = []
-        self.multiFailed = False
+        self.multi = Transaction(self)
         self.client.reply(resp.OK)
 
     def discard(self, args, spec):
@@ -465,26 +436,14 @@ class Session:
             self.client.reply(resp.error(b"ERR DISCARD without MULTI"))
             return
         self.multi = None
-        if self.pin is not None:
-            self._unpin(None)
+        self._dropPin()
         self.client.reply(resp.OK)
 
     def queue(self, args, spec):
         """
-        Queue a command of the transaction, or refuse it (which makes EXEC
-        fail, as in Redis).
+        Queue a command of the transaction (see L{rmux.transaction}).
         """
-        name = spec.name
-        if name == "watch":
-            self.client.reply(resp.error(b"ERR WATCH inside MULTI is not allowed"))
-            return
-        if spec.policy in (C.FORWARD, C.BLOCKING) or name in ("ping", "echo"):
-            self.multi.append((args, spec))
-            self.client.reply(QUEUED)
-            return
-        self.multiFailed = True
-        self.client.reply(errorReply(
-            "rmux: %s cannot be queued in a transaction" % (spec.displayName,)))
+        self.multi.queue(args, spec)
 
     def commandFailed(self):
         """
@@ -492,65 +451,17 @@ class Session:
         transaction, EXEC must then fail.
         """
         if self.multi is not None:
-            self.multiFailed = True
+            self.multi.failed = True
 
     def execute(self, args, spec):
         """
-        Send the queued transaction, framed by MULTI and EXEC, to the one
-        server all its keys live on, on a dedicated connection.
+        EXEC: run the queued transaction (see L{rmux.transaction}).
         """
-        client = self.client
         if self.multi is None:
-            client.reply(resp.error(b"ERR EXEC without MULTI"))
+            self.client.reply(resp.error(b"ERR EXEC without MULTI"))
             return
-        queued, self.multi = self.multi, None
-        pin = self.pin
-        if self.multiFailed:
-            self._dropPin()
-            client.reply(EXECABORT)
-            return
-        try:
-            pool = self._transactionPool(queued)
-        except PlacementError as e:
-            self._dropPin()
-            client.reply(e.reply)
-            return
-        slot = client.newSlot()
-        commands = [[b"MULTI"]] + [a for a, s in queued] + [args]
-
-        def run(connection):
-            self.pin = None
-            ignore = IgnoredReply()
-            for command in commands[:-1]:
-                self.sendDedicated(connection, command, ignore)
-            self.sendDedicated(connection, commands[-1], _Executed(client, slot, connection))
-
-        if pin is not None:
-            client.hold()
-            run(pin.connection)
-        else:
-            self._checkout(pool, slot, run)
-
-    def _transactionPool(self, queued):
-        """
-        The one server every queued command (and the WATCH before them)
-        goes to.
-
-        @raise PlacementError: C{EXECABORT} when they span servers, or why
-            no server can be had.
-        """
-        pool = self.pin.pool if self.pin is not None else None
-        for args, spec in queued:
-            try:
-                target = self.router.poolForCommand(args, spec)
-            except PlacementError:
-                raise PlacementError(EXECABORT_SPREAD) from None
-            if target is None:
-                continue
-            if pool is not None and target is not pool:
-                raise PlacementError(EXECABORT_SPREAD)
-            pool = target
-        return pool if pool is not None else self.router.anyPool()
+        transaction, self.multi = self.multi, None
+        transaction.execute(args)
 
     def reset(self):
         """

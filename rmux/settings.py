@@ -276,6 +276,11 @@ def _placement():
         Setting("allowFlush", BOOLEAN, False, group=group,
                 help="When multiplexing, send FLUSHDB and FLUSHALL to every backend "
                      "instead of refusing them."),
+        Setting("crossServerTransactions", BOOLEAN, False, group=group,
+                help="When multiplexing, run a MULTI/EXEC whose keys live on several "
+                     "servers as one MULTI/EXEC per server (atomic on each, not "
+                     "across them), its replies in order. Off: such a transaction is "
+                     "refused as its commands are queued, and EXEC aborts."),
         Setting("routes", OBJECTS, (), group=group, flag=False,
                 help="Prefix routes, each with its own backends and placement "
                      "(JSON file only)."),

@@ -19,9 +19,8 @@ from rmux.interfaces import (
 from rmux.pool import BackendPool
 from rmux.resp import RequestParser, encodeRequest
 from rmux.router import CROSSSLOT, PlacementError
-from rmux.session import (
-    EXECABORT, EXECABORT_SPREAD, QUEUED, ScriptCache, Session, blockingReadTimeout,
-)
+from rmux.session import ScriptCache, Session, blockingReadTimeout
+from rmux.transaction import EXECABORT, QUEUED, SPREAD
 
 TABLE = CommandTable.default()
 
@@ -164,6 +163,7 @@ class FakeRouter:
     """
 
     single = None
+    crossServerTransactions = False
 
     def __init__(self):
         self.pools = [FakePool("redis-a:6379"), FakePool("redis-b:6379")]
@@ -283,19 +283,73 @@ class TransactionTests(SessionTestCase):
         self.assertEqual(self.client.releases, 1)
         self.assertTrue(self.session.isPlain)
 
-    def test_keysOnTwoServersAbortExec(self):
+    def test_keysOnTwoServersRefusedAsQueued(self):
+        """
+        The command that would spread a transaction over two servers is
+        refused as it is queued; EXEC then aborts, as Redis does after a
+        refused command.
+        """
         self.call("startTransaction", "MULTI")
         self.call("queue", "SET", "a1", "x")
         self.call("queue", "SET", "b1", "y")
         self.call("execute", "EXEC")
-        self.assertEqual(self.client.answers()[-1], EXECABORT_SPREAD)
+        self.assertEqual(self.client.answers(), [b"+OK\r\n", QUEUED, SPREAD, EXECABORT])
         self.assertEqual(self.a.lent + self.b.lent, [])
 
-    def test_keysOfOneCommandOnTwoServersAbortExec(self):
+    def test_keysOfOneCommandOnTwoServersRefused(self):
         self.call("startTransaction", "MULTI")
         self.call("queue", "MSET", "a1", "x", "b1", "y")
         self.call("execute", "EXEC")
-        self.assertEqual(self.client.answers()[-1], EXECABORT_SPREAD)
+        self.assertEqual(self.client.answers(), [b"+OK\r\n", CROSSSLOT, EXECABORT])
+
+    def test_crossServerTransaction(self):
+        """
+        With crossServerTransactions, each server runs its share as one
+        MULTI/EXEC, and EXEC's reply has every reply in queueing order.
+        """
+        self.router.crossServerTransactions = True
+        self.call("startTransaction", "MULTI")
+        self.call("queue", "SET", "a1", "x")
+        self.call("queue", "INCR", "b1")
+        self.call("queue", "GET", "a1")
+        self.call("queue", "PING")
+        self.call("execute", "EXEC")
+        (onA,), (onB,) = self.a.lent, self.b.lent
+        self.assertEqual(onA.commands(), [
+            [b"MULTI"], [b"SET", b"a1", b"x"], [b"GET", b"a1"], [b"PING"], [b"EXEC"]])
+        self.assertEqual(onB.commands(), [[b"MULTI"], [b"INCR", b"b1"], [b"EXEC"]])
+        self.assertTrue(self.client.holding)
+        onB.answer(b"+OK\r\n", QUEUED, b"*1\r\n:1\r\n")
+        self.assertIsNone(self.client.answers()[-1])
+        onA.answer(b"+OK\r\n", QUEUED, QUEUED, QUEUED,
+                   b"*3\r\n+OK\r\n$1\r\nx\r\n+PONG\r\n")
+        self.assertEqual(self.client.answers()[-1],
+                         b"*4\r\n+OK\r\n:1\r\n$1\r\nx\r\n+PONG\r\n")
+        self.assertFalse(self.client.holding)
+        self.assertEqual(self.a.checkedIn + self.b.checkedIn, [(onA, True), (onB, True)])
+
+    def test_crossServerTransactionError(self):
+        """
+        A server whose EXEC fails makes the whole EXEC reply its error (the
+        other servers' shares have run: the whole is not atomic).
+        """
+        self.router.crossServerTransactions = True
+        self.call("startTransaction", "MULTI")
+        self.call("queue", "SET", "a1", "x")
+        self.call("queue", "SET", "b1", "y")
+        self.call("execute", "EXEC")
+        (onA,), (onB,) = self.a.lent, self.b.lent
+        onA.answer(b"+OK\r\n", QUEUED, b"*1\r\n+OK\r\n")
+        onB.answer(b"+OK\r\n", QUEUED, EXECABORT)
+        self.assertEqual(self.client.answers()[-1], EXECABORT)
+
+    def test_watchKeepsATransactionOnOneServer(self):
+        self.router.crossServerTransactions = True
+        self.call("watch", "WATCH", "a1")
+        self.a.lent[0].answer(b"+OK\r\n")
+        self.call("startTransaction", "MULTI")
+        self.call("queue", "SET", "b1", "y")
+        self.assertEqual(self.client.answers()[-1], SPREAD)
 
     def test_refusedCommandAbortsExec(self):
         """
@@ -410,8 +464,8 @@ class WatchTests(SessionTestCase):
 
     def test_execAfterWatchOnAnotherServer(self):
         """
-        A transaction whose keys are not on the watched server is aborted,
-        and the pin is given back.
+        A transaction whose keys are not on the watched server is refused
+        as it is queued; EXEC aborts, and the pin is given back.
         """
         self.watch("a1")
         (connection,) = self.a.lent
@@ -419,7 +473,7 @@ class WatchTests(SessionTestCase):
         self.call("startTransaction", "MULTI")
         self.call("queue", "SET", "b1", "x")
         self.call("execute", "EXEC")
-        self.assertEqual(self.client.answers()[-1], EXECABORT_SPREAD)
+        self.assertEqual(self.client.answers()[-2:], [SPREAD, EXECABORT])
         self.assertEqual(connection.commands(), [[b"UNWATCH"]])
         self.assertIsNone(self.session.pin)
 

@@ -263,10 +263,14 @@ class MultiServerTests(StatefulTestCase):
             rawExchange, self.path,
             b"MULTI\r\nSET " + a + b" 1\r\nSET " + b + b" 2\r\nEXEC\r\nGET " + a + b"\r\nQUIT\r\n",
         )
+        # The command that would spread the transaction is refused as it is
+        # queued, so EXEC aborts, as Redis does after a refused command.
         self.assertEqual(
             got,
-            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT Transaction discarded because "
-            b"its keys live on different servers behind rmux\r\n$-1\r\n+OK\r\n",
+            b"+OK\r\n+QUEUED\r\n-ERR rmux: this transaction's keys live on different "
+            b"servers; rmux runs such a transaction only with crossServerTransactions on, "
+            b"and never after WATCH\r\n-EXECABORT Transaction discarded because of previous "
+            b"errors.\r\n$-1\r\n+OK\r\n",
         )
 
     @inlineCallbacks

@@ -111,6 +111,7 @@ PREREQUISITES = {"hash": ["--distribution=ketama"], "socketOwner": ["--socket=/t
 FLAG_CASES = [
     ("failover", lambda c: c.listeners[0].failover),
     ("allowFlush", lambda c: c.listeners[0].allowFlush),
+    ("crossServerTransactions", lambda c: c.listeners[0].crossServerTransactions),
     ("debug", lambda c: c.debug),
     ("useSyslog", lambda c: c.useSyslog),
     ("timing", lambda c: c.timing),

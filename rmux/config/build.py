@@ -142,7 +142,7 @@ def buildListener(raw: Mapping[str, Any], place: Place) -> ListenerConfig:
 
 #: Listener fields taken as given (type-checked already).
 _AS_GIVEN = ("host", "failover", "socketMode", "allowFlush", "commands", "requirepass", "users",
-             "denyCommands")
+             "denyCommands", "crossServerTransactions")
 
 #: The integer settings of a listener, its own fields and the ones they
 #: fall back to, in an order where a fallback comes before its users.

@@ -444,6 +444,7 @@ class ListenerConfig:
     healthSuccesses: int = _default("healthSuccesses")
     startupWait: int = _default("startupWait")
     allowFlush: bool = _default("allowFlush")
+    crossServerTransactions: bool = _default("crossServerTransactions")
     commands: tuple[Mapping[str, Any], ...] = ()
     requirepass: str | None = field(default=None, repr=False)
     users: tuple[UserConfig, ...] = ()
