@@ -155,6 +155,14 @@ class ClientProtocol(Protocol):
                 handle(args)
                 if self.closing:
                     return
+            while parser.unparsed:
+                # Not authenticated: one command at a time (see
+                # RequestParser.unparsed).
+                rest, parser.unparsed = parser.unparsed, b""
+                for args in parser.feed(rest):
+                    handle(args)
+                    if self.closing:
+                        return
         if len(self.replies.slots) > self.factory.maxPending:
             self._pauseReading()
         if parser.error is not None:

@@ -445,12 +445,11 @@ class _HeldBytes(object):
                 chunks.append(data[:length - pre])
                 body = b"".join(chunks)
                 tail = data[length - pre:used]
+            # Like Redis, the two bytes after the body are taken for CRLF
+            # whatever they are.
             self._chunks = None
             self._pending = 0
             self._wait = _NOTHING
-            if tail != _CRLF:
-                self._fail("expected CRLF after bulk string")
-                return -1
             argv = self._argv
             argv.append(body)
             self._bulkLen = -1
@@ -533,9 +532,6 @@ class _HeldBytes(object):
             return -1
         self._chunks = None
         self._pending = 0
-        if tail != _CRLF:
-            self._fail("expected CRLF after bulk string")
-            return -1
         self._wait = _NOTHING
         if self._argc:
             self._held += 2
@@ -588,6 +584,9 @@ class RequestParser(_HeldBytes):
     @ivar sink: the L{BodySink} of a big argument being received, or
         L{None}.  While there is one, the caller may receive into it and
         call L{bodyReceived}, instead of calling L{feed}.
+    @ivar unparsed: while restricted (L{restrictUntilAuthenticated}),
+        L{feed} returns one command at a time and leaves the bytes after
+        it here: the caller runs that command, then feeds these.
     """
 
     maxBulkLength = settings.default("maxBulkLength")
@@ -602,7 +601,7 @@ class RequestParser(_HeldBytes):
 
     __slots__ = (
         "error", "_maxBulk", "_maxArgs", "_maxInline", "_fast", "_scan", "_hiredis",
-        "_tooManyArgs", "_tooLong", "_saved",
+        "_tooManyArgs", "_tooLong", "_saved", "unparsed",
         "_argv", "_argc", "_bulkLen", "_held", "_chunks", "_pending",
         "_wait", "wholeFeed", "sink",
     )
@@ -625,6 +624,7 @@ class RequestParser(_HeldBytes):
         self._tooManyArgs = "invalid multibulk length"
         self._tooLong = "invalid bulk length"
         self._saved = None
+        self.unparsed = b""
         # A canonical header line is at most 21 bytes long; below that the
         # inline limit could reject what the fast path accepts.
         self._scan = _scanRequests if self.useSpeedups else None
@@ -693,6 +693,8 @@ class RequestParser(_HeldBytes):
         if type(data) is not bytes:
             data = bytes(data)
         out = []
+        if self._saved is not None:
+            return self._feedOne(data, out)
         pos = 0
         fast = self._fast
         if fast and not self._wait and self._argv is None and data[0] == 42:
@@ -712,6 +714,23 @@ class RequestParser(_HeldBytes):
                 pos, fast = self._parseFast(data, pos, out)
             else:
                 pos = self._parseSlow(data, pos, out, fast)
+        return out
+
+    def _feedOne(self, data, out):
+        """
+        Parse one command of C{data}, and keep the rest in L{unparsed}, for
+        a client that has not authenticated: as Redis does, a command after
+        its AUTH is parsed with the limits AUTH lifted, even in the same
+        packet.
+        """
+        pos = 0
+        if self._wait:
+            pos = self._resume(data, out)
+            if pos < 0:
+                return out
+        if not out and pos < len(data):
+            pos = self._parseSlow(data, pos, out, False, True)
+        self.unparsed = data[pos:]
         return out
 
     def _fail(self, message):
@@ -751,7 +770,7 @@ class RequestParser(_HeldBytes):
             self.wholeFeed = True
         return used, again
 
-    def _parseSlow(self, buf, pos, out, fast):
+    def _parseSlow(self, buf, pos, out, fast, single=False):
         """
         The pure-Python parser: parse C{buf} from C{pos} and keep whatever
         incomplete command remains.  A hot loop, deliberately unrolled into
@@ -760,6 +779,7 @@ class RequestParser(_HeldBytes):
 
         @param fast: whether to stop at the next command boundary followed
             by a RESP array, so that hiredis can take it.
+        @param single: whether to stop after one command.
 
         @return: where parsing stopped: C{len(buf)} or more if it used
             everything (or died), else the start of a RESP array for
@@ -774,6 +794,8 @@ class RequestParser(_HeldBytes):
         start = pos
         while pos < n:
             if argv is None:
+                if single and out:
+                    return pos
                 start = pos
                 if buf[pos] != 42:
                     # An inline command.
@@ -806,14 +828,14 @@ class RequestParser(_HeldBytes):
                     return n
                 if end - pos > maxInline:
                     return self._fail("too big mbulk count string")
+                # Like Redis: the byte after the CR is not looked at, and a
+                # negative count is an empty command.
                 count = buf[pos + 1:end]
-                if buf[end + 1] != 10:
-                    return self._fail("invalid multibulk length")
                 if count.isdigit() and (count[0] != 48 or len(count) == 1):
                     count = int(count)
                     if count > self._maxArgs:
                         return self._fail(self._tooManyArgs)
-                elif count == b"-1":
+                elif count[:1] == b"-" and count[1:].isdigit() and count[1] != 48:
                     count = 0
                 else:
                     return self._fail("invalid multibulk length")
@@ -844,8 +866,6 @@ class RequestParser(_HeldBytes):
                     if end - pos > maxInline:
                         return self._fail("too big bulk count string")
                     size = buf[pos + 1:end]
-                    if buf[end + 1] != 10:
-                        return self._fail("invalid bulk length")
                     if size.isdigit() and (size[0] != 48 or len(size) == 1):
                         bulkLen = int(size)
                         if bulkLen > self._maxBulk:
@@ -871,8 +891,6 @@ class RequestParser(_HeldBytes):
                     if pos < n:
                         self._stash(buf, pos, _BODY)
                     return n
-                if buf[end] != 13 or buf[end + 1] != 10:
-                    return self._fail("expected CRLF after bulk string")
                 argv.append(buf[pos:end])
                 pos = end + 2
                 bulkLen = -1

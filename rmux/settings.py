@@ -343,8 +343,9 @@ def _clients():
         Setting("maxBulkLength", SIZE, 512 * 1024 * 1024, group=group,
                 help="Longest argument a client may send, as Redis's "
                      "proto-max-bulk-len (bytes, or with a unit); 0 = {default}."),
-        Setting("maxArguments", INTEGER, 1024 * 1024, group=group,
-                help="Most arguments in one command; 0 = {default}."),
+        Setting("maxArguments", INTEGER, 2**31 - 1, group=group,
+                help="Most arguments in one command; 0 = {default}, Redis's own limit "
+                     "(the bytes they take are what is limited in practice)."),
         Setting("maxInlineLength", SIZE, 64 * 1024, group=group,
                 help="Longest inline command, or RESP header line, a client may send "
                      "(bytes, or with a unit); 0 = {default}."),

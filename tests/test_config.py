@@ -2948,7 +2948,7 @@ LIMIT_FIELDS = (
 )
 """The client limits, socket owner and shutdown fields, in their order."""
 
-LIMIT_DEFAULTS = (10000, 268435456, None, 536870912, 1048576, 65536, 5000)
+LIMIT_DEFAULTS = (10000, 268435456, None, 536870912, 2147483647, 65536, 5000)
 
 
 def limits(listener: ListenerConfig) -> tuple[object, ...]:
@@ -2998,7 +2998,7 @@ class ClientLimitsTests(ErrorAssertions, SynchronousTestCase):
                 DEFAULT_MAX_INLINE_LENGTH,
                 DEFAULT_SHUTDOWN_TIMEOUT,
             ),
-            (10000, 256 * 1024**2, 512 * 1024**2, 1024**2, 64 * 1024, 5000),
+            (10000, 256 * 1024**2, 512 * 1024**2, 2**31 - 1, 64 * 1024, 5000),
         )
 
     def test_values(self):
@@ -3163,7 +3163,7 @@ class ClientLimitsFlagsTests(ErrorAssertions, SynchronousTestCase):
         """
         zeros = {name: "0" for name in LIMIT_FIELDS if name != "socketOwner"}
         self.assertEqual(
-            limits(self.listener(**zeros)), (10000, 0, None, 536870912, 1048576, 65536, 0)
+            limits(self.listener(**zeros)), (10000, 0, None, 536870912, 2147483647, 65536, 0)
         )
 
     def test_sizes(self):
@@ -3205,7 +3205,7 @@ class ClientLimitsFlagsTests(ErrorAssertions, SynchronousTestCase):
             ),
             (
                 {"maxArguments": "1k"},
-                "--maxArguments: must be a positive integer (0 means 1048576), got '1k'",
+                "--maxArguments: must be a positive integer (0 means 2147483647), got '1k'",
             ),
             (
                 {"shutdownTimeout": "-1"},
@@ -3313,7 +3313,7 @@ class ClientLimitsFromJSONTests(ErrorAssertions, SynchronousTestCase):
     def test_zeros(self):
         zeros = {name: 0 for name in LIMIT_FIELDS if name != "socketOwner"}
         self.assertEqual(
-            limits(self.listener(**zeros)), (10000, 0, None, 536870912, 1048576, 65536, 0)
+            limits(self.listener(**zeros)), (10000, 0, None, 536870912, 2147483647, 65536, 0)
         )
         self.assertEqual(self.listener(clientOutputLimit="0mb").clientOutputLimit, 0)
         self.assertEqual(self.listener(maxBulkLength="0kb").maxBulkLength, 536870912)
@@ -3364,7 +3364,7 @@ class ClientLimitsFromJSONTests(ErrorAssertions, SynchronousTestCase):
             ({"maxArguments": "1k"}, "maxArguments: expected an integer, got a string"),
             (
                 {"maxArguments": -1},
-                "maxArguments: must be a positive integer (0 means 1048576), got -1",
+                "maxArguments: must be a positive integer (0 means 2147483647), got -1",
             ),
             (
                 {"maxInlineLength": "64 kb"},
@@ -3423,6 +3423,6 @@ class ClientLimitsFromJSONTests(ErrorAssertions, SynchronousTestCase):
         )
         listener = loadConfigFile(path).listeners[0]
         self.assertEqual(
-            limits(listener), (10000, 1073741824, "redis:redis", 1048576, 1048576, 65536, 30000)
+            limits(listener), (10000, 1073741824, "redis:redis", 1048576, 2147483647, 65536, 30000)
         )
         self.assertEqual(fromFlags({"config": path.path}).listeners[0], listener)

@@ -347,22 +347,27 @@ class RequestParserTestsMixin(object):
 
     def test_invalidMultibulkLength(self):
         for header in [b"*x", b"*", b"*01", b"*+1", b"* 1", b"*1 ", b"*-0",
-                       b"*-2", b"*1.0", b"*99999999999999999999999",
-                       b"*1048577"]:
+                       b"*-01", b"*1.0", b"*99999999999999999999999",
+                       b"*2147483648"]:
             self.assertFails(b"PING\r\n" + header + b"\r\n$4\r\nPING\r\n",
                              "Protocol error: invalid multibulk length",
                              [[b"PING"]])
 
 
+    def test_negativeMultibulkLength(self):
+        """
+        A negative count is an empty command, skipped, as in Redis.
+        """
+        self.assertParses(b"*-5\r\nPING\r\n*-1\r\n*0\r\n" + encodeCommand([b"GET", b"a"]),
+                          [[b"PING"], [b"GET", b"a"]])
+
     def test_headerCRWithoutLF(self):
         """
         Redis takes the CR as the end of a header line and skips the byte
-        after it unchecked; it must be a LF here.
+        after it unchecked; so does rmux.
         """
-        self.assertFails(b"*1\rX$4\r\nPING\r\n",
-                         "Protocol error: invalid multibulk length")
-        self.assertFails(b"*1\r\n$4\rXPING\r\n",
-                         "Protocol error: invalid bulk length")
+        self.assertParses(b"*1\rX$4\r\nPING\r\n", [[b"PING"]])
+        self.assertParses(b"*1\r\n$4\rXPING\r\n", [[b"PING"]])
 
 
     def test_expectedDollar(self):
@@ -392,13 +397,13 @@ class RequestParserTestsMixin(object):
 
     def test_missingCRLFAfterBulk(self):
         """
-        Redis skips the two bytes after a bulk string unchecked; we refuse.
+        Redis skips the two bytes after a bulk string unchecked; so does
+        rmux, so that it reads the same commands from the same bytes.
         """
-        self.assertFails(b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPINGxx",
-                         "Protocol error: expected CRLF after bulk string",
-                         [[b"PING"]])
-        self.assertFails(b"*1\r\n$4\r\nPING\rx",
-                         "Protocol error: expected CRLF after bulk string")
+        self.assertParses(b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPINGxx",
+                          [[b"PING"], [b"PING"]])
+        self.assertParses(b"*1\r\n$4\r\nPING\rx", [[b"PING"]])
+        self.assertParses(b"*1\r\n$1\r\nxyz", [[b"x"]])
 
 
     def test_tooBigInline(self):
@@ -495,7 +500,6 @@ class RequestParserTestsMixin(object):
                 (b"*1\r\n|1\r\n+a\r\n+b\r\n$1\r\nx\r\n",
                  "expected '$', got '|'"),
                 (b"*1\r\n%1\r\n+a\r\n+b\r\n", "expected '$', got '%'"),
-                (b"*1\r\n$1\r\nxyz", "expected CRLF after bulk string"),
                 (b"*2\r\n$1\r\nx\r\n*1\r\n$1\r\ny\r\n",
                  "expected '$', got '*'")]:
             self.assertFails(ping * 3 + bad, "Protocol error: " + message,
@@ -561,10 +565,10 @@ class RequestParserTestsMixin(object):
                        [b"*1\r\n$3\r\nab", b"c\r", b"\n"],
                        [b"*1\r\n$3\r\na", b"b", b"c", b"\r\n"]]:
             self.assertEqual(feedAll(self.parser(), chunks), [[b"abc"]])
+        # Whatever the two bytes are, as in Redis.
         parser = self.parser()
-        self.assertEqual(feedAll(parser, [b"*1\r\n$3\r\nabc\r", b"x"]), [])
-        self.assertEqual(parser.error.message,
-                         "Protocol error: expected CRLF after bulk string")
+        self.assertEqual(feedAll(parser, [b"*1\r\n$3\r\nabc\r", b"x"]), [[b"abc"]])
+        self.assertIsNone(parser.error)
 
 
 
@@ -909,15 +913,15 @@ class BodySinkTests(SynchronousTestCase):
         parser = RequestParser()
         parser.feed(data[:1000])
         receiveInto(parser, data[1000:-2])
-        self.assertEqual(parser.feed(b"\rX"), [])
-        self.assertEqual(parser.error.message,
-                         "Protocol error: expected CRLF after bulk string")
+        # Whatever the two bytes after it are, as in Redis.
+        self.assertEqual(parser.feed(b"\rX"), [[b"SET", b"k", self.value]])
+        self.assertIsNone(parser.error)
         self.assertIsNone(parser.sink)
 
     def test_endCheckedWhenWhole(self):
         """
         As in the pure-Python parser, the two bytes after an argument
-        received in place are checked once both are here.
+        received in place are taken once both are here.
         """
         data = encodeCommand([b"SET", b"k", self.value])[:-2]
         outcomes = []
@@ -926,10 +930,11 @@ class BodySinkTests(SynchronousTestCase):
             parser.feed(data[1000:])
             self.assertEqual(parser.feed(b"\n"), [])
             outcomes.append((parser.error, parser.buffered))
-            parser.feed(b"\n")
-            outcomes.append((parser.error.message, parser.buffered))
+            commands = parser.feed(b"\n")
+            outcomes.append((commands, parser.buffered))
         self.assertEqual(outcomes[:2], outcomes[2:])
         self.assertEqual(outcomes[0], (None, len(data) + 1))
+        self.assertEqual(outcomes[1], ([[b"SET", b"k", self.value]], 0))
 
     def test_headerSplitBeforeTheBody(self):
         """
@@ -1564,6 +1569,37 @@ class UnauthenticatedLimitTests(SynchronousTestCase):
         parser.restrictUntilAuthenticated()
         parser.feed(b"*2\r\n$3\r\nSET\r\n$16385\r\n")
         self.assertEqual(str(parser.error), "Protocol error: unauthenticated bulk length")
+
+    def test_oneAtATime(self):
+        """
+        While restricted, each feed returns one command and leaves the
+        rest in C{unparsed}, so limits lifted by that command apply to the
+        next one in the same packet, as in Redis.
+        """
+        parser = RequestParser()
+        parser.restrictUntilAuthenticated()
+        big = b"*11\r\n" + b"$1\r\na\r\n" * 11
+        self.assertEqual(parser.feed(b"AUTH pw\r\n*1\r\n$4\r\nPING\r\n" + big),
+                         [[b"AUTH", b"pw"]])
+        rest = parser.unparsed
+        self.assertEqual(rest, b"*1\r\n$4\r\nPING\r\n" + big)
+        self.assertEqual(parser.feed(rest), [[b"PING"]])
+        parser.authenticated()
+        self.assertEqual(parser.feed(parser.unparsed), [[b"a"] * 11])
+        self.assertIsNone(parser.error)
+
+    def test_oneAtATimeAcrossFeeds(self):
+        """
+        A command split over feeds completes from the held bytes, and the
+        bytes after it are left unparsed.
+        """
+        parser = RequestParser()
+        parser.restrictUntilAuthenticated()
+        self.assertEqual(parser.feed(b"*2\r\n$4\r\nAUTH\r\n$2\r\np"), [])
+        self.assertEqual(parser.feed(b"w\r\n*11\r\n"), [[b"AUTH", b"pw"]])
+        self.assertEqual(parser.unparsed, b"*11\r\n")
+        self.assertEqual(parser.feed(parser.unparsed), [])
+        self.assertEqual(str(parser.error), "Protocol error: unauthenticated multibulk length")
 
     def test_lifted(self):
         parser = RequestParser()

@@ -468,6 +468,10 @@ class AuthTests(StatefulTestCase):
 
         got = yield self.inThread(authThenBig)
         self.assertTrue(got.startswith(b"+OK\r\n-ERR unknown command 'a'"), got)
+        # In one packet too: the command after AUTH is parsed as Redis
+        # would, once AUTH has run.
+        got = yield self.inThread(rawExchange, self.path, b"AUTH s3cret\r\n" + big + b"QUIT\r\n")
+        self.assertTrue(got.startswith(b"+OK\r\n-ERR unknown command 'a'"), got)
 
     @inlineCallbacks
     def test_redisPyWithPassword(self):

@@ -555,18 +555,18 @@ class ClientLimitsOptionsTests(SynchronousTestCase):
         The defaults shown in C{--help} are the configuration's.
         """
         self.assertEqual(
-            self.limits(parse()), (10000, 268435456, None, 536870912, 1048576, 65536, 5000)
+            self.limits(parse()), (10000, 268435456, None, 536870912, 2147483647, 65536, 5000)
         )
         self.assertEqual(
             [parse()[name] for name in self.NAMES],
-            [10000, "256mb", None, "512mb", 1048576, "64kb", 5000],
+            [10000, "256mb", None, "512mb", 2147483647, "64kb", 5000],
         )
 
     def test_zeros(self):
         options = parse(
             *[f"--{tap.dashed(name)}=0" for name in self.NAMES if name != "socketOwner"]
         )
-        self.assertEqual(self.limits(options), (10000, 0, None, 536870912, 1048576, 65536, 0))
+        self.assertEqual(self.limits(options), (10000, 0, None, 536870912, 2147483647, 65536, 0))
 
     def test_help(self):
         """
@@ -596,7 +596,8 @@ class ClientLimitsOptionsTests(SynchronousTestCase):
         self.assertIn("as Redis's proto-max-bulk-len", text)
         self.assertIn("(bytes, or with a unit); 0 = 512mb. [default: 512mb]", text)
         self.assertIn(
-            "--maxArguments= Most arguments in one command; 0 = 1048576. [default: 1048576]",
+            "--maxArguments= Most arguments in one command; 0 = 2147483647, Redis's own limit "
+            "(the bytes they take are what is limited in practice). [default: 2147483647]",
             text,
         )
         self.assertIn("(bytes, or with a unit); 0 = 64kb. [default: 64kb]", text)
@@ -627,7 +628,7 @@ class ClientLimitsOptionsTests(SynchronousTestCase):
             ),
             (
                 ["--max-arguments=many"],
-                "--maxArguments: must be a positive integer (0 means 1048576), got 'many'",
+                "--maxArguments: must be a positive integer (0 means 2147483647), got 'many'",
             ),
             (
                 ["--max-inline-length=-1"],
@@ -664,7 +665,7 @@ class ClientLimitsOptionsTests(SynchronousTestCase):
         )
         options = parse(f"--config={path.path}", "--max-clients=3", "--max-arguments=2")
         self.assertEqual(
-            self.limits(options), (7, 1048576, "redis", 536870912, 1048576, 65536, 0)
+            self.limits(options), (7, 1048576, "redis", 536870912, 2147483647, 65536, 0)
         )
 
 
