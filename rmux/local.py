@@ -22,7 +22,7 @@ from rmux.router import PlacementError
 from rmux.session import SESSION_COMMANDS
 from rmux.transport import unsentBytes
 
-__all__ = ["HANDLERS", "describe", "decimal"]
+__all__ = ["HANDLERS", "describe", "decimal", "echoToMonitors", "quoted"]
 
 HELLO_NOAUTH = (
     b"-NOAUTH HELLO must be called with the client already authenticated, "
@@ -119,6 +119,7 @@ def reset(client, args, spec):
     client.leavePubSub()
     client.name = None
     client.authenticated = not client.factory.auth.required
+    client.replies.setMode("on")
     client.reply(RESET)
 
 
@@ -651,6 +652,7 @@ def monitor(client, args, spec):
         client.reply(errorReply("rmux: every backend is down"))
         return
     client.session.ownConnections().monitor(pools)
+    client.factory.monitors.add(client)
 
 
 def monitored(client, args, spec):
@@ -670,6 +672,69 @@ def monitored(client, args, spec):
         return
     client.session.own.monitored(args, pool)
 
+
+
+# MONITOR lines for the commands rmux answers itself
+
+#: The commands answered here without a server seeing them, which Redis's
+#: MONITOR would show (it hides admin commands).
+_UNSEEN = frozenset([
+    "ping", "echo", "select", "quit", "reset", "auth", "hello", "client|setname",
+    "client|getname", "client|id", "client|setinfo", "client|info", "client|reply",
+    "client|getredir", "acl|whoami",
+])
+_ESCAPES = {0x5C: b"\\\\", 0x22: b'\\"', 0x0A: b"\\n", 0x0D: b"\\r", 0x09: b"\\t",
+            0x07: b"\\a", 0x08: b"\\b"}
+_REPR = [_ESCAPES.get(byte, bytes([byte]) if 32 <= byte < 127 else b"\\x%02x" % byte)
+         for byte in range(256)]
+
+
+def quoted(value):
+    """
+    C{value} as Redis's C{sdscatrepr} writes it in a MONITOR line.
+    """
+    return b'"' + b"".join([_REPR[byte] for byte in value]) + b'"'
+
+
+def _redacted(args, name):
+    """
+    C{args} with AUTH's secrets hidden, as Redis hides them from MONITOR.
+    """
+    if name == "auth":
+        return args[:1] + [b"(redacted)"] * (len(args) - 1)
+    if name == "hello":
+        upper = [a.upper() for a in args]
+        if b"AUTH" in upper:
+            at = upper.index(b"AUTH")
+            return args[:at + 1] + [b"(redacted)"] * len(args[at + 1:at + 3]) + args[at + 3:]
+    return args
+
+
+def echoToMonitors(client, args, spec):
+    """
+    Show a command rmux answered itself, which no server saw, to the
+    clients MONITORing through this listener, in Redis's format: the
+    monitor of a proxy that answers PING should still see the PING.
+    """
+    name = spec.name
+    if name not in _UNSEEN:
+        return
+    address = client.transport.getPeer()
+    if getattr(address, "host", None) is None:
+        where = b"unix:" + _addressText(client.transport.getHost())[:-2].encode()
+    else:
+        where = _addressText(address).encode()
+    now = client.clock.seconds()
+    line = b"+%d.%06d [%d %s] %s\r\n" % (
+        int(now), int(now * 1e6) % 1000000, client.session.db, where,
+        b" ".join([quoted(arg) for arg in _redacted(args, name)]))
+    monitors = client.factory.monitors
+    for watcher in list(monitors):
+        own = watcher.session.own
+        if watcher.disconnected or own is None or not own.monitoring:
+            monitors.discard(watcher)
+        elif watcher is not client:
+            watcher.reply(line)
 
 
 # Server-wide commands that would lock rmux out of its own servers

@@ -25,7 +25,7 @@ from zope.interface import implementer
 from rmux import commands as C
 from rmux import resp
 from rmux.interfaces import IClient, ISinkProtocol
-from rmux.local import HANDLERS, monitored
+from rmux.local import HANDLERS, echoToMonitors, monitored
 from rmux.replies import PipelineWaiter, ReplyQueue
 from rmux.resp import errorReply
 from rmux.pubsub import RECOUNTED
@@ -304,6 +304,8 @@ class ClientProtocol(Protocol):
             stats.requestsByClass["local" if policy == C.LOCAL else "stateful"] += 1
             self.lastCommand = name
             HANDLERS[name](self, args, spec)
+            if self.factory.monitors:
+                echoToMonitors(self, args, spec)
         elif policy == C.PUBSUB and self.factory.hub is not None:
             stats.requestsByClass["pubsub"] += 1
             self.lastCommand = name
@@ -479,6 +481,8 @@ class ProxyFactory(Factory):
         self.hub = hub
         self.scripts = ScriptCache()
         self.clients = set()
+        #: Clients that sent MONITOR (see rmux.local.echoToMonitors).
+        self.monitors = set()
         self._drained = None
         self.stats = stats if stats is not None else ListenerStats()
         self.startedAt = reactor.seconds()
@@ -562,6 +566,7 @@ class ProxyFactory(Factory):
 
     def clientDisconnected(self, client):
         self.clients.discard(client)
+        self.monitors.discard(client)
         if not self.clients and self._drained is not None:
             drained, self._drained = self._drained, None
             drained.callback(None)

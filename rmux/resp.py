@@ -432,21 +432,14 @@ class _HeldBytes(object):
                 self._pending = total
                 return -1
             used = need - pre
-            if pre > length:
-                # The body and its CR are here already: only the LF is not.
-                last = chunks[-1]
-                chunks[-1] = last[:-1]
-                body = b"".join(chunks)
-                tail = last[-1:] + data[:used]
-            elif pre == length:
-                body = b"".join(chunks)
-                tail = data[:used]
-            else:
-                chunks.append(data[:length - pre])
-                body = b"".join(chunks)
-                tail = data[length - pre:used]
             # Like Redis, the two bytes after the body are taken for CRLF
             # whatever they are.
+            if pre > length:
+                # The body and one byte after it are here already.
+                chunks[-1] = chunks[-1][:-1]
+            elif pre < length:
+                chunks.append(data[:length - pre])
+            body = b"".join(chunks)
             self._chunks = None
             self._pending = 0
             self._wait = _NOTHING

@@ -162,9 +162,10 @@ def startRmux(processes, backends, flags):
 RUNS = {
     "direct": (1, False, []),
     "one": (1, True, []),
-    # redis-py's fixtures empty the db after each test: FLUSHDB must reach
-    # every server.
-    "three": (3, True, ["--allowFlush"]),
+    # As a sharded deployment runs: redis-py's fixtures empty the db after
+    # each test, so FLUSHDB must reach every server; keys that must meet
+    # name a {tag}, as with Redis Cluster; and its pipelines are MULTI/EXEC.
+    "three": (3, True, ["--allowFlush", "--hashTag={}", "--crossServerTransactions"]),
 }
 
 

@@ -519,6 +519,15 @@ class RefusalTests(IntegrationTestCase):
         self.assertEqual(got, b"+OK\r\n+OK\r\n+OK\r\n:0\r\n:0\r\n+OK\r\n$1\r\n1\r\n+OK\r\n")
 
     @inlineCallbacks
+    def test_resetTurnsRepliesBackOn(self):
+        """
+        RESET ends CLIENT REPLY OFF, as Redis's does, and says so.
+        """
+        got = yield self.inThread(rawExchange, self.rmux.path,
+                                  b"CLIENT REPLY OFF\r\nPING\r\nRESET\r\nPING\r\nQUIT\r\n")
+        self.assertEqual(got, b"+RESET\r\n+PONG\r\n+OK\r\n")
+
+    @inlineCallbacks
     def test_adminAndUnknown(self):
         """
         Server-wide commands reach the server; unknown ones and wrong
