@@ -579,20 +579,21 @@ def clientTracking(client, args, spec):
         own.redirect = redirect
 
     own = session.ownConnections()
+    try:
+        # BCAST is told of keys written anywhere: every server tracks.
+        pools = ((b"BCAST" in upper and client.factory.livePools())
+                 or _statePools(client, own))
+    except PlacementError as e:
+        own.settle()
+        client.reply(e.reply)
+        return
     if not redirect or client.factory.hub is None:
-        _changeState(client, args, record,
-                     lambda pool: own.trackingCommand(pool, args[2:]))
+        own.change(lambda pool: own.trackingCommand(pool, args[2:]), pools,
+                   lambda: record(own))
         return
     # The redirect goes to rmux's subscriber connection on each server:
     # connect those first, holding the client's later commands.
     client.hold()
-    try:
-        pools = _statePools(client, own)
-    except PlacementError as e:
-        own.settle()
-        client.reply(e.reply)
-        client.release()
-        return
 
     def connected(ids):
         own.change(lambda pool: own.trackingCommand(pool, args[2:]), pools, lambda: record(own))
@@ -610,10 +611,27 @@ def clientGetredir(client, args, spec):
 
 
 def clientCaching(client, args, spec):
-    if client.session.tracking is None:
+    """
+    CLIENT CACHING YES|NO: checked here as Redis checks it, and sent ahead
+    of the client's next command, on the connection that command takes.
+    """
+    session = client.session
+    if session.tracking is None:
         client.session.forward(args, spec)
         return
-    _changeState(client, args, lambda own: None)
+    options = [a.upper() for a in session.tracking]
+    answer = args[2].lower()
+    if answer == b"yes" and b"OPTIN" not in options:
+        client.reply(errorReply(
+            "CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode."))
+    elif answer == b"no" and b"OPTOUT" not in options:
+        client.reply(errorReply(
+            "CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode."))
+    elif answer not in (b"yes", b"no"):
+        client.reply(resp.error(b"ERR syntax error"))
+    else:
+        session.own.caching = list(args)
+        client.reply(resp.OK)
 
 
 def _flag(name, on, off=None):

@@ -172,6 +172,8 @@ class OwnConnections:
     @ivar flags: the C{CLIENT NO-EVICT ON}, C{CLIENT NO-TOUCH ON} and
         C{READONLY} in force, by name.
     @ivar monitoring: whether the client is MONITORing.
+    @ivar caching: a C{CLIENT CACHING YES|NO} for the connection the
+        client's next command goes on, or L{None}.
     """
 
     def __init__(self, session, hub=None):
@@ -187,6 +189,7 @@ class OwnConnections:
         self.redirect = 0
         self.flags = {}
         self.monitoring = False
+        self.caching = None
         self.closed = False
 
     @property
@@ -228,9 +231,15 @@ class OwnConnections:
 
     def send(self, pool, payload, waiter, count=1):
         """
-        Send on the client's own connection to C{pool}'s server.
+        Send on the client's own connection to C{pool}'s server, after a
+        pending C{CLIENT CACHING}: it is about the next command, wherever
+        that goes.
         """
-        self.own(pool).send(payload, waiter, count)
+        own = self.own(pool)
+        if self.caching is not None:
+            own.send(encodeCommand(self.caching), IgnoredReply())
+            self.caching = None
+        own.send(payload, waiter, count)
 
     def change(self, command, pools, record):
         """
@@ -310,7 +319,7 @@ class OwnConnections:
         The client has gone: give everything back.
         """
         self.closed = True
-        self.tracking = None
+        self.tracking = self.caching = None
         self.flags.clear()
         self.monitoring = False
         self.release(clean=True)

@@ -222,6 +222,12 @@ def connectAuthenticated(reactor, pool, protocol):
     return d.addCallback(learnServerId)
 
 
+#: The channel of client-side caching's invalidations (tracking with
+#: REDIRECT, in RESP2): every server sends on it, so it is subscribed on
+#: every server, as patterns are.
+INVALIDATIONS = b"__redis__:invalidate"
+
+
 def learnServerId(protocol):
     """
     Ask the server the subscriber connection's id (CLIENT ID), before it
@@ -1096,7 +1102,7 @@ class SubscriptionHub(object):
             or a L{Deferred} that fires with one of these.
         """
         kind, name = key
-        if kind.everywhere:
+        if kind.everywhere or name == INVALIDATIONS:
             pools = self.allPools()
             if not pools:
                 return errorReply("rmux: no backend to subscribe on")

@@ -95,10 +95,15 @@ class PhpRedisTests(TransparencyTestCase):
             while ($batch = $r->scan($it, "t:*", 20)) {
                 foreach ($batch as $key) { $seen[] = $key; }
             }
-            echo json_encode($seen);
+            $r->set("after", "scan");
+            echo json_encode(["seen" => $seen, "after" => $r->get("after"),
+                              "dbsize" => $r->dbSize()]);
         """)
-        self.assertEqual(len(got), 250)
-        self.assertEqual(sorted(got), sorted(keys))
+        self.assertEqual(len(got["seen"]), 250)
+        self.assertEqual(sorted(got["seen"]), sorted(keys))
+        # Every later reply on the connection is the right one.
+        self.assertEqual(got["after"], "scan")
+        self.assertEqual(got["dbsize"], 251)
 
     @inlineCallbacks
     def test_transaction(self):

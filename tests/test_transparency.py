@@ -325,6 +325,83 @@ class OwnConnectionTests(TransparencyTestCase):
         self.assertEqual(push, [b"invalidate", [b"tracked:4"]])
 
     @inlineCallbacks
+    def test_trackingRedirectResp2(self):
+        """
+        RESP2 client-side caching: a client subscribed to
+        C{__redis__:invalidate} gets the invalidations of another rmux
+        client that tracks with C{REDIRECT} to its id, whichever server
+        the keys live on.
+        """
+        keys = {RmuxRing(3).backendOf(b"r%d" % i): b"r%d" % i for i in range(50)}
+        self.assertEqual(len(keys), 3)
+
+        def run():
+            listener = self.connect()
+            listenerId = listener.call(b"CLIENT ID")
+            self.assertEqual(listener.call(b"SUBSCRIBE __redis__:invalidate"),
+                             [b"subscribe", b"__redis__:invalidate", 1])
+            reader = self.connect()
+            self.assertEqual(reader.call(b"CLIENT TRACKING ON REDIRECT %d" % listenerId), b"OK")
+            self.assertEqual(reader.call(b"CLIENT GETREDIR"), listenerId)
+            for key in keys.values():
+                reader.call(b"GET " + key)
+            writer = self.client()
+            seen = []
+            for key in sorted(keys.values()):
+                writer.set(key, "new")
+                seen.append(listener.read())
+            return seen
+
+        seen = yield self.inThread(run)
+        self.assertEqual(seen, [[b"message", b"__redis__:invalidate", [key]]
+                                for key in sorted(keys.values())])
+
+    @inlineCallbacks
+    def test_trackingBroadcastAndOptIn(self):
+        """
+        BCAST with a PREFIX is told of every matching key written, read or
+        not; OPTIN tracks only the reads after CLIENT CACHING YES.
+        """
+        def run():
+            broadcast = self.connect()
+            broadcast.call(b"HELLO 3")
+            self.assertEqual(broadcast.call(b"CLIENT TRACKING ON BCAST PREFIX user:"), b"OK")
+            optin = self.connect()
+            optin.call(b"HELLO 3")
+            self.assertEqual(optin.call(b"CLIENT TRACKING ON OPTIN"), b"OK")
+            optin.call(b"GET plain")
+            self.assertEqual(optin.call(b"CLIENT CACHING YES"), b"OK")
+            optin.call(b"GET cached")
+            writer = self.client()
+            writer.set("other", "x")
+            writer.set("user:1", "x")
+            writer.set("plain", "x")
+            writer.set("cached", "x")
+            return broadcast.read(), optin.read()
+
+        toBroadcast, toOptin = yield self.inThread(run)
+        self.assertEqual(toBroadcast, [b"invalidate", [b"user:1"]])
+        self.assertEqual(toOptin, [b"invalidate", [b"cached"]])
+
+    @inlineCallbacks
+    def test_cachingErrors(self):
+        """
+        CLIENT CACHING is checked as Redis checks it.
+        """
+        got = yield self.inThread(
+            rawExchange, self.path,
+            b"CLIENT CACHING YES\r\nCLIENT TRACKING ON\r\nCLIENT CACHING YES\r\n"
+            b"CLIENT CACHING NO\r\nCLIENT TRACKING OFF\r\nCLIENT TRACKING ON OPTOUT\r\n"
+            b"CLIENT CACHING MAYBE\r\nCLIENT CACHING NO\r\nQUIT\r\n")
+        self.assertEqual(got.split(b"\r\n"), [
+            b"-ERR CLIENT CACHING can be called only when the client is in tracking mode "
+            b"with OPTIN or OPTOUT mode enabled",
+            b"+OK",
+            b"-ERR CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.",
+            b"-ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
+            b"+OK", b"+OK", b"-ERR syntax error", b"+OK", b"+OK", b""])
+
+    @inlineCallbacks
     def test_clientKill(self):
         """
         CLIENT LIST shows rmux's clients; CLIENT KILL ID closes one.
