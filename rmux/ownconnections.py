@@ -321,6 +321,8 @@ class OwnConnections:
         self.closed = True
         self.tracking = self.caching = None
         self.flags.clear()
-        self.monitoring = False
-        self.release(clean=True)
+        # A connection that is, or is becoming, a MONITOR feed is closed:
+        # feed lines may come before a RESET's reply.
+        clean, self.monitoring = not self.monitoring, False
+        self.release(clean=clean)
         self.session.own = None

@@ -47,6 +47,8 @@ SUITE = [
 ]
 MARKS = "not onlycluster and not redismod"
 README_SECTION = "## Differences from Redis"
+#: A run takes about two minutes; one that hangs must not eat CI's time.
+RUN_TIMEOUT = 600
 
 
 def log(message):
@@ -183,24 +185,33 @@ def runSuite(name, source, python, directory):
         env = dict(os.environ, RMUX_CONFORMANCE_OUT=out,
                    PYTHONPATH=os.path.join(ROOT, "scripts"))
         started = time.monotonic()
-        subprocess.run(
-            [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-             "conformance_plugin", "-W", "ignore", "-m", MARKS,
-             "--redis-url=redis://127.0.0.1:%d/0" % port] + SUITE,
-            cwd=source, env=env, stdout=open(os.path.join(directory, name + ".pytest"), "wb"),
-            stderr=subprocess.STDOUT, timeout=1800,
-        )
+        try:
+            subprocess.run(
+                [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                 "conformance_plugin", "-W", "ignore", "-m", MARKS,
+                 "--redis-url=redis://127.0.0.1:%d/0" % port] + SUITE,
+                cwd=source, env=env, stdout=open(os.path.join(directory, name + ".pytest"), "wb"),
+                stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            # The plugin records as it goes: the tests not reached are lost.
+            log("%s: stopped after %d s; the tests not run count as lost"
+                % (name, RUN_TIMEOUT))
         log("%s: done in %.0f s" % (name, time.monotonic() - started))
     finally:
         processes.stopAll()
-    if not os.path.exists(out):
+    if not os.path.exists(out) or not _load(out)["outcomes"]:
         # The suite did not start (its session set-up failed): every test
         # is lost, and pytest's last words say why.
         with open(os.path.join(directory, name + ".pytest"), "rb") as f:
             tail = f.read()[-2000:].decode("utf-8", "replace")
         log("%s: the suite did not run:\n%s" % (name, tail))
         return {"outcomes": {}, "single": [], "error": tail}
-    with open(out) as f:
+    return _load(out)
+
+
+def _load(path):
+    with open(path) as f:
         return json.load(f)
 
 
@@ -260,7 +271,13 @@ def report(records, require):
     return problems
 
 
+def _stopped(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so every process started is stopped.
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv=None):
+    signal.signal(signal.SIGTERM, _stopped)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="direct,one,three",
                         help="which runs (default direct,one,three)")

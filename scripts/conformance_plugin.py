@@ -33,8 +33,18 @@ def pytest_runtest_logreport(report):
     _outcomes[report.nodeid] = outcome
 
 
+def pytest_runtest_logfinish(nodeid, location):
+    # Written after every test, so a run stopped midway still counts.
+    _write()
+
+
 def pytest_sessionfinish(session, exitstatus):
+    _write()
+
+
+def _write():
     path = os.environ.get("RMUX_CONFORMANCE_OUT")
     if path:
-        with open(path, "w") as f:
+        with open(path + ".new", "w") as f:
             json.dump({"outcomes": _outcomes, "single": sorted(set(_single))}, f)
+        os.replace(path + ".new", path)
