@@ -19,11 +19,12 @@ import random
 from collections import deque
 from itertools import repeat
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.error import ConnectionAborted
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionAborted, TimeoutError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rmux.resp import ProtocolError, ReplyFramer, encodeCommand, errorReply
@@ -72,21 +73,68 @@ class _StateSwitch:
         self.connection._switchDone(self.what, reply)
 
 
+class _ConnectDeadline:
+    """
+    The connect timeout of one attempt: like the read and write deadlines
+    (see L{_Deadlines}), it is only judged one reactor turn after it
+    passes, so that a connection already made but not yet reported by a
+    busy loop is not given up on.  A connect it cancels fails with
+    L{TimeoutError}, as Twisted's own timeout would.
+    """
+
+    def __init__(self, clock, attempt, timeout, protocol):
+        self.clock = clock
+        self.attempt = attempt
+        self.protocol = protocol
+        self.timedOut = False
+        self.call = clock.callLater(timeout, self.expired, False)
+        attempt.addBoth(self.settled)
+
+    def expired(self, confirmed):
+        if not confirmed:
+            self.call = self.clock.callLater(0, self.expired, True)
+            return
+        if self.protocol.connected:
+            # Made in that turn; the attempt fires in the next one.
+            return
+        self.timedOut = True
+        self.attempt.cancel()
+
+    def settled(self, result):
+        if self.call.active():
+            self.call.cancel()
+        if self.timedOut and isinstance(result, Failure) and result.check(CancelledError):
+            return Failure(TimeoutError())
+        return result
+
+
 class _Deadlines:
     """
     The part of L{BackendProtocol} that decides when a server is given up
     on: a read timeout measured from the last bytes the server sent (and a
     longer limit for completing one reply), and a write timeout measured
     from the last bytes it took of rmux's writes.
+
+    A deadline that passes makes the server a suspect, not a culprit: the
+    verdict waits one more turn of the reactor, and anything the server
+    sent in that turn clears it.  When rmux's own loop is what was slow (a
+    turn busy with thousands of clients' requests), the server's reply is
+    already in the socket, and that turn reads it; timers run before the
+    reactor polls, so without the extra turn rmux would blame a healthy
+    server for its own queueing.
     """
+
+    _readSuspicion = None
+    _writeSuspect = False
 
     def _checkRead(self):
         """
         Give up when the server has sent nothing for the read timeout, or
         has not completed the oldest reply within C{replyTimeoutFactor}
-        read timeouts.
+        read timeouts, and the turn after that brought nothing either.
         """
         self._readTimer = None
+        suspicion, self._readSuspicion = self._readSuspicion, None
         if not self.waiting or not self.readTimeout:
             # Nothing owed, or a blocking command that may wait forever.
             return
@@ -94,20 +142,26 @@ class _Deadlines:
         idle = now - self.lastProgress
         replyLimit = self.readTimeout * self.replyTimeoutFactor
         age = now - self.headSince
-        if idle >= self.readTimeout:
-            self.fail(
-                "did not reply within %d ms" % (round(self.readTimeout * 1000),),
-                timedOut=True,
-            )
-        elif age >= replyLimit:
-            self.fail(
-                "did not complete a reply within %d ms" % (round(replyLimit * 1000),),
-                timedOut=True,
-            )
-        else:
-            self._readTimer = self.clock.callLater(
-                min(self.readTimeout - idle, replyLimit - age), self._checkRead
-            )
+        if idle >= self.readTimeout or age >= replyLimit:
+            if suspicion is None:
+                self._readSuspicion = (self.lastProgress, self.headSince)
+                self._readTimer = self.clock.callLater(0, self._checkRead)
+                return
+            if idle >= self.readTimeout and self.lastProgress == suspicion[0]:
+                self.fail(
+                    "did not reply within %d ms" % (round(self.readTimeout * 1000),),
+                    timedOut=True,
+                )
+                return
+            if age >= replyLimit and self.headSince == suspicion[1]:
+                self.fail(
+                    "did not complete a reply within %d ms" % (round(replyLimit * 1000),),
+                    timedOut=True,
+                )
+                return
+        self._readTimer = self.clock.callLater(
+            max(0.0, min(self.readTimeout - idle, replyLimit - age)), self._checkRead
+        )
 
     def _taken(self):
         """
@@ -138,10 +192,15 @@ class _Deadlines:
         of large values draining slowly is not a hung server).
         """
         self._writeTimer = None
+        suspect, self._writeSuspect = self._writeSuspect, False
         taken = self._taken()
         if taken is not None and taken > self._takenAtCheck:
             self._takenAtCheck = taken
             self._writeTimer = self.clock.callLater(self.writeTimeout, self._writeTimedOut)
+            return
+        if not suspect:
+            self._writeSuspect = True
+            self._writeTimer = self.clock.callLater(0, self._writeTimedOut)
             return
         self.fail(
             "did not accept a write within %d ms" % (round(self.writeTimeout * 1000),),
@@ -344,6 +403,7 @@ class BackendProtocol(_Deadlines, Protocol):
 
     def resumeProducing(self):
         self.backedUp = False
+        self._writeSuspect = False
         if self._writeTimer is not None:
             self._writeTimer.cancel()
             self._writeTimer = None
@@ -422,7 +482,12 @@ class BackendProtocol(_Deadlines, Protocol):
         end = self.replied + len(self.waiting)
         stats = self.stats
         stats.requests += end - self.sent
-        self.batches.append((end, end - self.sent, self.clock.seconds()))
+        now = self.clock.seconds()
+        if self.sent == self.replied:
+            # The oldest request due is in this batch: the server has it
+            # from now, however long it waited here for this turn to end.
+            self.lastProgress = self.headSince = now
+        self.batches.append((end, end - self.sent, now))
         self.sent = end
         single = len(out) == 1
         size = len(out[0]) if single else sum(map(len, out))
@@ -773,12 +838,15 @@ class BackendPool:
         @return: a L{Deferred} firing with the ready L{BackendProtocol}:
             authenticated first when the address has credentials.
         """
-        creator = FastClientCreator(self.reactor, self.protocolClass, pool=self)
+        protocol = self.protocolClass(pool=self)
+        creator = FastClientCreator(self.reactor, lambda: protocol)
         address = self.address
         if address.kind == "unix":
-            d = creator.connectUNIX(address.path, timeout=self.connectTimeout)
+            d = creator.connectUNIX(address.path, timeout=None)
         else:
-            d = creator.connectTCP(address.host, address.port, timeout=self.connectTimeout)
+            d = creator.connectTCP(address.host, address.port, timeout=None)
+        if self.connectTimeout:
+            _ConnectDeadline(self.reactor, d, self.connectTimeout, protocol)
         self.attempts.add(d)
         d.addBoth(self._attemptDone, d)
         d.addCallback(self._opened)

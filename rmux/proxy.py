@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from rmux import commands as C
 from rmux import resp
+from rmux.flow import Admission, FlowControl
 from rmux.interfaces import IClient, ISinkProtocol
 from rmux.local import HANDLERS, echoToMonitors, monitored
 from rmux.replies import PipelineWaiter, ReplyQueue
@@ -46,7 +47,7 @@ _UNKNOWN = object()
 
 
 @implementer(IPushProducer, ISinkProtocol, IClient)
-class ClientProtocol(Protocol):
+class ClientProtocol(FlowControl, Protocol):
     """
     One client of rmux.
 
@@ -125,7 +126,8 @@ class ClientProtocol(Protocol):
         else:
             stats.clientErrors += 1
         self.replies.clear()
-        self.held = None
+        self.held = self.stashed = None
+        self.factory.admission.forget(self)
         self.session.close()
         self.leavePubSub()
         for timer in (self._timer, self._writeTimer):
@@ -137,6 +139,20 @@ class ClientProtocol(Protocol):
     def dataReceived(self, data):
         if self.closing:
             return
+        if len(data) > self.heavyRead:
+            if self.admit(data):
+                self.handleRead(data)
+                self.heavyHandled()
+            return
+        self.handleRead(data)
+
+    def admitted(self):
+        data = FlowControl.admitted(self)
+        if not self.closing:
+            self.handleRead(data)
+            self.heavyHandled()
+
+    def handleRead(self, data):
         self.lastActivity = self.clock.seconds()
         self.factory.stats.bytesIn += len(data)
         parser = self.parser
@@ -236,16 +252,6 @@ class ClientProtocol(Protocol):
     @property
     def protocolVersion(self):
         return self.session.protocolVersion
-
-    def repliesWritten(self, remaining):
-        """
-        The reply queue wrote what was at its head, C{remaining} replies
-        are still due: read again, or close, if that waited for it.
-        """
-        if self.readingPaused and remaining <= self.factory.maxPending // 2:
-            self._resumeReading()
-        if self.closeWhenDrained and not remaining:
-            self.transport.loseConnection()
 
     def closeAfterReplies(self):
         # Stop reading, and close once every queued reply has been written.
@@ -404,49 +410,6 @@ class ClientProtocol(Protocol):
         remaining = [t - quiet for t in (readTimeout, idleTimeout) if t and t > quiet]
         self._armTimer(min(remaining) if remaining else None)
 
-    # Flow control (IPushProducer)
-
-    def pauseProducing(self):
-        """
-        The client is not reading its replies as fast as they come: stop
-        reading its requests (so it cannot make rmux buffer without bound),
-        and give it the local write timeout to start again.
-        """
-        self.paused = True
-        self._pauseReading()
-        timeout = self.factory.localWriteTimeout
-        if timeout and self._writeTimer is None:
-            self._writeTimer = self.clock.callLater(timeout, self._writeTimedOut)
-
-    def resumeProducing(self):
-        self.paused = False
-        self.replies.pausedBytes = 0
-        if len(self.replies) <= self.factory.maxPending // 2:
-            self._resumeReading()
-        if self._writeTimer is not None:
-            self._writeTimer.cancel()
-            self._writeTimer = None
-
-    def stopProducing(self):
-        pass
-
-    def _pauseReading(self):
-        if not self.readingPaused and not self.disconnected:
-            self.readingPaused = True
-            self.transport.pauseProducing()
-
-    def _resumeReading(self):
-        if self.readingPaused and not self.disconnected and not self.paused:
-            self.readingPaused = False
-            self.transport.resumeProducing()
-
-    def _writeTimedOut(self):
-        self._writeTimer = None
-        self.factory.stats.localTimeouts += 1
-        self.log.info("closing client {id}: it stopped reading its replies", id=self.id)
-        self.transport.abortConnection()
-
-
 class ProxyFactory(Factory):
     """
     Serves one listener: holds its clients, its router and its settings.
@@ -480,6 +443,7 @@ class ProxyFactory(Factory):
         self.health = health
         self.hub = hub
         self.scripts = ScriptCache()
+        self.admission = Admission(reactor)
         self.clients = set()
         #: Clients that sent MONITOR (see rmux.local.echoToMonitors).
         self.monitors = set()
@@ -506,6 +470,17 @@ class ProxyFactory(Factory):
         self.idleTimeout = listener.idleTimeout / 1000.0
         self.maxClients = listener.maxClients
         self.clientOutputLimit = listener.clientOutputLimit
+        self.pubsubOutputLimits = (
+            listener.pubsubOutputLimit, listener.pubsubOutputSoftLimit,
+            listener.pubsubOutputSoftTime / 1000.0,
+        )
+        #: Held replies past this are checked against the output limits
+        #: even while the client reads.
+        self.softestOutputLimit = min(
+            [limit for limit in (self.clientOutputLimit, listener.pubsubOutputLimit,
+                                 listener.pubsubOutputSoftLimit) if limit]
+            or [float("inf")]
+        )
         self.shutdownTimeout = listener.shutdownTimeout / 1000.0
         self.plainArities = {}
         self.denied = C.deniedNames(self.table, listener.denyCommands)

@@ -55,7 +55,10 @@ class ReplyQueue:
     its output limit or close once everything is written.
     """
 
-    __slots__ = ("client", "transport", "stats", "slots", "pausedBytes", "mode")
+    __slots__ = (
+        "client", "transport", "stats", "slots", "pausedBytes", "mode", "held",
+        "softSince",
+    )
 
     def __init__(self, client, transport, stats):
         """
@@ -73,6 +76,12 @@ class ReplyQueue:
         #: CLIENT REPLY's: None (replies go out), "off" or "skip" (the
         #: next command's reply is dropped).
         self.mode = None
+        #: Bytes of replies that arrived but wait here, not yet written:
+        #: behind an earlier reply still due, or gathered for a pipeline.
+        self.held = 0
+        #: Since when a pub/sub client has been over its soft output
+        #: limit, or L{None}.
+        self.softSince = None
 
     def __len__(self):
         return len(self.slots)
@@ -131,6 +140,8 @@ class ReplyQueue:
         """
         slots = self.slots
         if not slots or slots[0] is not slot:
+            if slots:
+                self.hold(len(slot.data))
             return
         # A written slot keeps no reply: the connection affinity may hold
         # the slot until the client's next request, and a reply may be big.
@@ -140,6 +151,7 @@ class ReplyQueue:
         while slots and slots[0].data is not None:
             slot = slots.popleft()
             out.append(slot.data)
+            self.held -= len(slot.data)
             slot.data = WRITTEN
         client = self.client
         if client is None:
@@ -157,27 +169,62 @@ class ReplyQueue:
         if client.readingPaused or client.closeWhenDrained:
             client.repliesWritten(len(slots))
 
+    def hold(self, size):
+        """
+        C{size} more bytes of replies wait here; they count toward the
+        client's output limit like those its transport holds.
+        """
+        self.held += size
+        client = self.client
+        if client is not None and (client.paused or self.held > client.factory.softestOutputLimit):
+            self.checkOutputLimit()
+
+    def write(self, data):
+        """
+        Write part of the reply at the head now (a long pipeline's replies
+        as they come, instead of all of them at its end).
+        """
+        self.stats.bytesOut += len(data)
+        coalescer.write(self.transport, data)
+        if self.client.paused:
+            self.pausedBytes += len(data)
+            self.checkOutputLimit()
+
     def checkOutputLimit(self):
         """
-        Drop a client whose unsent replies exceed its listener's output
-        limit, before it eats the host's memory (Redis's
-        client-output-buffer-limit).
+        Drop a client whose replies not yet sent (held here, or in its
+        transport) exceed its output limit, before it eats the host's
+        memory: Redis's client-output-buffer-limit, with its classes (a
+        subscribed client has a hard and a soft limit of its own).
         """
         client = self.client
-        limit = client.factory.clientOutputLimit
-        if not limit:
-            return
+        factory = client.factory
         transport = self.transport
         buffered = unsentBytes(transport)
         if buffered is None:
             # A transport that does not say: what was written since it
             # paused the client is unsent, at the least.
             buffered = self.pausedBytes
-        if buffered > limit:
+        buffered += self.held
+        hub = factory.hub
+        if client.usedPubSub and hub is not None and hub.isSubscribed(client):
+            # Redis's pubsub client class.
+            hard, soft, seconds = factory.pubsubOutputLimits
+        else:
+            hard, soft, seconds = factory.clientOutputLimit, 0, 0
+        if soft and buffered > soft:
+            now = factory.reactor.seconds()
+            if self.softSince is None:
+                self.softSince = now
+            elif now - self.softSince >= seconds:
+                hard = soft
+        else:
+            self.softSince = None
+        if hard and buffered > hard:
             log.warn(
                 "closing client {id}: {buffered} bytes of replies unread, over "
-                "the client output limit of {limit}",
-                id=client.id, buffered=buffered, limit=limit,
+                "its output limit of {limit}",
+                id=client.id, buffered=buffered, limit=hard,
             )
             self.stats.outputLimitDrops += 1
             transport.abortConnection()
@@ -210,13 +257,20 @@ class PipelineWaiter:
     replies, then fills the pipeline's one slot with all of them.
     """
 
-    __slots__ = ("slot", "replies", "count", "stats")
+    __slots__ = ("slot", "replies", "count", "stats", "size", "counted")
+
+    #: Gathered replies past this size are not held until the pipeline's
+    #: end: written at once if the pipeline is at the head of its queue,
+    #: else counted toward the client's output limit.
+    gatherLimit = 64 * 1024
 
     def __init__(self, slot, count, stats):
         self.slot = slot
         self.replies = []
         self.count = count
         self.stats = stats
+        #: Bytes gathered, and how many of them the queue counts as held.
+        self.size = self.counted = 0
 
     @property
     def data(self):
@@ -226,11 +280,34 @@ class PipelineWaiter:
     def fill(self, reply):
         replies = self.replies
         replies.append(reply)
-        if len(replies) == self.count:
+        self.count -= 1
+        if not self.count:
             # The queue counts one response per slot.
-            self.stats.responses += self.count - 1
+            self.stats.responses += len(replies) - 1
             self.replies = None
-            self.slot.fill(b"".join(replies))
+            data = b"".join(replies)
+            self.slot.queue.held -= self.counted
+            self.slot.fill(data)
+            return
+        self.size += len(reply)
+        if self.size > self.gatherLimit:
+            self._overflow()
+
+    def _overflow(self):
+        slot = self.slot
+        queue = slot.queue
+        if queue.client is None:
+            return
+        if queue.slots and queue.slots[0] is slot:
+            queue.held -= self.counted
+            self.stats.responses += len(self.replies)
+            data = b"".join(self.replies)
+            self.replies = []
+            self.size = self.counted = 0
+            queue.write(data)
+        else:
+            queue.hold(self.size - self.counted)
+            self.counted = self.size
 
 
 @implementer(IReplyWaiter)

@@ -340,6 +340,19 @@ def _clients():
                 zero=ZERO_LITERAL, zeroMeans="unlimited",
                 help="Disconnect a client whose replies not yet sent exceed this size "
                      "(bytes, or with a unit such as 64mb); 0 = unlimited."),
+        Setting("pubsubOutputLimit", SIZE, 32 * 1024 * 1024, group=group,
+                zero=ZERO_LITERAL, zeroMeans="unlimited",
+                help="The output limit of a subscribed client, as Redis's "
+                     "client-output-buffer-limit pubsub hard limit; 0 = unlimited."),
+        Setting("pubsubOutputSoftLimit", SIZE, 8 * 1024 * 1024, group=group,
+                zero=ZERO_LITERAL, zeroMeans="none",
+                help="A subscribed client over this size of unsent replies for "
+                     "--pubsubOutputSoftTime is disconnected, as Redis's pubsub soft "
+                     "limit; 0 = none."),
+        Setting("pubsubOutputSoftTime", MILLISECONDS, 60000, group=group,
+                zero=ZERO_LITERAL,
+                help="How long (ms) a subscribed client may stay over "
+                     "--pubsubOutputSoftLimit; 0 = not at all."),
         Setting("maxBulkLength", SIZE, 512 * 1024 * 1024, group=group,
                 help="Longest argument a client may send, as Redis's "
                      "proto-max-bulk-len (bytes, or with a unit); 0 = {default}."),

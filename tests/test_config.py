@@ -3015,7 +3015,9 @@ class ClientLimitsTests(ErrorAssertions, SynchronousTestCase):
         )
         self.assertEqual(limits(listener), (1, 0, "redis:www-data", 1, 1, 1, 0))
         self.assertIn(
-            "maxClients=1, clientOutputLimit=0, socketOwner='redis:www-data'", repr(listener)
+            "maxClients=1, clientOutputLimit=0, pubsubOutputLimit=33554432, "
+            "pubsubOutputSoftLimit=8388608, pubsubOutputSoftTime=60000, "
+            "socketOwner='redis:www-data'", repr(listener)
         )
 
     def test_socketOwnerForms(self):

@@ -121,6 +121,9 @@ class MonitorTests(SynchronousTestCase):
         A server that never answers holds requests at most startupWait,
         then counts as up until a verdict says otherwise.
         """
+        self.monitor = HealthMonitor(
+            self.reactor, self.pools, interval=0.1, timeout=5.0, startupWait=1.0
+        )
         self.monitor.start()
         fired = []
         self.monitor.whenStarted().addCallback(fired.append)
@@ -170,6 +173,7 @@ class ReconfigureTests(SynchronousTestCase):
         self.assertTrue(self.monitor.isUp(self.pools[0]))
 
     def test_watchIsBounded(self):
+        self.monitor.configure(0.1, 5.0, 3, 2, 1.0)
         fired = []
         self.monitor.watch([self.pools[2]]).addCallback(fired.append)
         self.reactor.advance(0.99)

@@ -52,8 +52,26 @@ class FakePool:
         pass
 
 
-def connect(readTimeout=0.5, writeTimeout=0.5, transportClass=StringTransport):
-    clock = Clock()
+class TurnClock(Clock):
+    """
+    A L{Clock} that advances as the reactor's turns do: the calls due when
+    it advances run, and what they schedule waits for the next advance
+    (a reactor polls its sockets between the two).
+    """
+
+    def advance(self, amount):
+        self.rightNow += amount
+        self._sortCalls()
+        for call in [c for c in self.calls if c.getTime() <= self.rightNow]:
+            if call in self.calls:
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
+def connect(readTimeout=0.5, writeTimeout=0.5, transportClass=StringTransport,
+            clockClass=Clock):
+    clock = clockClass()
     protocol = BackendProtocol()
     protocol.pool = FakePool()
     protocol.clock = clock
@@ -169,6 +187,7 @@ class BackendProtocolTests(SynchronousTestCase):
         waiters = [Collector(), Collector()]
         for waiter in waiters:
             protocol.send(command(b"GET", b"a"), waiter)
+        clock.advance(0)  # the loop turn ends: the requests are sent
         clock.advance(0.49)
         self.assertIsNone(waiters[0].reply)
         clock.advance(0.01)
@@ -190,12 +209,73 @@ class BackendProtocolTests(SynchronousTestCase):
         waiters = [Collector(), Collector()]
         for waiter in waiters:
             protocol.send(command(b"GET", b"a"), waiter)
+        clock.advance(0)
         clock.advance(0.4)
         protocol.dataReceived(b"+OK\r\n")
         clock.advance(0.4)
         self.assertIsNone(waiters[1].reply)
         clock.advance(0.1)
         self.assertTrue(waiters[1].reply.startswith(b"-ERR rmux: backend"))
+
+    def test_readTimeoutStartsWhenSent(self):
+        """
+        The read timeout counts from when the request reached the server,
+        not from when a client gave it to rmux: a loop turn that takes
+        longer than the timeout is rmux's queueing, not the server's.
+        """
+        protocol, transport, clock = connect(readTimeout=0.5)
+        waiter = Collector()
+        protocol.send(command(b"GET", b"a"), waiter)
+        clock.advance(0.7)  # one long turn; its end flushes the request
+        self.assertIsNone(waiter.reply)
+        self.assertEqual(transport.value(), command(b"GET", b"a"))
+        clock.advance(0.45)
+        protocol.dataReceived(b"+OK\r\n")
+        self.assertEqual(waiter.reply, b"+OK\r\n")
+
+    def test_passedDeadlineWaitsOneTurn(self):
+        """
+        A deadline that has passed is judged one turn later, after the
+        reactor read what had arrived: what arrived in that turn counts.
+        """
+        protocol, transport, clock = connect(readTimeout=0.5, clockClass=TurnClock)
+        waiter = Collector()
+        protocol.send(command(b"GET", b"a"), waiter)
+        clock.advance(0)
+        clock.advance(0.5)
+        self.assertIsNone(waiter.reply)
+        protocol.dataReceived(b"+OK\r\n")
+        clock.advance(0)
+        self.assertEqual(waiter.reply, b"+OK\r\n")
+        self.assertFalse(transport.disconnecting)
+        # Nothing arrives in the turn after a deadline: the server is failed.
+        late = Collector()
+        protocol.send(command(b"GET", b"b"), late)
+        clock.advance(0)
+        clock.advance(0.5)
+        self.assertIsNone(late.reply)
+        clock.advance(0)
+        self.assertIn(b"did not reply within 500 ms", late.reply)
+        self.assertTrue(transport.disconnecting)
+
+    def test_progressInALongTurnCounts(self):
+        """
+        Bytes read early in a turn that then lasts long (thousands of
+        clients served in it) clear the suspicion, though by the turn's
+        end they are old.
+        """
+        protocol, transport, clock = connect(readTimeout=0.5, clockClass=TurnClock)
+        waiters = [Collector(), Collector()]
+        for waiter in waiters:
+            protocol.send(command(b"GET", b"a"), waiter)
+        clock.advance(0)
+        clock.advance(0.5)
+        protocol.dataReceived(b"+OK\r\n")
+        clock.advance(2.0)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0)
+        clock.advance(0)
+        self.assertIn(b"did not reply within 500 ms", waiters[1].reply)
 
     def test_trickledReplyHasALimit(self):
         """
@@ -205,6 +285,7 @@ class BackendProtocolTests(SynchronousTestCase):
         protocol, transport, clock = connect(readTimeout=0.5)
         waiter = Collector()
         protocol.send(command(b"GET", b"a"), waiter)
+        clock.advance(0)
         for _ in range(12):
             clock.advance(0.2)
             protocol.dataReceived(b"x" if protocol.framer.buffered else b"+x")

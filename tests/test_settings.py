@@ -124,7 +124,8 @@ class RuleTests(SynchronousTestCase):
             sorted(name for name, low in lows.items() if low == 0),
             sorted(["port", "maxProcesses", "pinnedWait", "startupWait", "localTimeout",
                     "localReadTimeout", "localWriteTimeout", "idleTimeout",
-                    "clientOutputLimit", "shutdownTimeout", "statsPort", "metricsPort"]))
+                    "clientOutputLimit", "pubsubOutputLimit", "pubsubOutputSoftLimit",
+                    "pubsubOutputSoftTime", "shutdownTimeout", "statsPort", "metricsPort"]))
 
     def test_shownDefaults(self):
         shown = {s.name: s.shownDefault() for s in settings.SETTINGS}

@@ -403,6 +403,11 @@ class ListenerConfig:
     @ivar clientOutputLimit: How many bytes of replies not yet sent a
         client may have; one that exceeds it is disconnected (and the
         service logs it).  0 = unlimited.
+    @ivar pubsubOutputLimit: The same for a subscribed client (Redis's
+        pubsub class: 32 MB).
+    @ivar pubsubOutputSoftLimit: A subscribed client may hold more than
+        this for L{pubsubOutputSoftTime} ms at most (Redis: 8 MB for 60 s).
+    @ivar pubsubOutputSoftTime: See L{pubsubOutputSoftLimit}.
     @ivar socketOwner: The owner of the unix socket file, C{"user"},
         C{"user:group"} or C{":group"}, each a name or a numeric id, or
         C{None} to leave the file to rmux's own user and group.  Only with
@@ -453,6 +458,9 @@ class ListenerConfig:
     denyCommands: str = _default("denyCommands")
     maxClients: int = _default("maxClients")
     clientOutputLimit: int = _default("clientOutputLimit")
+    pubsubOutputLimit: int = _default("pubsubOutputLimit")
+    pubsubOutputSoftLimit: int = _default("pubsubOutputSoftLimit")
+    pubsubOutputSoftTime: int = _default("pubsubOutputSoftTime")
     socketOwner: str | None = None
     maxBulkLength: int = _default("maxBulkLength")
     maxArguments: int = _default("maxArguments")
