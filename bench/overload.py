@@ -9,7 +9,9 @@ Loads (the overload issue's):
   - flood: 2,000 clients each write 1,000 pipelined GETs of 1 KB values and
     do not read for --hold seconds, then read everything;
   - slowloris: 8 clients each declare a 500 MB SET value and drip 100 MB of
-    it, slowly; reported: what rmux held, and what the clients were told.
+    it, slowly; reported: what rmux held, and what the clients were told;
+  - big: one client SETs a 400 MB value and GETs it back (peak RSS against
+    the value's size).
 Alongside each load, one well-behaved client does a GET every 10 ms.
 
 Run with nothing else running:
@@ -334,12 +336,48 @@ def slowloris(path, clients=8, declared=500 << 20, sent=100 << 20, seconds=20.0)
     return {"clients_closed": len(closed), "told": sorted(set(told))}
 
 
-LOADS = {"pipelined": pipelined, "flood": flood, "slowloris": slowloris}
+def bigValue(path, size=400 << 20):
+    """
+    SET a C{size}-byte value and GET it back, from one client.
+    """
+    value = b"b" * size
+    told = []
+    started = time.monotonic()
+    with connect(path, 120) as s:
+        s.sendall(command("SET", "bigvalue", value))
+        reader = hiredis.Reader()
+        reply = False
+        while reply is False:
+            reader.feed(s.recv(65536))
+            reply = reader.gets()
+        told.append(repr(reply)[:80])
+        s.sendall(command("GET", "bigvalue"))
+        got = bytearray()
+        header = b""
+        while b"\r\n" not in header:
+            header += s.recv(64)
+        line, rest = header.split(b"\r\n", 1)
+        got += rest
+        want = int(line[1:]) + 2 if line[:1] == b"$" else 0
+        while len(got) < want:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        told.append(line.decode(errors="replace")[:80])
+        same = bytes(got[:-2]) == value
+        s.sendall(command("DEL", "bigvalue"))
+        s.recv(64)
+    return {"value_mb": size >> 20, "told": told, "same": same,
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+LOADS = {"pipelined": pipelined, "flood": flood, "slowloris": slowloris, "big": bigValue}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--loads", default="pipelined,flood,slowloris")
+    parser.add_argument("--loads", default="pipelined,flood,slowloris,big")
     parser.add_argument("--targets", default="rmux,direct")
     parser.add_argument("--hold", type=float, default=20.0, help="flood: seconds unread")
     parser.add_argument("--quick", action="store_true", help="a tenth of each load")
@@ -366,7 +404,8 @@ def main(argv=None):
                 if options.quick:
                     kwargs = {"pipelined": {"total": 20000, "clients": 20},
                               "flood": {"clients": 200, "hold": 2.0},
-                              "slowloris": {"sent": 10 << 20, "seconds": 2.0}}[load]
+                              "slowloris": {"sent": 10 << 20, "seconds": 2.0},
+                              "big": {"size": 40 << 20}}[load]
                 elif load == "flood":
                     kwargs = {"hold": options.hold}
                 before = lab.logEvents()

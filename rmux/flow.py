@@ -22,6 +22,8 @@ from collections import deque
 
 from twisted.logger import Logger
 
+from rmux.resp import errorReply
+
 log = Logger()
 
 
@@ -132,6 +134,56 @@ class FlowControl:
     heavyRead = 4096
     heavy = False
     stashed = None
+    #: Bytes held of this client's incomplete request, and since when.
+    partial = 0
+    partialSince = None
+
+    # What rmux holds of requests not yet complete
+
+    def measureRequest(self, now, completed):
+        """
+        Count what the parser holds of an incomplete request, toward the
+        client's query buffer limit and the listener's total (Redis's
+        client-query-buffer-limit, and maxmemory-clients's closing of the
+        client that holds the most).
+
+        @param completed: whether this read completed a command (so an
+            incomplete request left now started in it).
+        """
+        buffered = self.parser.buffered
+        factory = self.factory
+        factory.partialBytes += buffered - self.partial
+        self.partial = buffered
+        if not buffered:
+            self.partialSince = None
+            return
+        if completed or self.partialSince is None:
+            self.partialSince = now
+        limit = factory.clientQueryBufferLimit
+        if limit and buffered > limit:
+            self.dropRequest(
+                "rmux: request over the query buffer limit (clientQueryBufferLimit, "
+                "%d bytes)" % (limit,)
+            )
+        elif factory.queryBuffersLimit and factory.partialBytes > factory.queryBuffersLimit:
+            factory.dropBiggestRequest()
+
+    def dropRequest(self, why):
+        """
+        Give up on the client's incomplete request: free what it holds,
+        tell the client why, and close it.
+        """
+        log.warn("closing client {id}: {why}", id=self.id, why=why)
+        self.forgetRequest()
+        self.parser = self.factory.makeParser()
+        self.sink = None
+        self.reply(errorReply(why))
+        self.closeAfterReplies()
+
+    def forgetRequest(self):
+        self.factory.partialBytes -= self.partial
+        self.partial = 0
+        self.partialSince = None
 
     def admit(self, data):
         """

@@ -128,6 +128,7 @@ class ClientProtocol(FlowControl, Protocol):
         self.replies.clear()
         self.held = self.stashed = None
         self.factory.admission.forget(self)
+        self.forgetRequest()
         self.session.close()
         self.leavePubSub()
         for timer in (self._timer, self._writeTimer):
@@ -153,11 +154,15 @@ class ClientProtocol(FlowControl, Protocol):
             self.heavyHandled()
 
     def handleRead(self, data):
-        self.lastActivity = self.clock.seconds()
+        now = self.lastActivity = self.clock.seconds()
         self.factory.stats.bytesIn += len(data)
         parser = self.parser
         commands = parser.feed(data)
         self.sink = parser.sink
+        if self.partial or parser.buffered:
+            self.measureRequest(now, commands)
+            if self.closing:
+                return
         if parser.wholeFeed and self._passThrough(commands, data):
             pass
         elif parser.wholeFeed and len(commands) == 1:
@@ -194,10 +199,11 @@ class ClientProtocol(FlowControl, Protocol):
         if self.closing:
             self.sink = None
             return
-        self.lastActivity = self.clock.seconds()
+        now = self.lastActivity = self.clock.seconds()
         self.factory.stats.bytesIn += size
         parser = self.parser
         parser.bodyReceived(size)
+        self.measureRequest(now, False)
         self.sink = parser.sink
 
     def _passThrough(self, commands, data):
@@ -396,18 +402,22 @@ class ClientProtocol(FlowControl, Protocol):
         if self.disconnected or self.closing:
             return
         factory = self.factory
-        quiet = self.clock.seconds() - self.lastActivity
+        now = self.clock.seconds()
+        quiet = now - self.lastActivity
         readTimeout, idleTimeout = factory.localReadTimeout, factory.idleTimeout
-        if readTimeout and self.parser.buffered and quiet >= readTimeout:
+        # A request must be complete within the read timeout of its first byte.
+        started = self.partialSince
+        reading = now - started if started is not None else 0.0
+        if readTimeout and started is not None and reading >= readTimeout:
             factory.stats.localTimeouts += 1
-            self.reply(errorReply("rmux: request not completed within the local read timeout"))
-            self.closeAfterReplies()
+            self.dropRequest("rmux: request not completed within the local read timeout")
             return
         if idleTimeout and not self.replies and quiet >= idleTimeout:
             factory.stats.localTimeouts += 1
             self.transport.loseConnection()
             return
-        remaining = [t - quiet for t in (readTimeout, idleTimeout) if t and t > quiet]
+        remaining = [t - spent for t, spent in ((readTimeout, reading), (idleTimeout, quiet))
+                     if t and t > spent]
         self._armTimer(min(remaining) if remaining else None)
 
 class ProxyFactory(Factory):
@@ -444,6 +454,8 @@ class ProxyFactory(Factory):
         self.hub = hub
         self.scripts = ScriptCache()
         self.admission = Admission(reactor)
+        #: Bytes held of incomplete requests, over every client.
+        self.partialBytes = 0
         self.clients = set()
         #: Clients that sent MONITOR (see rmux.local.echoToMonitors).
         self.monitors = set()
@@ -470,6 +482,8 @@ class ProxyFactory(Factory):
         self.idleTimeout = listener.idleTimeout / 1000.0
         self.maxClients = listener.maxClients
         self.clientOutputLimit = listener.clientOutputLimit
+        self.clientQueryBufferLimit = listener.clientQueryBufferLimit
+        self.queryBuffersLimit = listener.queryBuffersLimit
         self.pubsubOutputLimits = (
             listener.pubsubOutputLimit, listener.pubsubOutputSoftLimit,
             listener.pubsubOutputSoftTime / 1000.0,
@@ -534,6 +548,19 @@ class ProxyFactory(Factory):
         """
         delays = [t for t in (self.localReadTimeout, self.idleTimeout) if t]
         return min(delays) if delays else None
+
+    def dropBiggestRequest(self):
+        """
+        Incomplete requests hold more than C{queryBuffersLimit}: close the
+        client that holds the most, unless it is the only one holding any.
+        """
+        holding = [client for client in self.clients if client.partial]
+        if len(holding) > 1:
+            max(holding, key=lambda client: client.partial).dropRequest(
+                "rmux: incomplete requests hold more than queryBuffersLimit (%d bytes) "
+                "over all clients; closing the client holding the most"
+                % (self.queryBuffersLimit,)
+            )
 
     def clientConnected(self, client):
         self.clients.add(client)

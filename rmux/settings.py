@@ -353,6 +353,15 @@ def _clients():
                 zero=ZERO_LITERAL,
                 help="How long (ms) a subscribed client may stay over "
                      "--pubsubOutputSoftLimit; 0 = not at all."),
+        Setting("clientQueryBufferLimit", SIZE, 1024 * 1024 * 1024, group=group,
+                zero=ZERO_LITERAL, zeroMeans="unlimited",
+                help="Close a client holding more than this of an incomplete request, "
+                     "as Redis's client-query-buffer-limit; 0 = unlimited."),
+        Setting("queryBuffersLimit", SIZE, 256 * 1024 * 1024, group=group,
+                zero=ZERO_LITERAL, zeroMeans="unlimited",
+                help="Most memory all clients' incomplete requests may hold in one rmux "
+                     "process; past it the client holding the most is closed with an "
+                     "error, unless it is the only one; 0 = unlimited."),
         Setting("maxBulkLength", SIZE, 512 * 1024 * 1024, group=group,
                 help="Longest argument a client may send, as Redis's "
                      "proto-max-bulk-len (bytes, or with a unit); 0 = {default}."),

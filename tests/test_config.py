@@ -3017,6 +3017,7 @@ class ClientLimitsTests(ErrorAssertions, SynchronousTestCase):
         self.assertIn(
             "maxClients=1, clientOutputLimit=0, pubsubOutputLimit=33554432, "
             "pubsubOutputSoftLimit=8388608, pubsubOutputSoftTime=60000, "
+            "clientQueryBufferLimit=1073741824, queryBuffersLimit=268435456, "
             "socketOwner='redis:www-data'", repr(listener)
         )
 

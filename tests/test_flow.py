@@ -6,6 +6,10 @@ the output limits count every reply rmux holds for a client.
 import socket
 
 from twisted.internet import reactor
+from twisted.internet.address import UNIXAddress
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
@@ -15,6 +19,7 @@ from rmux.flow import Admission
 from rmux.resp import encodeCommand
 from tests.redisserver import startRedis
 from tests.test_integration import ThreadedClients, startRmux
+from tests.test_proxy import makeClient
 
 
 class FakeClient:
@@ -268,3 +273,89 @@ class OutputLimitTests(TestCase):
         self.assertEqual(len(self.closings), 1)
         self.assertGreater(self.closings[0], 2 << 20)
         self.assertLess(self.closings[0], 3 << 20)
+
+
+class RequestLimitTests(SynchronousTestCase):
+    """
+    What rmux holds of incomplete requests, with a Clock and string
+    transports.
+    """
+
+    def test_readTimeoutFromTheFirstByte(self):
+        """
+        A request must be complete within the local read timeout of its
+        first byte, however steadily its bytes trickle in.
+        """
+        client, transport, router, clock = makeClient(localReadTimeout="500")
+        client.dataReceived(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\n")
+        for _ in range(4):
+            clock.advance(0.1)
+            client.dataReceived(b"x")
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertEqual(
+            transport.value(),
+            b"-ERR rmux: request not completed within the local read timeout\r\n",
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_nextRequestStartsItsOwnClock(self):
+        """
+        A read that completes one request and starts another starts the
+        other's clock.
+        """
+        client, transport, router, clock = makeClient(localReadTimeout="500")
+        client.dataReceived(b"*2\r\n$3\r\nGET\r\n")
+        clock.advance(0.4)
+        client.dataReceived(b"$1\r\na\r\n*2\r\n$3\r\nGET\r\n")
+        clock.advance(0.4)
+        self.assertFalse(client.closing)
+        clock.advance(0.1)
+        self.assertTrue(client.closing)
+        # The first GET's reply is still owed: it goes out before the error.
+        router.routed[0][1].fill(b"$1\r\nv\r\n")
+        self.assertEqual(
+            transport.value(),
+            b"$1\r\nv\r\n"
+            b"-ERR rmux: request not completed within the local read timeout\r\n",
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_queryBufferLimit(self):
+        """
+        A client holding more than its query buffer limit of an incomplete
+        request is told why and closed, and what it held is let go.
+        """
+        client, transport, router, clock = makeClient(clientQueryBufferLimit="1kb")
+        client.dataReceived(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5000\r\n" + b"x" * 900)
+        self.assertFalse(transport.disconnecting)
+        client.dataReceived(b"x" * 200)
+        self.assertEqual(
+            transport.value(),
+            b"-ERR rmux: request over the query buffer limit (clientQueryBufferLimit, "
+            b"1024 bytes)\r\n",
+        )
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(client.factory.partialBytes, 0)
+
+    def test_totalOverClients(self):
+        """
+        Past the total for incomplete requests, the client holding the most
+        is closed with an error; a lone client may hold more.
+        """
+        first, firstTransport, router, clock = makeClient(queryBuffersLimit="10kb")
+        factory = first.factory
+        second = factory.buildProtocol(UNIXAddress(None))
+        secondTransport = StringTransport()
+        second.makeConnection(secondTransport)
+        header = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000\r\n"
+        first.dataReceived(header + b"x" * 12000)
+        self.assertFalse(firstTransport.disconnecting)
+        second.dataReceived(header + b"x" * 3000)
+        self.assertTrue(firstTransport.disconnecting)
+        self.assertIn(b"more than queryBuffersLimit", firstTransport.value())
+        self.assertFalse(secondTransport.disconnecting)
+        self.assertEqual(factory.partialBytes, second.partial)
+        second.connectionLost(Failure(ConnectionDone()))
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(factory.partialBytes, 0)

@@ -125,7 +125,8 @@ class RuleTests(SynchronousTestCase):
             sorted(["port", "maxProcesses", "pinnedWait", "startupWait", "localTimeout",
                     "localReadTimeout", "localWriteTimeout", "idleTimeout",
                     "clientOutputLimit", "pubsubOutputLimit", "pubsubOutputSoftLimit",
-                    "pubsubOutputSoftTime", "shutdownTimeout", "statsPort", "metricsPort"]))
+                    "pubsubOutputSoftTime", "clientQueryBufferLimit", "queryBuffersLimit",
+                    "shutdownTimeout", "statsPort", "metricsPort"]))
 
     def test_shownDefaults(self):
         shown = {s.name: s.shownDefault() for s in settings.SETTINGS}

@@ -95,6 +95,8 @@ PARAMETER_CASES = [
     ("pubsubOutputLimit", "64mb", lambda c: c.listeners[0].pubsubOutputLimit, 67108864),
     ("pubsubOutputSoftLimit", "0", lambda c: c.listeners[0].pubsubOutputSoftLimit, 0),
     ("pubsubOutputSoftTime", "5000", lambda c: c.listeners[0].pubsubOutputSoftTime, 5000),
+    ("clientQueryBufferLimit", "2gb", lambda c: c.listeners[0].clientQueryBufferLimit, 2 << 30),
+    ("queryBuffersLimit", "0", lambda c: c.listeners[0].queryBuffersLimit, 0),
     ("socketOwner", "redis:www-data", lambda c: c.listeners[0].socketOwner, "redis:www-data"),
     ("maxBulkLength", "1gb", lambda c: c.listeners[0].maxBulkLength, 1073741824),
     ("maxArguments", "64", lambda c: c.listeners[0].maxArguments, 64),

@@ -408,6 +408,12 @@ class ListenerConfig:
     @ivar pubsubOutputSoftLimit: A subscribed client may hold more than
         this for L{pubsubOutputSoftTime} ms at most (Redis: 8 MB for 60 s).
     @ivar pubsubOutputSoftTime: See L{pubsubOutputSoftLimit}.
+    @ivar clientQueryBufferLimit: The most one client's incomplete request
+        may hold, in bytes (Redis's C{client-query-buffer-limit}); 0 =
+        unlimited.
+    @ivar queryBuffersLimit: The most all clients' incomplete requests may
+        hold in one process; past it, the client holding the most is
+        closed, unless it is the only one; 0 = unlimited.
     @ivar socketOwner: The owner of the unix socket file, C{"user"},
         C{"user:group"} or C{":group"}, each a name or a numeric id, or
         C{None} to leave the file to rmux's own user and group.  Only with
@@ -461,6 +467,8 @@ class ListenerConfig:
     pubsubOutputLimit: int = _default("pubsubOutputLimit")
     pubsubOutputSoftLimit: int = _default("pubsubOutputSoftLimit")
     pubsubOutputSoftTime: int = _default("pubsubOutputSoftTime")
+    clientQueryBufferLimit: int = _default("clientQueryBufferLimit")
+    queryBuffersLimit: int = _default("queryBuffersLimit")
     socketOwner: str | None = None
     maxBulkLength: int = _default("maxBulkLength")
     maxArguments: int = _default("maxArguments")
