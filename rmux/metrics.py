@@ -321,7 +321,8 @@ class SnapshotCollector:
          "Connections with a reply due, or dedicated to one client.",
          "connectionsInUse"),
         ("rmux_backend_pinned_connections",
-         "Connections dedicated to one client (transactions, blocking commands).",
+         "Connections dedicated to one client now (transactions, blocking commands); "
+         "idle ones kept for the next are not counted.",
          "pinned"),
         ("rmux_backend_in_queue",
          "Requests not yet written: waiting for a connection or held on one.",

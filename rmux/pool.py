@@ -232,6 +232,9 @@ class BackendProtocol(_Deadlines, Protocol):
     readTimeout = settings.seconds("remoteReadTimeout")
     writeTimeout = settings.seconds("remoteWriteTimeout")
     dedicated = False
+    #: Whether the batch being written holds a blocking command (set by
+    #: L{rmux.session}; the flush takes it back).
+    blocking = False
     failure = None
     retiring = False
     _takenAtCheck = None
@@ -372,7 +375,8 @@ class BackendProtocol(_Deadlines, Protocol):
         batches = self.batches
         while batches and batches[0][0] <= replied:
             end, count, sentAt = batches.popleft()
-            stats.latency.observe(now - sentAt, count)
+            if sentAt is not None:
+                stats.latency.observe(now - sentAt, count)
 
     def connectionLost(self, reason):
         if not self.broken and not reason.check(ConnectionAborted):
@@ -487,7 +491,9 @@ class BackendProtocol(_Deadlines, Protocol):
             # The oldest request due is in this batch: the server has it
             # from now, however long it waited here for this turn to end.
             self.lastProgress = self.headSince = now
-        self.batches.append((end, end - self.sent, now))
+        # A blocking command's wait is not the server's latency.
+        self.batches.append((end, end - self.sent, None if self.blocking else now))
+        self.blocking = False
         self.sent = end
         single = len(out) == 1
         size = len(out[0]) if single else sum(map(len, out))

@@ -385,6 +385,7 @@ class Session:
         def run(connection):
             connection.readTimeout = blockingReadTimeout(args, spec.name, pool.readTimeout)
             self.blockedOn = connection
+            connection.blocking = True
             self.sendDedicated(connection, args, _Blocked(self, slot, connection, pin is None))
 
         if pin is not None and pin.pool is pool:

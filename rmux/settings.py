@@ -318,8 +318,11 @@ def _clients():
         Setting("requirepass", STRING, None, group=group, secret=True,
                 help="Password clients must send with AUTH, as Redis's requirepass (the "
                      "default user's). Other local users can read a command line (ps): "
-                     "prefer \"requirepass\" in the --config file, which also takes "
-                     "ACL-style users. Default: none, no AUTH needed."),
+                     "prefer --requirepassFile, or \"requirepass\" in the --config file, "
+                     "which also takes ACL-style users. Default: none, no AUTH needed."),
+        Setting("requirepassFile", STRING, None, group=group, scope=COMMAND, json=False,
+                help="A file holding the password for --requirepass (one line), so the "
+                     "password is not on the command line."),
         Setting("users", USERS, (), group=group, flag=False, secret=True,
                 help="ACL-style users, each a name and a password, for AUTH name "
                      "password (JSON file only)."),

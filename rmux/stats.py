@@ -158,6 +158,8 @@ def _backendSnapshot(pool, check, state):
     inQueue = sum(entry[4] for entry in pool.waitingForConnection) + sum(
         c.load - len(c.waiting) for c in connections
     )
+    # Dedicated connections kept open for the next client are not in use.
+    pinnedInUse = pool.pinned - len(pool.idlePinned)
     return {
         "address": str(pool.address),
         "name": pool.address.name or str(pool.address),
@@ -165,8 +167,8 @@ def _backendSnapshot(pool, check, state):
         "ejections": check.ejections if check is not None else 0,
         "ejectedAt": check.ejectedAt if check is not None else 0.0,
         "connections": len(connections),
-        "connectionsInUse": sum(1 for c in connections if c.waiting) + pool.pinned,
-        "pinned": pool.pinned,
+        "connectionsInUse": sum(1 for c in connections if c.waiting) + pinnedInUse,
+        "pinned": pinnedInUse,
         "inQueue": inQueue,
         "inQueueBytes": sum(_size(entry[0]) for entry in pool.waitingForConnection)
         + sum(_unwritten(c) for c in connections),

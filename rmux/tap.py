@@ -37,6 +37,7 @@ import rmux
 from rmux import logs
 from rmux import settings
 from rmux.config import FLAG_NAMES, ConfigError, RmuxConfig, fromFlags, parseFlagBoolean
+from rmux.config.flags import passwordsOnCommandLine
 
 __all__ = ["Options", "CPUProfiledService", "describeConfig", "makeService"]
 
@@ -216,7 +217,9 @@ class Options(usage.Options):
             is valid, 1 when not.
         """
         try:
-            self.config = fromFlags({name: self[name] for name in FLAG_NAMES})
+            values = {name: self[name] for name in FLAG_NAMES}
+            self.config = fromFlags(values)
+            self.passwordFlags = passwordsOnCommandLine(values)
         except ConfigError as e:
             if self["checkConfig"]:
                 print(f"rmux: configuration error: {e}", file=sys.stderr)
@@ -398,6 +401,14 @@ def makeService(options: Options, reactor=None):
 
     config = options.config
     logs.configureLogging(config, reactor)
+    shown = getattr(options, "passwordFlags", ())
+    if shown:
+        Logger().warn(
+            "a password is on the command line ({flags}), where every local user can "
+            "read it (ps, /proc/PID/cmdline): use --requirepassFile, or the --config "
+            "file for backend passwords",
+            flags=", ".join(shown),
+        )
     rmuxService = application.makeService(config, reactor=reactor)
     if config.cpuProfile is None:
         return rmuxService

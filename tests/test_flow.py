@@ -359,3 +359,36 @@ class RequestLimitTests(SynchronousTestCase):
         second.connectionLost(Failure(ConnectionDone()))
         first.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(factory.partialBytes, 0)
+
+
+class GaugeTests(TestCase):
+    """
+    Operators' gauges after blocking commands.
+    """
+
+    @inlineCallbacks
+    def test_pinnedDropsWhenClientsLeave(self):
+        """
+        Five clients' BLPOPs end and the clients leave: no dedicated
+        connection counts as in use, though they are kept open for the next
+        ones; and the waits are not in the backend's latency.
+        """
+        from rmux.stats import listenerSnapshot
+
+        server = startRedis(self)
+        rmux = startRmux(self, [server])
+        threads = ThreadedClients(self, size=5)
+        replies = yield DeferredList([
+            threads.run(lambda: readReplies(
+                sendOnly(rmux.path, command("BLPOP", "nothing", "0.2")), 1))
+            for _ in range(5)
+        ])
+        self.assertEqual([r for ok, r in replies], [[None]] * 5)
+        deadline = reactor.seconds() + 5
+        while rmux.factory.clients and reactor.seconds() < deadline:
+            yield deferLater(reactor, 0.05, lambda: None)
+        (pool,) = rmux.pools
+        self.assertEqual(pool.pinned, 5)
+        (backend,) = listenerSnapshot(rmux.factory, rmux.pools, None)["backends"]
+        self.assertEqual((backend["pinned"], backend["connectionsInUse"]), (0, 0))
+        self.assertLess(pool.stats.latency.sum, 0.2)

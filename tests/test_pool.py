@@ -277,6 +277,25 @@ class BackendProtocolTests(SynchronousTestCase):
         clock.advance(0)
         self.assertIn(b"did not reply within 500 ms", waiters[1].reply)
 
+    def test_blockingWaitIsNotLatency(self):
+        """
+        The batch holding a blocking command is not counted in the latency
+        histogram (its wait is the command's, not the server's); the next
+        batch is.
+        """
+        protocol, transport, clock = connect(readTimeout=0)
+        protocol.blocking = True
+        protocol.send(command(b"BLPOP", b"l", b"0"), Collector())
+        clock.advance(0)
+        clock.advance(30)
+        protocol.dataReceived(b"*-1\r\n")
+        self.assertEqual(protocol.stats.latency.count, 0)
+        protocol.send(command(b"GET", b"a"), Collector())
+        clock.advance(0)
+        clock.advance(0.01)
+        protocol.dataReceived(b"$-1\r\n")
+        self.assertEqual(protocol.stats.latency.count, 1)
+
     def test_trickledReplyHasALimit(self):
         """
         Bytes that keep coming without completing the reply do not hold the

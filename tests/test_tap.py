@@ -137,7 +137,7 @@ class OptionsTests(SynchronousTestCase):
         for name in FLAG_NAMES:
             self.assertIn(name, options)
         covered = {case[0] for case in PARAMETER_CASES} | {case[0] for case in FLAG_CASES}
-        self.assertEqual(covered | {"config"}, set(FLAG_NAMES))
+        self.assertEqual(covered | {"config", "requirepassFile"}, set(FLAG_NAMES))
 
     def test_dashed(self):
         self.assertEqual(tap.dashed("remoteReadTimeout"), "remote-read-timeout")
@@ -453,8 +453,8 @@ class AuthenticationOptionsTests(SynchronousTestCase):
         self.assertIn(
             "--requirepass= Password clients must send with AUTH, as Redis's requirepass", text
         )
-        self.assertIn('Other local users can read a command line (ps): prefer "requirepass"', text)
-        self.assertIn("Default: none, no AUTH needed. --maxClients=", text)
+        self.assertIn('Other local users can read a command line (ps): prefer --requirepassFile', text)
+        self.assertIn("Default: none, no AUTH needed. --requirepassFile=", text)
         self.assertIn(
             "(transactions after WATCH/MULTI, blocking commands); 0 = 32. [default: 32]", text
         )
@@ -517,6 +517,64 @@ class AuthenticationOptionsTests(SynchronousTestCase):
         for secret in ("hunter2", "s3cret"):
             self.assertNotIn(secret, repr(options.config))
             self.assertNotIn(secret, str(options.config))
+
+
+class PasswordFileTests(SynchronousTestCase):
+    """
+    C{--requirepassFile}: the password out of the command line.
+    """
+
+    def passwordFile(self, content):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(content)
+        return path
+
+    def test_readsTheFirstLine(self):
+        path = self.passwordFile("hunter2\nignored\n")
+        options = parse("--requirepassFile", path)
+        self.assertEqual(options.config.listeners[0].requirepass, "hunter2")
+        self.assertEqual(options.passwordFlags, [])
+
+    def test_refusals(self):
+        """
+        A file that cannot be read or holds nothing, or a password given
+        both ways, is refused, naming the file.
+        """
+        missing = self.mktemp()
+        for arguments, message in [
+            (("--requirepassFile", missing),
+             "--requirepassFile: cannot read %s: No such file or directory" % (missing,)),
+            (("--requirepassFile", self.passwordFile("\n")),
+             "holds no password"),
+            (("--requirepassFile", self.passwordFile("a\n"), "--requirepass", "b"),
+             "--requirepassFile: not used with --requirepass; give the password one way"),
+        ]:
+            with self.assertRaises(usage.UsageError) as caught:
+                parse(*arguments)
+            self.assertIn(message, str(caught.exception))
+
+    def test_warnsOfPasswordsOnTheCommandLine(self):
+        """
+        A password given as a flag, or in a backend URL on the command
+        line, is warned of once at start.
+        """
+        from rmux import application
+
+        self.patch(application, "makeService", lambda config, reactor=None: "service")
+        self.patch(logs, "configureLogging", lambda *args: None)
+        events = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        options = parse("--requirepass", "s3cret",
+                        "--tcpConnections", "redis://:pw@127.0.0.1:6379")
+        tap.makeService(options, Clock())
+        warnings = [formatEvent(e) for e in events if "command line" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("--requirepass, --tcpConnections", warnings[0])
+        self.assertNotIn("s3cret", warnings[0])
 
 
 class ClientLimitsOptionsTests(SynchronousTestCase):

@@ -25,7 +25,8 @@ when no backend list at all was given (see L{fromFlags}).
 """
 
 FLAG_NAMES = tuple(
-    s.name for s in settings.flagSettings() if s.scope != settings.COMMAND or s.name == "config"
+    s.name for s in settings.flagSettings()
+    if s.scope != settings.COMMAND or s.name in ("config", "requirepassFile")
 )
 """Every flag L{fromFlags} understands, in rmux's spelling."""
 
@@ -34,7 +35,7 @@ _LISTENER_FLAGS = tuple(
 )
 _GLOBAL_FLAGS = tuple(s for s in settings.flagSettings() if s.scope == settings.GLOBAL)
 #: Flags read as paths or names, where an empty value means "not given".
-_EMPTY_IS_ABSENT = ("socket", "config", "graphite", "cpuProfile")
+_EMPTY_IS_ABSENT = ("socket", "config", "graphite", "cpuProfile", "requirepassFile")
 
 # Go's strconv.ParseBool, which rmux's boolean flags use.
 _TRUE = frozenset(["1", "t", "T", "TRUE", "true", "True"])
@@ -132,6 +133,8 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
     for name in _EMPTY_IS_ABSENT:
         if given.get(name) == "":
             del given[name]
+    if "requirepassFile" in given:
+        given["requirepass"] = _passwordFromFile(given, "requirepassFile", "requirepass")
     if "config" in given and not isinstance(given["config"], str):
         raise ConfigError(f"--config: must be a string, got {given['config']!r}")
     if "config" in given and "requirepass" in given:
@@ -160,6 +163,42 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
         if "config" not in given and message.startswith("listener 1: "):
             message = message[len("listener 1: "):]
         raise ConfigError(message) from None
+
+
+def _passwordFromFile(given: dict[str, Any], fileFlag: str, flag: str) -> str:
+    """
+    The password in the file C{given[fileFlag]}: its first line, without
+    its line ending.  The flag it stands for may not be given too.
+    """
+    path = given.pop(fileFlag)
+    if flag in given:
+        raise ConfigError(f"--{fileFlag}: not used with --{flag}; give the password one way")
+    try:
+        with open(path, encoding="utf-8") as f:
+            password = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"--{fileFlag}: cannot read {path}: {getattr(e, 'strerror', None) or e}"
+        ) from None
+    if not password:
+        raise ConfigError(f"--{fileFlag}: {path} holds no password")
+    return password
+
+
+def passwordsOnCommandLine(values: Mapping[str, Any]) -> list[str]:
+    """
+    The flags among C{values} (as L{fromFlags} takes them) that carry a
+    password on the command line, where every local user can read it
+    (C{ps}, C{/proc/PID/cmdline}).
+    """
+    found = []
+    if values.get("requirepass"):
+        found.append("--requirepass")
+    for name in ("tcpConnections", "unixConnections"):
+        value = values.get(name)
+        if isinstance(value, str) and "@" in value and "://" in value:
+            found.append(f"--{name}")
+    return found
 
 
 def _globals(given: Mapping[str, Any]) -> dict[str, Any]:
