@@ -53,11 +53,23 @@ def freePort():
         return s.getsockname()[1]
 
 
-def connect(path, timeout=None):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(timeout)
-    s.connect(path)
-    return s
+def connect(path, timeout=None, patience=30.0):
+    """
+    A connection to C{path}, retried while the server's listen backlog is
+    full (it accepts slower than 2,000 clients connect).
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+            return s
+        except BlockingIOError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def ask(path, *args):

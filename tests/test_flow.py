@@ -392,3 +392,45 @@ class GaugeTests(TestCase):
         (backend,) = listenerSnapshot(rmux.factory, rmux.pools, None)["backends"]
         self.assertEqual((backend["pinned"], backend["connectionsInUse"]), (0, 0))
         self.assertLess(pool.stats.latency.sum, 0.2)
+
+
+class SubscribedHub:
+    """
+    A hub for which every client is subscribed.
+    """
+
+    def isSubscribed(self, client):
+        return True
+
+
+class SoftLimitTests(SynchronousTestCase):
+    def test_pubsubSoftLimit(self):
+        """
+        A subscribed client may stay over the soft limit for the soft time,
+        not longer; dropping under it starts the time again.
+        """
+        from tests.transports import BufferedTransport
+
+        client, transport, router, clock = makeClient(
+            transportClass=BufferedTransport, pubsubOutputSoftLimit="1kb",
+            pubsubOutputSoftTime="1000",
+        )
+        client.factory.hub = SubscribedHub()
+        client.usedPubSub = True
+        client.pauseProducing()
+        transport._tempDataLen = 2000
+        client.reply(b"+x\r\n")
+        clock.advance(0.9)
+        client.reply(b"+x\r\n")
+        self.assertFalse(transport.disconnecting)
+        transport._tempDataLen = 10
+        client.reply(b"+x\r\n")
+        transport._tempDataLen = 2000
+        clock.advance(0.5)
+        client.reply(b"+x\r\n")
+        clock.advance(0.6)
+        client.reply(b"+x\r\n")
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.5)
+        client.reply(b"+x\r\n")
+        self.assertTrue(transport.disconnecting)
