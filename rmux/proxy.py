@@ -203,8 +203,8 @@ class ClientProtocol(FlowControl, Protocol):
         self.factory.stats.bytesIn += size
         parser = self.parser
         parser.bodyReceived(size)
-        self.measureRequest(now, False)
         self.sink = parser.sink
+        self.measureRequest(now, False)
 
     def _passThrough(self, commands, data):
         """

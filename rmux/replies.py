@@ -297,6 +297,9 @@ class PipelineWaiter:
         slot = self.slot
         queue = slot.queue
         if queue.client is None:
+            # The client has gone: keep nothing for it.
+            self.replies = []
+            self.size = self.counted = 0
             return
         if queue.slots and queue.slots[0] is slot:
             queue.held -= self.counted

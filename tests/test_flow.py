@@ -338,6 +338,22 @@ class RequestLimitTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(client.factory.partialBytes, 0)
 
+    def test_bigValueReceivedInPlace(self):
+        """
+        The bytes of a big value received straight into its buffer count
+        too; once the client is dropped, nothing is received into it.
+        """
+        client, transport, router, clock = makeClient(clientQueryBufferLimit="200kb")
+        client.dataReceived(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000000\r\n" + b"x" * 10)
+        self.assertIsNotNone(client.sink)
+        client.bodyReceived(150 * 1024)
+        self.assertFalse(client.closing)
+        client.bodyReceived(100 * 1024)
+        self.assertTrue(client.closing)
+        self.assertIsNone(client.sink)
+        self.assertIn(b"clientQueryBufferLimit", transport.value())
+        self.assertEqual(client.factory.partialBytes, 0)
+
     def test_totalOverClients(self):
         """
         Past the total for incomplete requests, the client holding the most
