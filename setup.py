@@ -50,7 +50,8 @@ setup(
     install_requires=[
         # rmux's transports use Twisted's write buffer (see rmux.transport);
         # CI tests both ends of this range.
-        "Twisted>=23.8,<27",
+        # The tls extra (pyOpenSSL, service_identity): rediss:// backends.
+        "Twisted[tls]>=23.8,<27",
         "hiredis>=2.0",
         "prometheus-client>=0.17",
         "zope.interface>=5",

@@ -66,14 +66,14 @@ class BackendHealth:
 
     log = Logger()
 
-    def __init__(self, reactor, address, timeout, fall, rise, onChange=None):
+    def __init__(self, reactor, address, timeout, fall, rise, onChange=None, tls=None):
         self.address = address
         self.fall = fall
         self.rise = rise
         self.onChange = onChange
         self.pool = BackendPool(
             reactor, address, size=1,
-            connectTimeout=timeout, readTimeout=timeout, writeTimeout=timeout,
+            connectTimeout=timeout, readTimeout=timeout, writeTimeout=timeout, tls=tls,
         )
         self.pool.retryDelay = 0
         self.pool.connectRate = float("inf")
@@ -237,7 +237,8 @@ class HealthMonitor:
         if pool in self.checks:
             return None
         check = self.checks[pool] = BackendHealth(
-            self.reactor, pool.address, self.timeout, self.fall, self.rise, self._changed
+            self.reactor, pool.address, self.timeout, self.fall, self.rise, self._changed,
+            getattr(pool, "tls", None),
         )
         return check
 

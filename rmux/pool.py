@@ -386,11 +386,14 @@ class BackendProtocol(_Deadlines, Protocol):
                 self.stats.eof += 1
         self.broken = True
         self._cancelTimers()
-        self._failAll(
-            errorReply(
-                "rmux: lost connection to backend %s" % (self.pool.address,)
-            )
-        )
+        why = "lost connection to backend %s" % (self.pool.address,)
+        tlsFailure = _tlsFailure(reason)
+        if tlsFailure is not None:
+            why = "backend %s: TLS failed: %s" % (self.pool.address, tlsFailure)
+            if self.pool is not None:
+                self.pool.lastError = "TLS failed: " + tlsFailure
+                self.pool.log.warn("{why}", why=why)
+        self._failAll(errorReply("rmux: " + why))
         if self.pool is not None:
             self.pool.connectionGone(self)
         self.closed.callback(None)
@@ -676,9 +679,16 @@ class BackendPool:
         writeTimeout=settings.seconds("remoteWriteTimeout"),
         maxPinned=settings.default("maxPinned"),
         pinnedWait=settings.seconds("pinnedWait"),
+        tls=None,
     ):
+        """
+        @param tls: for a C{rediss://} address, the L{rmux.tls.BackendTLS}
+            its connections use (by default, verified against the system's
+            CAs).
+        """
         self.reactor = reactor
         self.address = address
+        self.tls = tls
         self.size = size
         self.connectTimeout = connectTimeout
         self.readTimeout = readTimeout
@@ -847,7 +857,13 @@ class BackendPool:
         protocol = self.protocolClass(pool=self)
         creator = FastClientCreator(self.reactor, lambda: protocol)
         address = self.address
-        if address.kind == "unix":
+        if getattr(address, "tls", False):
+            if self.tls is None:
+                from rmux.tls import BackendTLS
+
+                self.tls = BackendTLS()
+            d = self.tls.connect(self.reactor, address, protocol)
+        elif address.kind == "unix":
             d = creator.connectUNIX(address.path, timeout=None)
         else:
             d = creator.connectTCP(address.host, address.port, timeout=None)
@@ -1028,7 +1044,21 @@ class BackendPool:
         for connection in list(self.open):
             closing.append(connection.closed)
             connection.transport.loseConnection()
-        return DeferredList(closing) if closing else succeed(None)
+        if not closing:
+            return succeed(None)
+        # A TLS connection closes cleanly only with the server's help (its
+        # close_notify, or a handshake to finish first): not forever.
+        abort = self.reactor.callLater(self.closeGrace, self._abortOpen)
+        done = DeferredList(closing)
+        done.addBoth(lambda result: abort.cancel() if abort.active() else None)
+        return done
+
+    #: Seconds L{stop} waits for connections to close before aborting them.
+    closeGrace = 2.0
+
+    def _abortOpen(self):
+        for connection in list(self.open):
+            connection.transport.abortConnection()
 
 
 def _failEach(waiter, count, reply):
@@ -1037,6 +1067,23 @@ def _failEach(waiter, count, reply):
     """
     for _ in range(count):
         waiter.fill(reply)
+
+
+def _tlsFailure(reason):
+    """
+    Why a TLS connection failed, in OpenSSL's or service_identity's words,
+    or L{None} if C{reason} is not a TLS failure.
+    """
+    kind = reason.type
+    module = getattr(kind, "__module__", "") or ""
+    if not (module.startswith("OpenSSL") or module.startswith("service_identity")):
+        return None
+    error = reason.value
+    if module.startswith("OpenSSL") and error.args and isinstance(error.args[0], list):
+        texts = [entry[-1] for entry in error.args[0] if entry and entry[-1]]
+        if texts:
+            return "; ".join(texts)
+    return "%s: %s" % (kind.__name__, error)
 
 
 def _firstLine(reply):

@@ -89,7 +89,7 @@ def serverKey(address):
     @param address: an L{rmux.config.BackendAddress}.
     """
     return (address.kind, address.host, address.port, address.path,
-            address.username, address.db)
+            address.username, address.db, address.tls)
 
 
 def nextConfig(current, newConfig=None):

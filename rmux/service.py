@@ -82,6 +82,7 @@ class _PoolSet:
         self.pools = []
         self.byServer = {}
         self.created = []
+        self._tls = None
 
     def pool(self, address):
         """
@@ -95,11 +96,24 @@ class _PoolSet:
         if pool is None or pool.address.password != address.password:
             # New credentials are a new pool: the running one's connections
             # are logged in with the old ones.
-            pool = _newPool(self.reactor, address, self.listener)
+            pool = _newPool(self.reactor, address, self.listener, self.tls(address))
             self.created.append(pool)
         self.byServer[key] = pool
         self.pools.append(pool)
         return pool
+
+    def tls(self, address):
+        """
+        The TLS settings for C{address}'s connections, if it is reached
+        over TLS: the listener's, read once per configuration.
+        """
+        if not address.tls:
+            return None
+        if self._tls is None:
+            from rmux.tls import BackendTLS
+
+            self._tls = BackendTLS.fromListener(self.listener)
+        return self._tls
 
     def group(self, backends, distribution, hashName, hashTag, failover):
         pools = [self.pool(address) for address in backends]
@@ -164,8 +178,8 @@ def _healthSettings(listener):
     )
 
 
-def _newPool(reactor, address, listener):
-    return BackendPool(reactor, address, **_poolSettings(listener))
+def _newPool(reactor, address, listener, tls=None):
+    return BackendPool(reactor, address, tls=tls, **_poolSettings(listener))
 
 
 class ListenerService(MultiService):

@@ -290,6 +290,27 @@ def _placement():
     ]
 
 
+def _tls():
+    group = "TLS"
+    return [
+        Setting("tlsCaCertFile", STRING, None, group=group,
+                help="CA certificates (PEM) that rediss:// backends' certificates must "
+                     "chain to. Default: the system's CAs."),
+        Setting("tlsClientCertFile", STRING, None, group=group,
+                help="Certificate (PEM) rmux shows rediss:// backends that ask for one "
+                     "(mutual TLS); with --tlsClientKeyFile."),
+        Setting("tlsClientKeyFile", STRING, None, group=group,
+                help="The private key (PEM) of --tlsClientCertFile."),
+        Setting("tlsServerName", STRING, None, group=group,
+                help="The name rediss:// backends' certificates are checked against, and "
+                     "sent as SNI. Default: each backend's host."),
+        Setting("tlsSkipVerify", BOOLEAN, False, group=group,
+                help="Do not verify rediss:// backends' certificates (encryption without "
+                     "authentication: anyone on the path can pose as the server). For "
+                     "tests only."),
+    ]
+
+
 def _health():
     group = "Health checks"
     return [
@@ -430,7 +451,7 @@ def _process():
     ]
 
 
-SETTINGS = tuple(_listening() + _backends() + _placement() + _health() + _clients()
+SETTINGS = tuple(_listening() + _backends() + _tls() + _placement() + _health() + _clients()
                  + _process())
 """Every setting, in C{--help} order."""
 

@@ -74,7 +74,13 @@ def knowsWriteBuffer(transport):
     kind = type(transport)
     known = _writeBufferKnown.get(kind)
     if known is None:
-        missing = [name for name in TWISTED_INTERNALS if not hasattr(transport, name)]
+        # Its own attributes (or its class's), not ones a wrapper hands on
+        # from the transport under it (a TLS connection, through
+        # ProtocolWrapper.__getattr__): writing to that one's socket would
+        # bypass the encryption.
+        own = vars(transport)
+        missing = [name for name in TWISTED_INTERNALS
+                   if name not in own and not hasattr(kind, name)]
         known = _writeBufferKnown[kind] = not missing
         if missing and isinstance(transport, FileDescriptor):
             import twisted

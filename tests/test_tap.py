@@ -97,6 +97,10 @@ PARAMETER_CASES = [
     ("pubsubOutputSoftTime", "5000", lambda c: c.listeners[0].pubsubOutputSoftTime, 5000),
     ("clientQueryBufferLimit", "2gb", lambda c: c.listeners[0].clientQueryBufferLimit, 2 << 30),
     ("queryBuffersLimit", "0", lambda c: c.listeners[0].queryBuffersLimit, 0),
+    ("tlsCaCertFile", "/dev/null", lambda c: c.listeners[0].tlsCaCertFile, "/dev/null"),
+    ("tlsClientCertFile", "/dev/null", lambda c: c.listeners[0].tlsClientCertFile, "/dev/null"),
+    ("tlsClientKeyFile", "/dev/null", lambda c: c.listeners[0].tlsClientKeyFile, "/dev/null"),
+    ("tlsServerName", "cache.example", lambda c: c.listeners[0].tlsServerName, "cache.example"),
     ("socketOwner", "redis:www-data", lambda c: c.listeners[0].socketOwner, "redis:www-data"),
     ("maxBulkLength", "1gb", lambda c: c.listeners[0].maxBulkLength, 1073741824),
     ("maxArguments", "64", lambda c: c.listeners[0].maxArguments, 64),
@@ -111,12 +115,15 @@ PARAMETER_CASES = [
 
 # Options a case needs besides its own: --hash is refused without ketama,
 # --socketOwner without --socket.
-PREREQUISITES = {"hash": ["--distribution=ketama"], "socketOwner": ["--socket=/tmp/r.sock"]}
+PREREQUISITES = {"hash": ["--distribution=ketama"], "socketOwner": ["--socket=/tmp/r.sock"],
+                 "tlsClientCertFile": ["--tlsClientKeyFile=/dev/null"],
+                 "tlsClientKeyFile": ["--tlsClientCertFile=/dev/null"]}
 
 FLAG_CASES = [
     ("failover", lambda c: c.listeners[0].failover),
     ("allowFlush", lambda c: c.listeners[0].allowFlush),
     ("crossServerTransactions", lambda c: c.listeners[0].crossServerTransactions),
+    ("tlsSkipVerify", lambda c: c.listeners[0].tlsSkipVerify),
     ("debug", lambda c: c.debug),
     ("useSyslog", lambda c: c.useSyslog),
     ("timing", lambda c: c.timing),

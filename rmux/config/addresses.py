@@ -149,6 +149,7 @@ class BackendAddress:
     db: int | None = None
     weight: int = 1
     name: str | None = None
+    tls: bool = False
 
     def __post_init__(self) -> None:
         if self.kind == "tcp":
@@ -172,6 +173,8 @@ class BackendAddress:
                 raise ConfigError("host: a unix backend has no host or port")
         else:
             raise ConfigError(f"kind: must be 'tcp' or 'unix', got {self.kind!r}")
+        if self.tls is not False and (self.tls is not True or self.kind != "tcp"):
+            raise ConfigError("tls: only a TCP backend (rediss://) is reached over TLS")
         checkOptionalStr(self.username, "username")
         if self.password is not None and not isinstance(self.password, str):
             raise ConfigError("password: must be a string")
@@ -205,6 +208,8 @@ class BackendAddress:
             parts.append(f"weight={self.weight!r}")
         if self.name is not None:
             parts.append(f"name={self.name!r}")
+        if self.tls:
+            parts.append("tls=True")
         return f"BackendAddress({', '.join(parts)})"
 
     @classmethod
@@ -302,7 +307,7 @@ class BackendAddress:
         if scheme == "unix":
             return cls._parseURL(text, "unix", extras, name)
         if scheme == "rediss":
-            raise ConfigError("TLS (rediss://) is not supported")
+            return cls._parseURL(text, "tcp", extras, name, tls=True)
         if scheme is not None:
             raise ConfigError(f"unsupported URL scheme {scheme!r} (use redis:// or unix://)")
         if "/" in text:
@@ -319,7 +324,8 @@ class BackendAddress:
 
     @classmethod
     def _parseURL(
-        cls, text: str, kind: str, extras: bool = True, name: str | None = None
+        cls, text: str, kind: str, extras: bool = True, name: str | None = None,
+        tls: bool = False,
     ) -> BackendAddress:
         parts = urlsplit(text)
         if parts.fragment:
@@ -366,7 +372,7 @@ class BackendAddress:
             if db is not None:
                 raise ConfigError("the database is given both in the path and as ?db=")
             common["db"] = _parseDB(dbPath)
-        return cls(kind="tcp", host=host, port=port, **common)
+        return cls(kind="tcp", host=host, port=port, tls=tls, **common)
 
 
 def _checkCredentialsEncoded(text: str) -> None:

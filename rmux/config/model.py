@@ -445,6 +445,11 @@ class ListenerConfig:
     remoteConnectTimeout: int = _default("remoteConnectTimeout")
     remoteReadTimeout: int = _default("remoteReadTimeout")
     remoteWriteTimeout: int = _default("remoteWriteTimeout")
+    tlsCaCertFile: str | None = None
+    tlsClientCertFile: str | None = None
+    tlsClientKeyFile: str | None = None
+    tlsServerName: str | None = None
+    tlsSkipVerify: bool = _default("tlsSkipVerify")
     distribution: str = _default("distribution")
     hash: str = _default("hash")
     hashTag: bytes | None = None
@@ -491,6 +496,7 @@ class ListenerConfig:
         for name in _BOOLEANS:
             checkBool(getattr(self, name), name)
         object.__setattr__(self, "commands", _checkCommands(self.commands))
+        _checkTLSFiles(self)
         if self.requirepass is not None:
             checkPassword(self.requirepass, "requirepass")
         object.__setattr__(self, "users", _checkUsers(self.users, self.requirepass))
@@ -604,6 +610,27 @@ def _server(address: BackendAddress) -> tuple[object, ...]:
     What makes two entries the same server, whatever their weight.
     """
     return (address.kind, address.host, address.port, address.path, address.db)
+
+
+def _checkTLSFiles(listener: ListenerConfig) -> None:
+    """
+    The TLS files a listener names exist and are readable now: a bad path
+    is refused at start, naming the file, not at the first connection.
+    (L{rmux.tls} reads what they hold.)
+    """
+    for name in ("tlsCaCertFile", "tlsClientCertFile", "tlsClientKeyFile", "tlsServerName"):
+        checkOptionalStr(getattr(listener, name), name)
+    if (listener.tlsClientCertFile is None) != (listener.tlsClientKeyFile is None):
+        raise ConfigError("tlsClientCertFile and tlsClientKeyFile go together")
+    for name in ("tlsCaCertFile", "tlsClientCertFile", "tlsClientKeyFile"):
+        path = getattr(listener, name)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"{name}: cannot read {path}: {e.strerror}") from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,115 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+TLS toward the backends (C{rediss://}), with Twisted's TLS (pyOpenSSL and
+service_identity, the C{twisted[tls]} extra).
+
+A TLS backend connection is Twisted's own L{TLSMemoryBIOProtocol} over a
+plain TCP connection: rmux's faster transports (L{rmux.transport}) write to
+and read from the socket directly, which TLS must not bypass, so they are
+not used for it.  The connection's protocol is the same
+L{rmux.pool.BackendProtocol} as for any backend.
+"""
+
+import re
+
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.ssl import (
+    Certificate, CertificateOptions, KeyPair, PrivateCertificate, optionsForClientTLS,
+    platformTrust, trustRootFromCertificates,
+)
+
+from rmux.config import ConfigError
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def _read(path, name):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read {path}: {e.strerror}") from None
+
+
+def _certificates(path, name):
+    pems = _PEM_CERTIFICATE.findall(_read(path, name))
+    if not pems:
+        raise ConfigError(f"{name}: {path} holds no PEM certificate")
+    try:
+        return [Certificate.loadPEM(pem) for pem in pems]
+    except Exception as e:
+        raise ConfigError(f"{name}: {path}: not a valid certificate ({e})") from None
+
+
+class BackendTLS:
+    """
+    How one listener's pools reach their C{rediss://} backends: the CAs
+    their certificates must chain to, the certificate rmux shows them, the
+    name they are checked against.
+    """
+
+    def __init__(self, caFile=None, certFile=None, keyFile=None, serverName=None,
+                 skipVerify=False):
+        self.serverName = serverName
+        self.skipVerify = skipVerify
+        self.trustRoot = (
+            trustRootFromCertificates(_certificates(caFile, "tlsCaCertFile"))
+            if caFile is not None else platformTrust()
+        )
+        self.clientCertificate = None
+        if certFile is not None:
+            certificate = _certificates(certFile, "tlsClientCertFile")[0]
+            try:
+                key = KeyPair.load(_read(keyFile, "tlsClientKeyFile"), 1)  # FILETYPE_PEM
+                self.clientCertificate = PrivateCertificate.fromCertificateAndKeyPair(
+                    certificate, key
+                )
+            except Exception as e:
+                raise ConfigError(
+                    f"tlsClientKeyFile: {keyFile}: not a valid key for "
+                    f"{certFile} ({e})"
+                ) from None
+
+    @classmethod
+    def fromListener(cls, listener):
+        """
+        The TLS settings of C{listener} (an L{rmux.config.ListenerConfig}).
+
+        @raise ConfigError: a file that cannot be read or does not hold
+            what it should, named.
+        """
+        return cls(
+            listener.tlsCaCertFile, listener.tlsClientCertFile, listener.tlsClientKeyFile,
+            listener.tlsServerName, listener.tlsSkipVerify,
+        )
+
+    def connectionCreator(self, host):
+        """
+        The client TLS options for a connection to C{host}.
+        """
+        if self.skipVerify:
+            extra = {}
+            if self.clientCertificate is not None:
+                extra = {"privateKey": self.clientCertificate.privateKey.original,
+                         "certificate": self.clientCertificate.original}
+            return CertificateOptions(verify=False, **extra)
+        return optionsForClientTLS(
+            self.serverName or host, trustRoot=self.trustRoot,
+            clientCertificate=self.clientCertificate,
+        )
+
+    def connect(self, reactor, address, protocol):
+        """
+        Open a TLS connection to C{address} for C{protocol}.
+
+        @return: a cancellable L{Deferred} firing with C{protocol} once the
+            TCP connection is made (the handshake follows; what is written
+            meanwhile waits for it).
+        """
+        endpoint = wrapClientTLS(
+            self.connectionCreator(address.host),
+            HostnameEndpoint(reactor, address.host, address.port, timeout=3600),
+        )
+        return connectProtocol(endpoint, protocol)
