@@ -234,6 +234,14 @@ class ListenerService(MultiService):
         # of leaving a process that serves nothing.
         self.endpointService._raiseSynchronously = True
         self.endpointService.setServiceParent(self)
+        if listener.tlsPort:
+            from rmux.tls import serverEndpoint
+
+            tlsService = StreamServerEndpointService(
+                serverEndpoint(reactor, listener, LISTEN_BACKLOG), self.factory
+            )
+            tlsService._raiseSynchronously = True
+            tlsService.setServiceParent(self)
 
     def _backendChanged(self, check, previous, state):
         if state == "up":

@@ -293,6 +293,19 @@ def _placement():
 def _tls():
     group = "TLS"
     return [
+        Setting("tlsPort", PORT, 0, group=group, high=65535, zero=ZERO_LITERAL,
+                zeroMeans="none", reloadable=False,
+                help="TCP port (on --host) where clients connect over TLS, besides the "
+                     "socket or plain port; with --tlsCertFile and --tlsKeyFile. "
+                     "0 = none."),
+        Setting("tlsCertFile", STRING, None, group=group, reloadable=False,
+                help="The certificate (PEM) of the --tlsPort listener."),
+        Setting("tlsKeyFile", STRING, None, group=group, reloadable=False,
+                help="The private key (PEM) of --tlsCertFile."),
+        Setting("tlsAuthClients", BOOLEAN, False, group=group, reloadable=False,
+                help="Clients of --tlsPort must show a certificate that chains to "
+                     "--tlsCaCertFile (Redis's tls-auth-clients; unlike Redis, off by "
+                     "default)."),
         Setting("tlsCaCertFile", STRING, None, group=group,
                 help="CA certificates (PEM) that rediss:// backends' certificates must "
                      "chain to. Default: the system's CAs."),

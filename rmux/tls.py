@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_tls -*-
 """
-TLS toward the backends (C{rediss://}), with Twisted's TLS (pyOpenSSL and
-service_identity, the C{twisted[tls]} extra).
+TLS toward the backends (C{rediss://}) and for clients (C{--tlsPort}), with
+Twisted's TLS (pyOpenSSL and service_identity, the C{twisted[tls]} extra).
 
 A TLS backend connection is Twisted's own L{TLSMemoryBIOProtocol} over a
 plain TCP connection: rmux's faster transports (L{rmux.transport}) write to
@@ -12,7 +12,9 @@ L{rmux.pool.BackendProtocol} as for any backend.
 
 import re
 
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint, SSL4ServerEndpoint, connectProtocol, wrapClientTLS,
+)
 from twisted.internet.ssl import (
     Certificate, CertificateOptions, KeyPair, PrivateCertificate, optionsForClientTLS,
     platformTrust, trustRootFromCertificates,
@@ -113,3 +115,36 @@ class BackendTLS:
             HostnameEndpoint(reactor, address.host, address.port, timeout=3600),
         )
         return connectProtocol(endpoint, protocol)
+
+
+def serverEndpoint(reactor, listener, backlog):
+    """
+    The TLS listening endpoint of C{listener}'s C{tlsPort}, on its host.
+    It is Twisted's own TLS port, not rmux's faster transports (see the
+    module docstring).
+
+    @raise ConfigError: a certificate or key that cannot be read or used,
+        named.
+    """
+    certificate = _certificates(listener.tlsCertFile, "tlsCertFile")[0]
+    try:
+        key = KeyPair.load(_read(listener.tlsKeyFile, "tlsKeyFile"), 1)  # FILETYPE_PEM
+        PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"tlsKeyFile: {listener.tlsKeyFile}: not a valid key for "
+            f"{listener.tlsCertFile} ({e})"
+        ) from None
+    options = {"privateKey": key.original, "certificate": certificate.original}
+    if listener.tlsAuthClients:
+        options.update(
+            verify=True, requireCertificate=True,
+            caCerts=[c.original for c in _certificates(listener.tlsCaCertFile,
+                                                       "tlsCaCertFile")],
+        )
+    return SSL4ServerEndpoint(
+        reactor, listener.tlsPort, CertificateOptions(**options),
+        backlog=backlog, interface=listener.host,
+    )

@@ -86,7 +86,8 @@ class DerivedTests(SynchronousTestCase):
         """
         self.assertEqual(
             set(reload.RESTART_FIELDS),
-            {"socket", "socketMode", "socketOwner", "host", "port", "maxProcesses", "commands"})
+            {"socket", "socketMode", "socketOwner", "host", "port", "maxProcesses", "commands",
+             "tlsPort", "tlsCertFile", "tlsKeyFile", "tlsAuthClients"})
         self.assertEqual(reload._SECRET_FIELDS, {"requirepass", "users"})
 
 
@@ -122,7 +123,7 @@ class RuleTests(SynchronousTestCase):
         lows = {s.name: s.low for s in settings.SETTINGS if s.kind in settings.INTEGER_KINDS}
         self.assertEqual(
             sorted(name for name, low in lows.items() if low == 0),
-            sorted(["port", "maxProcesses", "pinnedWait", "startupWait", "localTimeout",
+            sorted(["port", "tlsPort", "maxProcesses", "pinnedWait", "startupWait", "localTimeout",
                     "localReadTimeout", "localWriteTimeout", "idleTimeout",
                     "clientOutputLimit", "pubsubOutputLimit", "pubsubOutputSoftLimit",
                     "pubsubOutputSoftTime", "clientQueryBufferLimit", "queryBuffersLimit",

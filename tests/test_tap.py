@@ -97,6 +97,9 @@ PARAMETER_CASES = [
     ("pubsubOutputSoftTime", "5000", lambda c: c.listeners[0].pubsubOutputSoftTime, 5000),
     ("clientQueryBufferLimit", "2gb", lambda c: c.listeners[0].clientQueryBufferLimit, 2 << 30),
     ("queryBuffersLimit", "0", lambda c: c.listeners[0].queryBuffersLimit, 0),
+    ("tlsPort", "6390", lambda c: c.listeners[0].tlsPort, 6390),
+    ("tlsCertFile", "/dev/null", lambda c: c.listeners[0].tlsCertFile, "/dev/null"),
+    ("tlsKeyFile", "/dev/null", lambda c: c.listeners[0].tlsKeyFile, "/dev/null"),
     ("tlsCaCertFile", "/dev/null", lambda c: c.listeners[0].tlsCaCertFile, "/dev/null"),
     ("tlsClientCertFile", "/dev/null", lambda c: c.listeners[0].tlsClientCertFile, "/dev/null"),
     ("tlsClientKeyFile", "/dev/null", lambda c: c.listeners[0].tlsClientKeyFile, "/dev/null"),
@@ -117,6 +120,8 @@ PARAMETER_CASES = [
 # --socketOwner without --socket.
 PREREQUISITES = {"hash": ["--distribution=ketama"], "socketOwner": ["--socket=/tmp/r.sock"],
                  "tlsClientCertFile": ["--tlsClientKeyFile=/dev/null"],
+                 "tlsPort": ["--tlsCertFile=/dev/null", "--tlsKeyFile=/dev/null"],
+                 "tlsAuthClients": ["--tlsCaCertFile=/dev/null"],
                  "tlsClientKeyFile": ["--tlsClientCertFile=/dev/null"]}
 
 FLAG_CASES = [
@@ -124,6 +129,7 @@ FLAG_CASES = [
     ("allowFlush", lambda c: c.listeners[0].allowFlush),
     ("crossServerTransactions", lambda c: c.listeners[0].crossServerTransactions),
     ("tlsSkipVerify", lambda c: c.listeners[0].tlsSkipVerify),
+    ("tlsAuthClients", lambda c: c.listeners[0].tlsAuthClients),
     ("debug", lambda c: c.debug),
     ("useSyslog", lambda c: c.useSyslog),
     ("timing", lambda c: c.timing),
@@ -178,12 +184,14 @@ class OptionsTests(SynchronousTestCase):
                     [f"--{spelling}=true"],
                     [f"-{spelling}=1"],
                 ):
-                    self.assertTrue(read(parse(*arguments).config), arguments)
+                    config = parse(*PREREQUISITES.get(name, []), *arguments).config
+                    self.assertTrue(read(config), arguments)
                 for arguments in (
                     [f"-{spelling}=false"],
                     [f"--{spelling}", f"--{spelling}=F"],
                 ):
-                    self.assertFalse(read(parse(*arguments).config), arguments)
+                    config = parse(*PREREQUISITES.get(name, []), *arguments).config
+                    self.assertFalse(read(config), arguments)
 
     def test_goBooleanError(self):
         error = self.assertRaises(usage.UsageError, parse, "--failover=yes")

@@ -143,7 +143,7 @@ def buildListener(raw: Mapping[str, Any], place: Place) -> ListenerConfig:
 #: Listener fields taken as given (type-checked already).
 _AS_GIVEN = ("host", "failover", "socketMode", "allowFlush", "commands", "requirepass", "users",
              "tlsCaCertFile", "tlsClientCertFile", "tlsClientKeyFile", "tlsServerName",
-             "tlsSkipVerify",
+             "tlsSkipVerify", "tlsCertFile", "tlsKeyFile", "tlsAuthClients",
              "denyCommands", "crossServerTransactions")
 
 #: The integer settings of a listener, its own fields and the ones they

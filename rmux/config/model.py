@@ -445,6 +445,10 @@ class ListenerConfig:
     remoteConnectTimeout: int = _default("remoteConnectTimeout")
     remoteReadTimeout: int = _default("remoteReadTimeout")
     remoteWriteTimeout: int = _default("remoteWriteTimeout")
+    tlsPort: int = _default("tlsPort")
+    tlsCertFile: str | None = None
+    tlsKeyFile: str | None = None
+    tlsAuthClients: bool = _default("tlsAuthClients")
     tlsCaCertFile: str | None = None
     tlsClientCertFile: str | None = None
     tlsClientKeyFile: str | None = None
@@ -618,11 +622,20 @@ def _checkTLSFiles(listener: ListenerConfig) -> None:
     is refused at start, naming the file, not at the first connection.
     (L{rmux.tls} reads what they hold.)
     """
-    for name in ("tlsCaCertFile", "tlsClientCertFile", "tlsClientKeyFile", "tlsServerName"):
+    files = ("tlsCertFile", "tlsKeyFile", "tlsCaCertFile", "tlsClientCertFile",
+             "tlsClientKeyFile")
+    for name in files + ("tlsServerName",):
         checkOptionalStr(getattr(listener, name), name)
     if (listener.tlsClientCertFile is None) != (listener.tlsClientKeyFile is None):
         raise ConfigError("tlsClientCertFile and tlsClientKeyFile go together")
-    for name in ("tlsCaCertFile", "tlsClientCertFile", "tlsClientKeyFile"):
+    if listener.tlsPort and (listener.tlsCertFile is None or listener.tlsKeyFile is None):
+        raise ConfigError("tlsPort: needs tlsCertFile and tlsKeyFile")
+    if listener.tlsAuthClients and listener.tlsCaCertFile is None:
+        raise ConfigError("tlsAuthClients: needs tlsCaCertFile, the CAs of the clients' "
+                          "certificates")
+    if listener.tlsPort and listener.maxProcesses > 1:
+        raise ConfigError("tlsPort: not served with worker processes (maxProcesses) yet")
+    for name in files:
         path = getattr(listener, name)
         if path is None:
             continue
