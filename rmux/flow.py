@@ -185,37 +185,46 @@ class FlowControl:
         self.partial = 0
         self.partialSince = None
 
-    def admit(self, data):
+    def readHeavy(self, data):
         """
-        Whether C{data}, just read, may be handled now; if not, it is kept
-        and handled by L{admitted}.
+        Handle C{data}, a heavy read, once it has a place in the listener's
+        L{Admission}: now, or from L{admitted}, kept unparsed meanwhile.
         """
         if self.factory.admission.enter(self):
-            self.heavy = True
-            return True
-        self.stashed = data
-        self._pauseReading()
-        return False
+            self._handleHeavy(data)
+        else:
+            self.stashed = data
+            self._pauseReading()
 
     def admitted(self):
         """
         The stashed heavy read has its place.
-
-        @return: the read, for the protocol to handle.
         """
         data, self.stashed = self.stashed, None
-        self.heavy = True
-        return data
+        if self.closing:
+            self.factory.admission.leave(self)
+            return
+        self._handleHeavy(data)
 
-    def heavyHandled(self):
+    def _handleHeavy(self, data):
         """
-        A heavy read's commands are dispatched: read again once every
-        reply is written.
+        Dispatch a heavy read's commands, and read again only once every
+        reply the client is owed has been written.
         """
+        self.heavy = True
+        self.handleRead(data)
         if self.replies:
             self._pauseReading()
         else:
             self._heavyDone()
+
+    def forgetReads(self):
+        """
+        The client has gone: give up its place, or its turn.
+        """
+        if self.heavy or self.stashed is not None:
+            self.stashed = None
+            self.factory.admission.forget(self)
 
     def _heavyDone(self):
         self.heavy = False

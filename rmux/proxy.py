@@ -126,8 +126,8 @@ class ClientProtocol(FlowControl, Protocol):
         else:
             stats.clientErrors += 1
         self.replies.clear()
-        self.held = self.stashed = None
-        self.factory.admission.forget(self)
+        self.held = None
+        self.forgetReads()
         self.forgetRequest()
         self.session.close()
         self.leavePubSub()
@@ -141,17 +141,9 @@ class ClientProtocol(FlowControl, Protocol):
         if self.closing:
             return
         if len(data) > self.heavyRead:
-            if self.admit(data):
-                self.handleRead(data)
-                self.heavyHandled()
+            self.readHeavy(data)
             return
         self.handleRead(data)
-
-    def admitted(self):
-        data = FlowControl.admitted(self)
-        if not self.closing:
-            self.handleRead(data)
-            self.heavyHandled()
 
     def handleRead(self, data):
         now = self.lastActivity = self.clock.seconds()

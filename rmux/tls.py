@@ -12,6 +12,7 @@ L{rmux.pool.BackendProtocol} as for any backend.
 
 import re
 
+from OpenSSL.crypto import FILETYPE_PEM
 from twisted.internet.endpoints import (
     HostnameEndpoint, SSL4ServerEndpoint, connectProtocol, wrapClientTLS,
 )
@@ -45,6 +46,25 @@ def _certificates(path, name):
         raise ConfigError(f"{name}: {path}: not a valid certificate ({e})") from None
 
 
+def _privateCertificate(certFile, keyFile, certName, keyName):
+    """
+    The certificate in C{certFile} with its key in C{keyFile}.
+
+    @raise ConfigError: either file unreadable, or the key not the
+        certificate's, named by its setting.
+    """
+    certificate = _certificates(certFile, certName)[0]
+    try:
+        key = KeyPair.load(_read(keyFile, keyName), FILETYPE_PEM)
+        return PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"{keyName}: {keyFile}: not a valid key for {certFile} ({e})"
+        ) from None
+
+
 class BackendTLS:
     """
     How one listener's pools reach their C{rediss://} backends: the CAs
@@ -62,17 +82,9 @@ class BackendTLS:
         )
         self.clientCertificate = None
         if certFile is not None:
-            certificate = _certificates(certFile, "tlsClientCertFile")[0]
-            try:
-                key = KeyPair.load(_read(keyFile, "tlsClientKeyFile"), 1)  # FILETYPE_PEM
-                self.clientCertificate = PrivateCertificate.fromCertificateAndKeyPair(
-                    certificate, key
-                )
-            except Exception as e:
-                raise ConfigError(
-                    f"tlsClientKeyFile: {keyFile}: not a valid key for "
-                    f"{certFile} ({e})"
-                ) from None
+            self.clientCertificate = _privateCertificate(
+                certFile, keyFile, "tlsClientCertFile", "tlsClientKeyFile"
+            )
 
     @classmethod
     def fromListener(cls, listener):
@@ -126,18 +138,10 @@ def serverEndpoint(reactor, listener, backlog):
     @raise ConfigError: a certificate or key that cannot be read or used,
         named.
     """
-    certificate = _certificates(listener.tlsCertFile, "tlsCertFile")[0]
-    try:
-        key = KeyPair.load(_read(listener.tlsKeyFile, "tlsKeyFile"), 1)  # FILETYPE_PEM
-        PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(
-            f"tlsKeyFile: {listener.tlsKeyFile}: not a valid key for "
-            f"{listener.tlsCertFile} ({e})"
-        ) from None
-    options = {"privateKey": key.original, "certificate": certificate.original}
+    own = _privateCertificate(
+        listener.tlsCertFile, listener.tlsKeyFile, "tlsCertFile", "tlsKeyFile"
+    )
+    options = {"privateKey": own.privateKey.original, "certificate": own.original}
     if listener.tlsAuthClients:
         options.update(
             verify=True, requireCertificate=True,
