@@ -328,6 +328,16 @@ class HealthMonitor:
                     waiter.verdict(check)
         return DeferredList(stopping)
 
+    def tlsChanged(self, pools):
+        """
+        Check C{pools} with their current TLS settings (new certificates,
+        after a reload) from the next connection on.
+        """
+        for pool in pools:
+            check = self.checks.get(pool)
+            if check is not None:
+                check.pool.tls = pool.tls
+
     def checkAll(self):
         for check in self.checks.values():
             check.check()

@@ -389,9 +389,9 @@ class BackendProtocol(_Deadlines, Protocol):
         why = "lost connection to backend %s" % (self.pool.address,)
         tlsFailure = _tlsFailure(reason)
         if tlsFailure is not None:
-            why = "backend %s: TLS failed: %s" % (self.pool.address, tlsFailure)
+            why = "backend %s: %s" % (self.pool.address, tlsFailure)
             if self.pool is not None:
-                self.pool.lastError = "TLS failed: " + tlsFailure
+                self.pool.lastError = tlsFailure
                 self.pool.log.warn("{why}", why=why)
         self._failAll(errorReply("rmux: " + why))
         if self.pool is not None:
@@ -1072,18 +1072,24 @@ def _failEach(waiter, count, reply):
 def _tlsFailure(reason):
     """
     Why a TLS connection failed, in OpenSSL's or service_identity's words,
-    or L{None} if C{reason} is not a TLS failure.
+    or L{None} if C{reason} is not a TLS failure.  (OpenSSL's handshake
+    error does not say why it refused a certificate; Twisted's client
+    options, which also check the host name, do not expose it.)
     """
     kind = reason.type
     module = getattr(kind, "__module__", "") or ""
     if not (module.startswith("OpenSSL") or module.startswith("service_identity")):
         return None
     error = reason.value
-    if module.startswith("OpenSSL") and error.args and isinstance(error.args[0], list):
+    if module.startswith("service_identity"):
+        return "TLS verification failed: %s" % (error,)
+    if error.args and isinstance(error.args[0], list):
         texts = [entry[-1] for entry in error.args[0] if entry and entry[-1]]
+        if "certificate verify failed" in texts:
+            return "TLS verification failed: certificate verify failed"
         if texts:
-            return "; ".join(texts)
-    return "%s: %s" % (kind.__name__, error)
+            return "TLS failed: " + "; ".join(texts)
+    return "TLS failed: %s: %s" % (kind.__name__, error)
 
 
 def _firstLine(reply):

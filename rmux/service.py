@@ -29,6 +29,7 @@ from twisted.internet.defer import (
 from twisted.logger import Logger
 
 from rmux.commands import CommandTable
+from rmux.config import ConfigError
 from rmux.health import HealthMonitor
 from rmux.pool import BackendPool
 from rmux.proxy import ProxyFactory
@@ -234,11 +235,14 @@ class ListenerService(MultiService):
         # of leaving a process that serves nothing.
         self.endpointService._raiseSynchronously = True
         self.endpointService.setServiceParent(self)
+        self.serverTLS = None
         if listener.tlsPort:
-            from rmux.tls import serverEndpoint
+            from rmux.tls import ServerTLS, serverEndpoint
 
+            self.serverTLS = ServerTLS(listener)
             tlsService = StreamServerEndpointService(
-                serverEndpoint(reactor, listener, LISTEN_BACKLOG), self.factory
+                serverEndpoint(reactor, listener, LISTEN_BACKLOG, self.serverTLS),
+                self.factory,
             )
             tlsService._raiseSynchronously = True
             tlsService.setServiceParent(self)
@@ -248,6 +252,33 @@ class ListenerService(MultiService):
             for pool in self.pools:
                 if pool.address == check.address:
                     pool.serverIsBack()
+
+    def rereadCertificates(self):
+        """
+        Read the listener's TLS files again, for the connections made from
+        now on: the TLS port's certificate and key, and the CAs and client
+        certificate of its C{rediss://} backends.  Either all of them are
+        taken or, if one file cannot be used, none.
+
+        @return: whether the listener uses TLS at all.
+        @raise ConfigError: a file that cannot be used, named; what runs
+            stays.
+        """
+        listener = self.listener
+        tlsPools = [pool for pool in self.pools if pool.address.tls]
+        if self.serverTLS is None and not tlsPools:
+            return False
+        backendTLS = None
+        if tlsPools:
+            from rmux.tls import BackendTLS
+
+            backendTLS = BackendTLS.fromListener(listener)
+        if self.serverTLS is not None:
+            self.serverTLS.reread(listener)
+        for pool in tlsPools:
+            pool.tls = backendTLS
+        self.health.tlsChanged(tlsPools)
+        return True
 
     def prepareReload(self, listener):
         """
@@ -343,6 +374,8 @@ class ListenerReload:
             listener.crossServerTransactions,
         )
         self.added = pools.created
+        self.tlsPools = [pool for pool in pools.pools if pool.address.tls]
+        self.backendTLS = pools.tls(self.tlsPools[0].address) if self.tlsPools else None
         staying = set(pools.pools)
         self.removed = [pool for pool in service.pools if pool not in staying]
 
@@ -370,6 +403,9 @@ class ListenerReload:
         for pool in self.pools.pools:
             if pool not in added:
                 pool.configure(**settings)
+        for pool in self.tlsPools:
+            pool.tls = self.backendTLS
+        service.health.tlsChanged(self.tlsPools)
         service.router.adopt(self.router)
         service.pools = self.pools.pools
         service._poolsByServer = self.pools.byServer
@@ -470,9 +506,30 @@ class Listeners(MultiService):
         """
         return self._reloads.run(self._reload, newConfig)
 
+    def rereadCertificates(self):
+        """
+        Re-read every listener's TLS files (SIGHUP's rotation), logging
+        what was done or, for each listener whose files cannot be used,
+        why its running certificates stay.
+        """
+        for service in self.listeners:
+            try:
+                if service.rereadCertificates():
+                    self.log.info(
+                        "rmux: TLS certificates re-read for {listener}",
+                        listener=service.listener.name,
+                    )
+            except ConfigError as e:
+                self.log.error(
+                    "rmux: TLS certificates not re-read for {listener}, the "
+                    "running ones stay: {why}",
+                    listener=service.listener.name, why=str(e),
+                )
+
     @inlineCallbacks
     def _reload(self, newConfig):
         source = self.reloadSource or describeSource(self.config, newConfig)
+        self.rereadCertificates()
         try:
             newConfig = nextConfig(self.config, newConfig)
         except NothingToReload as e:

@@ -16,10 +16,12 @@ from OpenSSL.crypto import FILETYPE_PEM
 from twisted.internet.endpoints import (
     HostnameEndpoint, SSL4ServerEndpoint, connectProtocol, wrapClientTLS,
 )
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.ssl import (
     Certificate, CertificateOptions, KeyPair, PrivateCertificate, optionsForClientTLS,
     platformTrust, trustRootFromCertificates,
 )
+from zope.interface import implementer
 
 from rmux.config import ConfigError
 
@@ -129,11 +131,9 @@ class BackendTLS:
         return connectProtocol(endpoint, protocol)
 
 
-def serverEndpoint(reactor, listener, backlog):
+def _serverOptions(listener):
     """
-    The TLS listening endpoint of C{listener}'s C{tlsPort}, on its host.
-    It is Twisted's own TLS port, not rmux's faster transports (see the
-    module docstring).
+    The TLS options of C{listener}'s C{tlsPort}, from its files.
 
     @raise ConfigError: a certificate or key that cannot be read or used,
         named.
@@ -148,7 +148,42 @@ def serverEndpoint(reactor, listener, backlog):
             caCerts=[c.original for c in _certificates(listener.tlsCaCertFile,
                                                        "tlsCaCertFile")],
         )
+    return CertificateOptions(**options)
+
+
+@implementer(IOpenSSLContextFactory)
+class ServerTLS:
+    """
+    The context of a listener's C{tlsPort}: its certificate, key and client
+    CAs, which L{reread} replaces without closing the port.  Each new
+    connection takes the context in force when it is accepted; those
+    already made keep theirs, as with Redis's own rotation.
+    """
+
+    def __init__(self, listener):
+        """
+        @raise ConfigError: see L{_serverOptions}.
+        """
+        self.options = _serverOptions(listener)
+
+    def getContext(self):
+        return self.options.getContext()
+
+    def reread(self, listener):
+        """
+        Read the files again; if one cannot be used, keep what is in force.
+
+        @raise ConfigError: naming the file, the running context kept.
+        """
+        self.options = _serverOptions(listener)
+
+
+def serverEndpoint(reactor, listener, backlog, tls):
+    """
+    The TLS listening endpoint of C{listener}'s C{tlsPort}, on its host,
+    with the context of C{tls} (a L{ServerTLS}).  It is Twisted's own TLS
+    port, not rmux's faster transports (see the module docstring).
+    """
     return SSL4ServerEndpoint(
-        reactor, listener.tlsPort, CertificateOptions(**options),
-        backlog=backlog, interface=listener.host,
+        reactor, listener.tlsPort, tls, backlog=backlog, interface=listener.host,
     )

@@ -7,8 +7,11 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.protocols import portforward
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rmux.config import BackendAddress, ConfigError, fromFlags
@@ -39,9 +42,10 @@ class Certificates:
     def _openssl(self, *arguments):
         subprocess.run([OPENSSL] + list(arguments), check=True, capture_output=True)
 
-    def issue(self, name, altNames="DNS:localhost,IP:127.0.0.1"):
+    def issue(self, name, altNames="DNS:localhost,IP:127.0.0.1", days=2):
         """
-        A certificate and key for C{altNames}, signed by this CA.
+        A certificate and key for C{altNames}, signed by this CA, valid
+        from now for C{days} (expired a day ago for C{-1}).
 
         @return: the paths of the certificate and of its key.
         """
@@ -53,16 +57,16 @@ class Certificates:
         self._openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                       "-nodes", "-keyout", key, "-out", request, "-subj", "/CN=" + name)
         self._openssl("x509", "-req", "-in", request, "-CA", self.ca, "-CAkey", self.caKey,
-                      "-CAcreateserial", "-out", certificate, "-days", "2",
+                      "-CAcreateserial", "-out", certificate, "-days", str(days),
                       "-extfile", extensions)
         return certificate, key
 
 
-def startTLSRedis(testCase, certificates, authClients=False):
+def startTLSRedis(testCase, certificates, authClients=False, days=2):
     """
     A redis-server that serves TCP only over TLS, on a free port.
     """
-    certificate, key = certificates.issue("redis")
+    certificate, key = certificates.issue("redis", days=days)
     port = freePort()
     server = startRedis(testCase, args=[
         "--tls-port", str(port), "--tls-cert-file", certificate, "--tls-key-file", key,
@@ -132,7 +136,19 @@ class TLSBackendTests(TestCase):
         server = startTLSRedis(self, self.certificates)
         other = Certificates(self, "another CA")
         return self.assertRefused(
-            self.rmuxFor(server, tlsCaCertFile=other.ca), "certificate verify failed"
+            self.rmuxFor(server, tlsCaCertFile=other.ca),
+            "TLS verification failed: certificate verify failed"
+        )
+
+    def test_expired(self):
+        """
+        A server whose certificate has expired is not used, and clients
+        are told so.
+        """
+        server = startTLSRedis(self, self.certificates, days=-1)
+        return self.assertRefused(
+            self.rmuxFor(server, tlsCaCertFile=self.certificates.ca),
+            "TLS verification failed: certificate verify failed",
         )
 
     def test_wrongName(self):
@@ -140,7 +156,7 @@ class TLSBackendTests(TestCase):
         return self.assertRefused(
             self.rmuxFor(server, tlsCaCertFile=self.certificates.ca,
                          tlsServerName="redis.example"),
-            "redis.example",
+            "TLS verification failed: VerificationError",
         )
 
     @inlineCallbacks
@@ -170,11 +186,134 @@ class TLSBackendTests(TestCase):
         pong = yield self.threads.run(client.ping)
         self.assertTrue(pong)
 
+    @inlineCallbacks
+    def test_clientCertificateRotation(self):
+        """
+        A new client certificate, written over the old files, is shown to
+        the servers from the next connection on once the files are re-read
+        (SIGHUP); until then the old one is.
+        """
+        server = startTLSRedis(self, self.certificates, authClients=True)
+        untrusted = Certificates(self, "another CA").issue("rmux")
+        certificate, key = self.certificates.path("client.pem"), self.certificates.path("client.key")
+        _install(untrusted, (certificate, key))
+        rmux = self.rmuxFor(server, tlsCaCertFile=self.certificates.ca,
+                            tlsClientCertFile=certificate, tlsClientKeyFile=key)
+        yield self.assertRefused(rmux, "TLS failed")
+        _install(self.certificates.issue("rmux"), (certificate, key))
+        self.assertTrue(rmux.rereadCertificates())
+        client = redisPy(rmux.path)
+        self.addCleanup(client.close)
+        pong = yield self.threads.run(_eventually, client.ping)
+        self.assertTrue(pong)
+
+    @inlineCallbacks
+    def test_droppedMidStream(self):
+        """
+        A backend connection cut in the middle of a reply (the TCP
+        connection under TLS lost, no TLS close) fails only the requests
+        it carried, with an error; the next request is served whole on a
+        new connection.
+        """
+        server = startTLSRedis(self, self.certificates)
+        relay = _CuttingRelay(server.tlsPort)
+        port = reactor.listenTCP(0, relay, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(relay.cutAll)
+        rmux = startRmux(self, [], unixConnections=None, tlsCaCertFile=self.certificates.ca,
+                         tcpConnections="rediss://127.0.0.1:%d" % (port.getHost().port,))
+        client = redisPy(rmux.path)
+        self.addCleanup(client.close)
+        value = os.urandom(4 << 20)
+        yield self.threads.run(client.set, "big", value)
+        relay.cutAfter = 256 << 10
+        import redis
+
+        error = yield self.threads.run(
+            lambda: self.assertRaises(redis.ResponseError, client.get, "big"))
+        self.assertIn("127.0.0.1:%d" % (port.getHost().port,), str(error))
+        self.assertEqual(relay.cuts, 1)
+        relay.cutAfter = None
+        got = yield self.threads.run(client.get, "big")
+        self.assertEqual(got, value)
+
     def test_mutualTLSWithoutCertificate(self):
         server = startTLSRedis(self, self.certificates, authClients=True)
         return self.assertRefused(
             self.rmuxFor(server, tlsCaCertFile=self.certificates.ca), "TLS failed"
         )
+
+
+def _install(pair, paths):
+    """
+    Write a certificate and its key over the files at C{paths}, as an
+    operator rotating them would.
+    """
+    for source, target in zip(pair, paths):
+        shutil.copyfile(source, target)
+
+
+def _eventually(call, tries=50):
+    """
+    C{call()}, tried again (for up to 5 s) while it fails: a pool that
+    could not connect waits before it tries again.
+    """
+    import redis
+
+    for attempt in range(tries):
+        try:
+            return call()
+        except redis.ResponseError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.1)
+
+
+class _CuttingRelay(portforward.ProxyFactory):
+    """
+    A TCP relay to a server that, once told (C{cutAfter}), aborts the
+    connection when that many more bytes have come from the server:
+    TLS lost mid-stream, as when a load balancer drops a connection.
+    """
+
+    def __init__(self, port):
+        portforward.ProxyFactory.__init__(self, "127.0.0.1", port)
+        self.cutAfter = None
+        self.cuts = 0
+        self.relays = []
+
+    def buildProtocol(self, addr):
+        protocol = _CuttingServer()
+        protocol.factory = self
+        self.relays.append(protocol)
+        return protocol
+
+    def cutAll(self):
+        for relay in self.relays:
+            if relay.transport is not None:
+                relay.transport.abortConnection()
+
+
+class _CuttingClient(portforward.ProxyClient):
+    def dataReceived(self, data):
+        factory = self.peer.factory
+        if factory.cutAfter is not None:
+            factory.cutAfter -= len(data)
+            if factory.cutAfter <= 0:
+                factory.cutAfter = None
+                factory.cuts += 1
+                self.peer.transport.abortConnection()
+                self.transport.abortConnection()
+                return
+        portforward.ProxyClient.dataReceived(self, data)
+
+
+class _CuttingClientFactory(portforward.ProxyClientFactory):
+    protocol = _CuttingClient
+
+
+class _CuttingServer(portforward.ProxyServer):
+    clientProtocolFactory = _CuttingClientFactory
 
 
 class TLSConfigTests(SynchronousTestCase):
@@ -231,10 +370,10 @@ class TLSListenerTests(TestCase):
         self.threads = ThreadedClients(self, size=2)
 
     def rmux(self, **flags):
-        certificate, key = self.certificates.issue("rmux")
+        self.certificate, self.key = self.certificates.issue("rmux")
         self.port = freePort()
         return startRmux(self, [self.server], host="127.0.0.1", tlsPort=str(self.port),
-                         tlsCertFile=certificate, tlsKeyFile=key, **flags)
+                         tlsCertFile=self.certificate, tlsKeyFile=self.key, **flags)
 
     def cli(self, *arguments, certificate=None):
         command = [REDIS_CLI, "--tls", "--cacert", self.certificates.ca,
@@ -312,6 +451,81 @@ class TLSListenerTests(TestCase):
         self.assertNotEqual(refused.stdout.strip(), "PONG")
         served = yield self.cli("PING", certificate=self.certificates.issue("client"))
         self.assertEqual(served.stdout.strip(), "PONG", served.stderr)
+
+    def servedName(self):
+        """
+        The common name of the certificate rmux's TLS port shows a new
+        connection.
+        """
+        import socket
+        import ssl
+
+        context = ssl.create_default_context(cafile=self.certificates.ca)
+
+        def connect():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                with context.wrap_socket(s, server_hostname="localhost") as tls:
+                    subject = dict(pair[0] for pair in tls.getpeercert()["subject"])
+                    return subject["commonName"]
+
+        return self.threads.run(connect)
+
+    @inlineCallbacks
+    def test_rotation(self):
+        """
+        Re-reading the files (SIGHUP) serves new connections the new
+        certificate without closing the port; a file that cannot be used
+        changes nothing and says which.
+        """
+        rmux = self.rmux()
+        name = yield self.servedName()
+        self.assertEqual(name, "rmux")
+        _install(self.certificates.issue("rmux-rotated"), (self.certificate, self.key))
+        self.assertTrue(rmux.rereadCertificates())
+        name = yield self.servedName()
+        self.assertEqual(name, "rmux-rotated")
+        with open(self.key, "w") as f:
+            f.write("not a key\n")
+        with self.assertRaises(ConfigError) as caught:
+            rmux.rereadCertificates()
+        self.assertIn("tlsKeyFile: %s: not a valid key" % (self.key,), str(caught.exception))
+        name = yield self.servedName()
+        self.assertEqual(name, "rmux-rotated")
+
+    @inlineCallbacks
+    def test_hangupRereads(self):
+        """
+        A reload (what SIGHUP runs) re-reads the TLS files even when the
+        listeners come from command-line options, and logs what it did or
+        why the running certificates stay.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from rmux.service import Listeners
+
+        rmux = self.rmux()
+        listeners = Listeners(fromFlags({"tcpConnections": "127.0.0.1:6379"}), reactor)
+        listeners.listeners.append(rmux)
+        lines = []
+
+        def observe(event):
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        _install(self.certificates.issue("rmux-rotated"), (self.certificate, self.key))
+        yield listeners.reload()
+        self.assertIn("rmux: TLS certificates re-read for %s" % (rmux.listener.name,), lines)
+        name = yield self.servedName()
+        self.assertEqual(name, "rmux-rotated")
+        with open(self.certificate, "w") as f:
+            f.write("")
+        yield listeners.reload()
+        self.assertIn(
+            "rmux: TLS certificates not re-read for %s, the running ones stay: "
+            "tlsCertFile: %s holds no PEM certificate" % (rmux.listener.name, self.certificate),
+            lines,
+        )
 
     def test_needsCertificateAndKey(self):
         with self.assertRaises(ConfigError) as caught:
