@@ -100,6 +100,18 @@ class Router:
         self.pools = seen
         self.single = default.pools[0] if len(seen) == 1 else None
 
+    def start(self):
+        """
+        Nothing to start: the placement is the configuration's.
+        """
+
+    def stop(self):
+        """
+        @return: the L{Deferred}s of what stops (none: the pools are the
+            listener's).
+        """
+        return []
+
     def adopt(self, other):
         """
         Take C{other}'s placement (groups, routes, pools, settings), all in
@@ -248,26 +260,39 @@ class Router:
         """
         units = {}
         order = []
+        pools = {}
         bounds = indexes[1:] + [len(args)]
         for position, (start, end) in enumerate(zip(indexes, bounds)):
-            pool = self.poolForKey(args[start])
-            if pool not in units:
-                units[pool] = []
-                order.append(pool)
-            units[pool].append((position, args[start:end]))
+            unit, pool = self.splitUnit(args[start])
+            if unit not in units:
+                units[unit] = []
+                order.append(unit)
+                pools[unit] = pool
+            units[unit].append((position, args[start:end]))
         if len(order) == 1:
-            sender.send(order[0], encodeRequest(args), waiter)
+            sender.send(pools[order[0]], encodeRequest(args), waiter)
             return
         head = args[: indexes[0]]
         fanOut = FanOut(waiter, spec.merge, len(order), len(indexes))
         self._countFragments(len(order))
-        for part, pool in enumerate(order):
-            pieces = units[pool]
+        for part, unit in enumerate(order):
+            pool = pools[unit]
+            pieces = units[unit]
             partArgs = list(head)
             for position, unit in pieces:
                 partArgs.extend(unit)
             part = fanOut.part(part, [position for position, unit in pieces])
             sender.send(pool, encodeRequest(partArgs), part)
+
+    def splitUnit(self, key):
+        """
+        What a split command's keys are grouped by, and where that group
+        goes: here, their server.
+
+        @return: C{(unit, pool)}.
+        """
+        pool = self.poolForKey(key)
+        return pool, pool
 
     def _all(self, args, spec, waiter, sender):
         pools = self.livePools()

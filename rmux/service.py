@@ -203,13 +203,17 @@ class ListenerService(MultiService):
         self.reactor = reactor
         self.retiring = set()
         pools = _PoolSet(reactor, listener)
-        default, routes = pools.placement()
+        self.stats = ListenerStats()
+        if listener.topology == "cluster":
+            self.router = self._clusterRouter(pools)
+        else:
+            default, routes = pools.placement()
         self.pools = pools.pools
         self._poolsByServer = pools.byServer
         self.health = HealthMonitor(reactor, self.pools, **_healthSettings(listener))
-        self.stats = ListenerStats()
-        self.router = Router(default, routes, self.health, listener.allowFlush, self.stats,
-                             listener.crossServerTransactions)
+        if listener.topology != "cluster":
+            self.router = Router(default, routes, self.health, listener.allowFlush, self.stats,
+                                 listener.crossServerTransactions)
         # The hub and every client hold this router for good: a reload
         # changes what it holds (Router.adopt), never which router it is.
         self.hub = SubscriptionHub(
@@ -219,6 +223,8 @@ class ListenerService(MultiService):
             lambda pool, protocol: connectAuthenticated(reactor, pool, protocol),
         )
         self.health.onChange.append(lambda *_: self.hub.placementChanged())
+        if listener.topology == "cluster":
+            self.router.onChange.append(self.hub.placementChanged)
         self.health.onChange.append(self._backendChanged)
         table = table or CommandTable.default()
         if listener.commands:
@@ -246,6 +252,23 @@ class ListenerService(MultiService):
             )
             tlsService._raiseSynchronously = True
             tlsService.setServiceParent(self)
+
+    def _clusterRouter(self, pools):
+        """
+        The router of a cluster listener: its pools are the nodes', made
+        as the cluster's map names them, with the listener's settings.
+        """
+        from rmux.cluster import ClusterRouter
+
+        listener = self.listener
+        return ClusterRouter(
+            self.reactor, listener.backends,
+            lambda address: _newPool(self.reactor, address, listener, pools.tls(address)),
+            interval=_seconds(listener.clusterRefreshInterval),
+            allowFlush=listener.allowFlush, stats=self.stats,
+            retire=lambda gone: self.retire(gone),
+            retryBudget=_seconds(listener.clusterRetryTime),
+        )
 
     def _backendChanged(self, check, previous, state):
         if state == "up":
@@ -290,8 +313,12 @@ class ListenerService(MultiService):
         @param listener: the new L{rmux.config.ListenerConfig}, for the
             same address.
         @return: a L{ListenerReload}.
-        @raise ValueError: if a placement cannot be built.
+        @raise ValueError: if a placement cannot be built, or for a
+            cluster (whose placement is the cluster's, and whose seeds a
+            restart changes).
         """
+        if listener.topology == "cluster" or self.listener.topology == "cluster":
+            raise ValueError("a cluster listener is not reloaded; restart rmux to change it")
         return ListenerReload(self, listener)
 
     def endpoint(self):
@@ -316,6 +343,7 @@ class ListenerService(MultiService):
         # has started.
         MultiService.startService(self)
         self.health.start()
+        self.router.start()
 
     def stopService(self):
         """
@@ -329,6 +357,7 @@ class ListenerService(MultiService):
             lambda _: DeferredList(
                 [self.health.stop(), self.hub.stop()]
                 + [pool.stop() for pool in self.pools]
+                + self.router.stop()
                 + [retirement.finish() for retirement in list(self.retiring)]
             )
         )

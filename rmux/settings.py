@@ -228,6 +228,19 @@ def _backends():
                 help="Backend Redis unix sockets (or unix:// URLs), separated by spaces. "
                      "They come after all TCP backends in the hashing order. A weight is "
                      "given as unix:///path?weight=N&name=NAME."),
+        Setting("cluster", BACKENDS, None, group=group, scope=INPUT,
+                help="Redis Cluster seed nodes, host:port (or redis:// or rediss:// URLs), "
+                     "separated by spaces: rmux reads the slot map from them and sends "
+                     "each command to its slot's master. Instead of --tcpConnections "
+                     "and --unixConnections."),
+        Setting("clusterRefreshInterval", MILLISECONDS, 5000, group=group,
+                help="How often a cluster's slot map is read again (ms), besides after "
+                     "a MOVED or a lost node."),
+        Setting("clusterRetryTime", MILLISECONDS, 8000, group=group, zero=ZERO_LITERAL,
+                zeroMeans="do not retry",
+                help="How long a command that meets a cluster failover (its node lost, "
+                     "TRYAGAIN, CLUSTERDOWN) is sent again, where the next slot map "
+                     "says, before the client gets the error (ms); 0 = do not retry."),
         Setting("config", STRING, None, group=group, scope=COMMAND, json=False,
                 help="JSON config file: an array of listener objects with these options' "
                      "names. Replaces every listener and backend option; --debug, "

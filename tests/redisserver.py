@@ -124,3 +124,79 @@ def startServers(testCase, count, **kwargs):
     Start C{count} redis-servers for C{testCase}, stopped by its cleanup.
     """
     return [startRedis(testCase, **kwargs) for _ in range(count)]
+
+
+REDIS_CLI = shutil.which("redis-cli")
+
+
+class RedisCluster:
+    """
+    A Redis Cluster of C{masters} masters (and C{replicas} replicas of
+    each) on free loopback ports, joined with C{redis-cli --cluster create}.
+
+    @ivar servers: the L{RedisServer}s, masters first as C{create} orders
+        them.
+    """
+
+    def __init__(self, masters=3, replicas=0, nodeTimeout=2000):
+        self.servers = []
+        for _ in range(masters * (1 + replicas)):
+            server = RedisServer(tcp=True, args=["--cluster-enabled", "yes",
+                                                 "--cluster-node-timeout", str(nodeTimeout)])
+            # The cluster bus's port would be port + 10000 by default,
+            # beyond 65535 for a high free port.
+            server.args += ["--cluster-config-file",
+                            os.path.join(server.directory, "nodes.conf"),
+                            "--cluster-port", str(freePort())]
+            self.servers.append(server)
+        self.replicas = replicas
+
+    def addresses(self):
+        return ["127.0.0.1:%d" % (server.port,) for server in self.servers]
+
+    def start(self, timeout=20.0):
+        for server in self.servers:
+            server.start()
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create"] + self.addresses()
+            + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=timeout,
+        )
+        self.waitUntilOk(timeout)
+        return self
+
+    def waitUntilOk(self, timeout=20.0, without=None):
+        """
+        Wait until every running node says the cluster is ok and agrees on
+        who serves each slot (none of them C{without}, a server stopped).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = [s for s in self.servers if s.process is not None]
+            states = [s.command(b"CLUSTER INFO\r\n") for s in running]
+            maps = {s.command(b"CLUSTER SLOTS\r\n") for s in running}
+            gone = without is not None and any(
+                b":%d\r\n" % (without.port,) in slots for slots in maps)
+            # A replica that never synced would not be promoted: its data
+            # counts as too old.
+            replication = [s.command(b"INFO replication\r\n") for s in running]
+            synced = all(b"role:master" in r or b"master_link_status:up" in r
+                         for r in replication)
+            if (all(b"cluster_state:ok" in s for s in states) and len(maps) == 1
+                    and not gone and synced):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the cluster did not become ok within %s s" % (timeout,))
+
+    def cleanup(self):
+        for server in self.servers:
+            server.cleanup()
+
+
+def startCluster(testCase, **kwargs):
+    """
+    Start a L{RedisCluster} for C{testCase}, stopped by its cleanup.
+    """
+    cluster = RedisCluster(**kwargs)
+    testCase.addCleanup(cluster.cleanup)
+    return cluster.start()

@@ -1525,9 +1525,9 @@ class FromJSONTests(ErrorAssertions, SynchronousTestCase):
             [{"port": 1, "tcpConnection": ["r"]}],
         )
         self.assertConfigError(
-            "listener 1: colour: unknown field",
+            "listener 1: zebra: unknown field",
             self.load,
-            [{"port": 1, "tcpConnections": ["r"], "colour": "blue"}],
+            [{"port": 1, "tcpConnections": ["r"], "zebra": "blue"}],
         )
 
     def test_duplicateField(self):

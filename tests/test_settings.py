@@ -34,10 +34,12 @@ class ReadmeTests(SynchronousTestCase):
 class DerivedTests(SynchronousTestCase):
     def test_listenerFieldsAreSettings(self):
         """
-        Every field of a listener's configuration but its backends is a
-        listener setting, with the setting's default.
+        Every field of a listener's configuration but its backends and
+        their topology (read from the backend settings: tcpConnections,
+        unixConnections, cluster) is a listener setting, with the
+        setting's default.
         """
-        fields = {f.name for f in dataclasses.fields(ListenerConfig)} - {"backends"}
+        fields = {f.name for f in dataclasses.fields(ListenerConfig)} - {"backends", "topology"}
         self.assertEqual(fields, {s.name for s in settings.listenerFields()})
         listener = ListenerConfig(backends=["r1:6379"])
         for setting in settings.listenerFields():
@@ -124,7 +126,7 @@ class RuleTests(SynchronousTestCase):
         self.assertEqual(
             sorted(name for name, low in lows.items() if low == 0),
             sorted(["port", "tlsPort", "maxProcesses", "pinnedWait", "startupWait", "localTimeout",
-                    "localReadTimeout", "localWriteTimeout", "idleTimeout",
+                    "localReadTimeout", "localWriteTimeout", "idleTimeout", "clusterRetryTime",
                     "clientOutputLimit", "pubsubOutputLimit", "pubsubOutputSoftLimit",
                     "pubsubOutputSoftTime", "clientQueryBufferLimit", "queryBuffersLimit",
                     "shutdownTimeout", "statsPort", "metricsPort"]))

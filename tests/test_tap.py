@@ -53,6 +53,14 @@ PARAMETER_CASES = [
         lambda c: [str(b) for b in c.listeners[0].backends],
         ["/u1", "/u2"],
     ),
+    (
+        "cluster",
+        "127.0.0.1:7001 127.0.0.1:7002",
+        lambda c: (c.listeners[0].topology, [str(b) for b in c.listeners[0].backends]),
+        ("cluster", ["127.0.0.1:7001", "127.0.0.1:7002"]),
+    ),
+    ("clusterRefreshInterval", "2000", lambda c: c.listeners[0].clusterRefreshInterval, 2000),
+    ("clusterRetryTime", "3000", lambda c: c.listeners[0].clusterRetryTime, 3000),
     ("poolSize", "7", lambda c: c.listeners[0].poolSize, 7),
     ("maxProcesses", "3", lambda c: c.listeners[0].maxProcesses, 3),
     (

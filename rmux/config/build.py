@@ -109,7 +109,16 @@ def buildListener(raw: Mapping[str, Any], place: Place) -> ListenerConfig:
     }
     kwargs.update(placement)
 
-    backends, labels = backendsFromRaw(raw, place)
+    if raw.get("cluster"):
+        if raw.get("tcpConnections") or raw.get("unixConnections") or raw.get("routes"):
+            raise place.error(
+                f"{place.field('cluster')}: not with tcpConnections, unixConnections or "
+                "routes: a cluster places keys itself"
+            )
+        kwargs["topology"] = "cluster"
+        backends, labels = backendsFromRaw(raw, place, (("cluster", "tcp"),))
+    else:
+        backends, labels = backendsFromRaw(raw, place)
     if not backends:
         message = (
             "at least one backend is required "
@@ -215,7 +224,8 @@ def placeError(
 
 
 def backendsFromRaw(
-    raw: Mapping[str, Any], place: Place
+    raw: Mapping[str, Any], place: Place,
+    lists: tuple[tuple[str, str], ...] = (("tcpConnections", "tcp"), ("unixConnections", "unix")),
 ) -> tuple[list[BackendAddress], list[str]]:
     """
     The backends of C{raw}'s C{tcpConnections} and C{unixConnections} (in
@@ -225,7 +235,7 @@ def backendsFromRaw(
     """
     backends = []
     labels = []
-    for listName, kind in (("tcpConnections", "tcp"), ("unixConnections", "unix")):
+    for listName, kind in lists:
         elements = raw.get(listName, ())
         # A flag's list was split on whitespace, and so was a password
         # with a space in it: see secretSpan.

@@ -152,7 +152,7 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
         listeners = loadConfigFile(given["config"]).listeners
     else:
         raw = {s.name: _flagValue(given[s.name], s) for s in _LISTENER_FLAGS if s.name in given}
-        if "tcpConnections" not in raw and "unixConnections" not in raw:
+        if not {"tcpConnections", "unixConnections", "cluster"} & set(raw):
             raw["tcpConnections"] = DEFAULT_TCP_CONNECTIONS.split()
         listeners = (buildListener(raw, Place("", "--%s", given)),)
     try:

@@ -436,6 +436,9 @@ class ListenerConfig:
     socket: str | None = None
     socketMode: int = _default("socketMode")
     backends: tuple[BackendAddress, ...]
+    topology: str = "servers"
+    clusterRefreshInterval: int = _default("clusterRefreshInterval")
+    clusterRetryTime: int = _default("clusterRetryTime")
     poolSize: int = _default("poolSize")
     failover: bool = _default("failover")
     maxProcesses: int = _default("maxProcesses")

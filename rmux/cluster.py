@@ -1,0 +1,491 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+Redis Cluster behind rmux: plain clients see one server.
+
+L{ClusterRouter} is an L{IRouter} over the cluster's own placement: a
+key's hash slot (CRC16 of the key or of its C{{hash tag}}, modulo 16384),
+owned by one master in the slot map that rmux learns from the cluster
+(C{CLUSTER SLOTS}).  What L{rmux.router.Router} does over independent
+servers (splitting MGET/MSET/DEL, fanning out keyspace-wide commands,
+SCAN's walk) it does over the masters, with two differences: a multi-key
+command is split per slot (a cluster refuses keys of several slots even on
+one node), and a command that must run whole needs all its keys in one
+slot (Redis's CROSSSLOT).
+
+A reply of C{-MOVED} or C{-ASK} never reaches the client: the command is
+sent again where the cluster says (C{ASKING} first for C{-ASK}), at most
+L{MAX_REDIRECTS} times, and C{-MOVED} updates the map and asks for a fresh
+one.  A command that meets a failover (its node lost, C{-TRYAGAIN},
+C{-CLUSTERDOWN}) is sent again for a few seconds, where the next map says.  The map is also refreshed periodically and after a connection to a
+node fails; never more than one refresh is in flight.
+"""
+
+import binascii
+from dataclasses import replace
+
+import hiredis
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from rmux import commands as C
+from rmux.interfaces import IReplyWaiter, IRequestSender, IRouter
+from rmux.replies import IgnoredReply
+from rmux.resp import encodeRequest, errorReply
+from rmux.router import PlacementError, Router
+
+SLOTS = 16384
+
+#: How many times one command follows C{-MOVED}, C{-ASK}, C{-TRYAGAIN} or
+#: C{-CLUSTERDOWN} before the client gets the error (redis-py's cluster
+#: client follows 16; a map refreshed on the first MOVED needs one).
+MAX_REDIRECTS = 5
+
+#: Redis Cluster's error for keys in several slots, byte for byte.
+CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+
+_ASKING = encodeRequest([b"ASKING"])
+_CLUSTER_SLOTS = encodeRequest([b"CLUSTER", b"SLOTS"])
+
+#: The least time between two refreshes asked for by redirections: a
+#: resharding answers many commands with MOVED at once.
+MIN_REFRESH_GAP = 0.1
+
+#: How long a command waits before it is sent again after C{-TRYAGAIN},
+#: C{-CLUSTERDOWN} or a lost connection (a failover in progress).
+RETRY_DELAY = 0.25
+
+
+def keySlot(key):
+    """
+    The hash slot of C{key}, as Redis Cluster computes it: CRC16 (XMODEM)
+    of the key, or of its hash tag (what is between the first C{{} and the
+    first C{}} after it, if not empty), modulo 16384.
+    """
+    start = key.find(b"{")
+    if start != -1:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    return binascii.crc_hqx(key, 0) & (SLOTS - 1)
+
+
+class SlotMap:
+    """
+    Which master serves each slot: one entry per slot, a node address
+    C{(host, port)} or L{None} for a slot nobody serves.
+    """
+
+    def __init__(self, owners):
+        self.owners = owners
+
+    @classmethod
+    def fromClusterSlots(cls, reply, answeredBy):
+        """
+        The map in a C{CLUSTER SLOTS} reply.
+
+        @param reply: the raw reply (RESP bytes).
+        @param answeredBy: the address C{(host, port)} of the node that
+            answered, for a master it lists without an endpoint.
+        @raise ValueError: if C{reply} is not such a reply.
+        """
+        reader = hiredis.Reader()
+        reader.feed(reply)
+        ranges = reader.gets()
+        if not isinstance(ranges, list):
+            raise ValueError("not a CLUSTER SLOTS reply: %r" % (reply[:80],))
+        owners = [None] * SLOTS
+        for entry in ranges:
+            start, end, master = entry[0], entry[1], entry[2]
+            host = master[0].decode("utf-8") if master[0] else ""
+            if host in ("", "?"):
+                host = answeredBy[0]
+            node = (host, int(master[1]))
+            owners[start:end + 1] = [node] * (end + 1 - start)
+        return cls(owners)
+
+    def masters(self):
+        """
+        The nodes that serve at least one slot, in address order.
+        """
+        return sorted({node for node in self.owners if node is not None})
+
+    def slotsOf(self, node):
+        return sum(1 for owner in self.owners if owner == node)
+
+
+@implementer(IReplyWaiter)
+class _Query:
+    """
+    The waiter of one of rmux's own requests to a node (the map).
+    """
+
+    __slots__ = ("deferred", "data")
+
+    def __init__(self):
+        self.deferred = Deferred()
+        self.data = None
+
+    def fill(self, reply):
+        self.data = reply
+        self.deferred.callback(reply)
+
+
+_MOVED = (b"-MOVED ", b"-ASK ")
+_RETRIED = (
+    b"-TRYAGAIN", b"-CLUSTERDOWN", b"-ERR rmux: lost connection to backend ",
+    b"-ERR rmux: cannot connect to backend ", b"-ERR rmux: backend ",
+)
+
+
+@implementer(IReplyWaiter)
+class _Redirectable:
+    """
+    The waiter of a request to a cluster node: the client's waiter gets the
+    reply, unless it tells rmux to ask elsewhere or again
+    (L{ClusterRouter.redirect}).
+
+    @ivar pool: where the request went last.
+    @ivar deadline: when retries after a failure stop (set at the first).
+    """
+
+    __slots__ = ("router", "sender", "payload", "waiter", "pool", "redirects", "deadline",
+                 "data")
+
+    def __init__(self, router, sender, payload, waiter, pool):
+        self.router = router
+        self.sender = sender
+        self.payload = payload
+        self.waiter = waiter
+        self.pool = pool
+        self.redirects = 0
+        self.deadline = None
+        self.data = None
+
+    def fill(self, reply):
+        if reply[:1] == b"-" and self.router.redirect(self, reply):
+            return
+        self.data = reply
+        self.waiter.fill(reply)
+
+    def sendTo(self, pool):
+        self.pool = pool
+        self.sender.send(pool, self.payload, self)
+
+
+@implementer(IRequestSender)
+class _RedirectingSender:
+    """
+    A client's sender whose requests follow the cluster's redirections.
+    """
+
+    __slots__ = ("router", "sender")
+
+    def __init__(self, router, sender):
+        self.router = router
+        self.sender = sender
+
+    def send(self, pool, payload, waiter, count=1):
+        self.sender.send(
+            pool, payload, _Redirectable(self.router, self.sender, payload, waiter, pool), count
+        )
+
+
+class ClusterStats:
+    """
+    What the cluster router counts: redirections followed and maps read.
+    """
+
+    def __init__(self):
+        self.moved = 0
+        self.ask = 0
+        self.retries = 0
+        self.refreshes = 0
+        self.refreshFailures = 0
+
+
+@implementer(IRouter)
+class ClusterRouter(Router):
+    """
+    Routes one listener's commands over a Redis Cluster.
+
+    @ivar seeds: the configured nodes (L{rmux.config.BackendAddress}),
+        asked for the map when no known master answers.
+    @ivar map: the L{SlotMap}, or L{None} until one is known.
+    @ivar pools: the masters' pools, in address order.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, seeds, newPool, interval=5.0, allowFlush=False, stats=None,
+                 retire=None, retryBudget=8.0):
+        """
+        @param newPool: makes the pool of a node from its address (a
+            L{rmux.config.BackendAddress} like the seeds', for its host and
+            port).
+        @param interval: seconds between two periodic refreshes of the map.
+        @param retire: called with the pools of nodes that left the map.
+        @param retryBudget: seconds during which a command that met a
+            failover (a lost node, C{-TRYAGAIN}, C{-CLUSTERDOWN}) is sent
+            again before the client gets the error.
+        """
+        self.retryBudget = retryBudget
+        self.reactor = reactor
+        self.seeds = list(seeds)
+        self.newPool = newPool
+        self.retire = retire or (lambda pools: [pool.stop() for pool in pools])
+        self.allowFlush = allowFlush
+        self.crossServerTransactions = False
+        self.stats = stats
+        self.health = None
+        self.routes = None
+        self.single = None
+        self.map = None
+        self.pools = []
+        self.byNode = {}
+        self.owners = [None] * SLOTS
+        self.cluster = ClusterStats()
+        self.onChange = []
+        self._refreshing = None
+        self._lastRefresh = None
+        self._ready = []
+        self._loop = LoopingCall(self.refresh)
+        self._loop.clock = reactor
+        self._interval = interval
+
+    def start(self):
+        self._loop.start(self._interval, now=True)
+
+    def stop(self):
+        if self._loop.running:
+            self._loop.stop()
+        for waiter in self._ready:
+            waiter.callback(None)
+        self._ready = []
+        return [pool.stop() for pool in list(self.byNode.values())]
+
+    def adopt(self, other):
+        raise NotImplementedError("a cluster listener's placement is the cluster's")
+
+    # The map
+
+    def _poolFor(self, node):
+        pool = self.byNode.get(node)
+        if pool is None:
+            seed = self.seeds[0]
+            pool = self.byNode[node] = self.newPool(replace(seed, host=node[0], port=node[1]))
+        return pool
+
+    def _candidates(self):
+        """
+        The pools to ask for the map, in order: the known masters, then the
+        seeds.
+        """
+        candidates = list(self.pools)
+        for seed in self.seeds:
+            pool = self._poolFor((seed.host, seed.port))
+            if pool not in candidates:
+                candidates.append(pool)
+        return candidates
+
+    def refresh(self):
+        """
+        Read the slot map from the first node that gives it, unless a read
+        is already in flight.
+
+        @return: a L{Deferred} that fires when this read is over.
+        """
+        if self._refreshing is not None:
+            return self._refreshing
+        self._lastRefresh = self.reactor.seconds()
+        done = self._refreshing = Deferred()
+        self._ask(self._candidates(), [])
+        return done
+
+    def _ask(self, candidates, failures):
+        if not candidates:
+            self.cluster.refreshFailures += 1
+            self.log.warn("rmux: cluster map not read: {why}", why="; ".join(failures))
+            self._refreshed()
+            return
+        pool = candidates.pop(0)
+        query = _Query()
+        pool.send(_CLUSTER_SLOTS, query)
+        query.deferred.addCallback(self._answer, pool, candidates, failures)
+
+    def _answer(self, reply, pool, candidates, failures):
+        address = pool.address
+        try:
+            if reply[:1] in (b"-", b"!"):
+                raise ValueError(reply[1:-2].decode("utf-8", "replace"))
+            slotMap = SlotMap.fromClusterSlots(reply, (address.host, address.port))
+        except ValueError as e:
+            failures.append("%s: %s" % (address, e))
+            self._ask(candidates, failures)
+            return
+        self._install(slotMap)
+        self._refreshed()
+
+    def _refreshed(self):
+        self.cluster.refreshes += 1
+        done, self._refreshing = self._refreshing, None
+        done.callback(None)
+
+    def _install(self, slotMap):
+        masters = slotMap.masters()
+        previous = set(self.pools)
+        self.map = slotMap
+        self.pools = [self._poolFor(node) for node in masters]
+        self.owners = [None if node is None else self.byNode[node] for node in slotMap.owners]
+        current = set(self.pools)
+        seedNodes = {(seed.host, seed.port) for seed in self.seeds}
+        gone = [pool for node, pool in list(self.byNode.items())
+                if pool not in current and node not in seedNodes]
+        for pool in gone:
+            del self.byNode[(pool.address.host, pool.address.port)]
+        if gone:
+            self.retire(gone)
+        ready, self._ready = self._ready, []
+        for waiter in ready:
+            waiter.callback(None)
+        if current != previous:
+            self.log.info(
+                "rmux: cluster map: {masters} masters ({nodes})",
+                masters=len(masters), nodes=", ".join("%s:%d" % node for node in masters),
+            )
+            for callback in self.onChange:
+                callback()
+
+    def whenReady(self):
+        """
+        A L{Deferred} that fires once a map is known (or the router stops).
+        """
+        waiter = Deferred()
+        self._ready.append(waiter)
+        if self._refreshing is None:
+            self.refresh()
+        return waiter
+
+    # Redirections
+
+    def redirect(self, request, reply):
+        """
+        Send C{request} (a L{_Redirectable}) again where the error C{reply}
+        says, if it says to.
+
+        @return: whether the request was taken (else C{reply} is the
+            client's).
+        """
+        if reply.startswith(_MOVED):
+            if request.redirects >= MAX_REDIRECTS:
+                return False
+            request.redirects += 1
+            try:
+                kind, slot, where = reply[1:-2].split(b" ")
+                host, _, port = where.decode("utf-8").rpartition(":")
+                pool = self._poolFor((host, int(port)))
+                slot = int(slot)
+            except (ValueError, UnicodeDecodeError):
+                return False
+            if kind == b"MOVED":
+                self.cluster.moved += 1
+                self.owners[slot] = pool
+                if self._lastRefresh is None or (
+                    self.reactor.seconds() - self._lastRefresh >= MIN_REFRESH_GAP
+                ):
+                    self.refresh()
+            else:
+                self.cluster.ask += 1
+                request.sender.send(pool, _ASKING, IgnoredReply())
+            request.sendTo(pool)
+            return True
+        if not reply.startswith(_RETRIED):
+            return False
+        # TRYAGAIN, CLUSTERDOWN, a node lost: the cluster is changing;
+        # send it again a moment later, within the budget.
+        now = self.reactor.seconds()
+        if request.deadline is None:
+            request.deadline = now + self.retryBudget
+        elif now + RETRY_DELAY > request.deadline:
+            return False
+        self.cluster.retries += 1
+        self.refresh()
+        self.reactor.callLater(RETRY_DELAY, self._retry, request)
+        return True
+
+    def _retry(self, request):
+        """
+        Send C{request} again: to the node it went to if that still is a
+        master (it redirects if the slot moved), else to any master, which
+        does.
+        """
+        pool = request.pool
+        if pool not in self.pools:
+            if not self.pools:
+                request.fill(errorReply("rmux: no cluster node serves now"))
+                return
+            pool = self.pools[0]
+        request.sendTo(pool)
+
+    # IRouter
+
+    def route(self, args, spec, waiter, sender, payload=None):
+        if self.map is None:
+            self.whenReady().addCallback(
+                lambda _: self._routeKnown(args, spec, waiter, sender, payload))
+            return
+        self._routeKnown(args, spec, waiter, sender, payload)
+
+    def _routeKnown(self, args, spec, waiter, sender, payload):
+        if self.map is None:
+            waiter.fill(errorReply("rmux: the cluster's slot map is not known"))
+            return
+        try:
+            self._place(args, spec, waiter, _RedirectingSender(self, sender), payload)
+        except PlacementError as e:
+            waiter.fill(e.reply)
+
+    def poolForKey(self, key):
+        pool = self.owners[keySlot(key)]
+        if pool is None:
+            if self.map is None:
+                raise PlacementError.because("rmux: the cluster's slot map is not known yet")
+            raise PlacementError(b"-CLUSTERDOWN Hash slot not served\r\n")
+        return pool
+
+    def poolForCommand(self, args, spec):
+        if spec.name in ("publish", "spublish"):
+            return self.poolForKey(args[1])
+        if spec.routing == C.KEYLESS_ANY:
+            return None
+        if spec.routing not in (C.KEYED, C.SPLIT):
+            raise PlacementError.because(
+                "%s cannot run on a single node's connection through rmux "
+                "with a cluster" % (spec.name.upper().replace("|", " "),)
+            )
+        keys = [args[i] for i in spec.keyIndexes(args)]
+        if not keys:
+            return None
+        slot = keySlot(keys[0])
+        for key in keys[1:]:
+            if keySlot(key) != slot:
+                raise PlacementError(CROSSSLOT)
+        return self.poolForKey(keys[0])
+
+    def anyPool(self):
+        if not self.pools:
+            raise PlacementError.because("rmux: the cluster's slot map is not known yet")
+        return self.pools[0]
+
+    def livePools(self):
+        if not self.pools:
+            raise PlacementError.because("rmux: the cluster's slot map is not known yet")
+        return self.pools
+
+    def splitUnit(self, key):
+        """
+        A split command's keys are grouped by slot: a node refuses keys of
+        several slots in one command, even slots it owns.
+        """
+        return keySlot(key), self.poolForKey(key)

@@ -1,0 +1,341 @@
+"""
+rmux in front of a real Redis Cluster (L{rmux.cluster}), started by the
+tests; and the cluster's placement, checked against Redis's own vectors.
+"""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from rmux.cluster import SLOTS, SlotMap, keySlot
+from rmux.config import ConfigError, fromFlags
+from tests.redisserver import REDIS_CLI, startCluster
+from tests.test_integration import ThreadedClients, startRmux
+
+
+class KeySlotTests(SynchronousTestCase):
+    def test_crc16(self):
+        """
+        The slot is CRC16 (XMODEM) modulo 16384: Redis's test vector
+        C{123456789} has CRC 0x31C3.
+        """
+        self.assertEqual(keySlot(b"123456789"), 0x31C3)
+        self.assertEqual(keySlot(b"foo"), 12182)
+
+    def test_hashTags(self):
+        """
+        Only the first C{{...}} with something in it is hashed, as the
+        cluster specification's examples say.
+        """
+        self.assertEqual(keySlot(b"{user1000}.following"), keySlot(b"user1000"))
+        self.assertEqual(keySlot(b"{user1000}.followers"), keySlot(b"user1000"))
+        self.assertEqual(keySlot(b"foo{}{bar}"), keySlot(b"foo{}{bar}"))
+        self.assertNotEqual(keySlot(b"foo{}{bar}"), keySlot(b"bar"))
+        self.assertEqual(keySlot(b"foo{{bar}}zap"), keySlot(b"{bar"))
+        self.assertEqual(keySlot(b"foo{bar}{zap}"), keySlot(b"bar"))
+
+    def test_slotMap(self):
+        """
+        A C{CLUSTER SLOTS} reply gives each slot its master; a master
+        listed without an endpoint is the node that answered.
+        """
+        reply = (
+            b"*2\r\n"
+            b"*3\r\n:0\r\n:99\r\n*3\r\n$9\r\n127.0.0.1\r\n:7001\r\n$2\r\nid\r\n"
+            b"*4\r\n:100\r\n:16383\r\n*3\r\n$0\r\n\r\n:7002\r\n$2\r\nid\r\n"
+            b"*3\r\n$9\r\n127.0.0.1\r\n:7003\r\n$2\r\nid\r\n"
+        )
+        slotMap = SlotMap.fromClusterSlots(reply, ("10.0.0.2", 7002))
+        self.assertEqual(slotMap.owners[0], ("127.0.0.1", 7001))
+        self.assertEqual(slotMap.owners[99], ("127.0.0.1", 7001))
+        self.assertEqual(slotMap.owners[100], ("10.0.0.2", 7002))
+        self.assertEqual(slotMap.owners[SLOTS - 1], ("10.0.0.2", 7002))
+        self.assertEqual(slotMap.masters(), [("10.0.0.2", 7002), ("127.0.0.1", 7001)])
+        self.assertEqual(slotMap.slotsOf(("127.0.0.1", 7001)), 100)
+
+    def test_config(self):
+        listener = fromFlags({"cluster": "127.0.0.1:7001 127.0.0.1:7002"}).listeners[0]
+        self.assertEqual(listener.topology, "cluster")
+        self.assertEqual([str(seed) for seed in listener.backends],
+                         ["127.0.0.1:7001", "127.0.0.1:7002"])
+        with self.assertRaises(ConfigError) as caught:
+            fromFlags({"cluster": "127.0.0.1:7001", "tcpConnections": "127.0.0.1:6379"})
+        self.assertIn("--cluster: not with tcpConnections", str(caught.exception))
+
+
+def _redisPy(path):
+    import redis
+
+    return redis.Redis(unix_socket_path=path, socket_timeout=10)
+
+
+class ClusterTests(TestCase):
+    """
+    A plain client of rmux's socket on a three-master cluster.
+    """
+
+    timeout = 60
+
+    if REDIS_CLI is None:
+        skip = "redis-cli is not installed"
+
+    def setUp(self):
+        self.cluster = startCluster(self)
+        self.rmux = startRmux(self, [], unixConnections=None,
+                              cluster=" ".join(self.cluster.addresses()[:1]))
+        self.threads = ThreadedClients(self, size=4)
+        self.client = _redisPy(self.rmux.path)
+        self.addCleanup(self.client.close)
+
+    def clusterClient(self):
+        from redis.cluster import RedisCluster
+
+        port = self.cluster.servers[0].port
+        client = RedisCluster(host="127.0.0.1", port=port)
+        self.addCleanup(client.close)
+        return client
+
+    @inlineCallbacks
+    def test_placement(self):
+        """
+        Keys written by a plain client through rmux are where a
+        cluster-aware client looks for them, on their slots' owners.
+        """
+        client = self.client
+
+        def write():
+            pipe = client.pipeline(transaction=False)
+            for i in range(2000):
+                pipe.set("key:%d" % (i,), "value:%d" % (i,))
+            return pipe.execute()
+
+        replies = yield self.threads.run(write)
+        self.assertEqual(replies, [True] * 2000)
+
+        def readBack():
+            aware = self.clusterClient()
+            return [aware.get("key:%d" % (i,)) for i in range(2000)]
+
+        values = yield self.threads.run(readBack)
+        self.assertEqual(values, [b"value:%d" % (i,) for i in range(2000)])
+        sizes = [int(server.command(b"DBSIZE\r\n")[1:-2]) for server in self.cluster.servers]
+        self.assertEqual(sum(sizes), 2000)
+        self.assertTrue(all(size > 500 for size in sizes), sizes)
+
+    @inlineCallbacks
+    def test_multiKey(self):
+        """
+        MSET, MGET, EXISTS and DEL over keys of many slots answer as one
+        server; DBSIZE adds up the masters; SCAN visits every key once.
+        """
+        client = self.client
+        keys = ["multi:%d" % (i,) for i in range(50)]
+
+        def exchange():
+            client.mset({key: key.upper() for key in keys})
+            values = client.mget(keys + ["missing"])
+            scanned = list(client.scan_iter(count=7))
+            return (values, client.exists(*keys), client.dbsize(), scanned,
+                    client.delete(*keys[:20]), client.dbsize())
+
+        values, exists, size, scanned, deleted, after = yield self.threads.run(exchange)
+        self.assertEqual(values, [key.upper().encode() for key in keys] + [None])
+        self.assertEqual((exists, size, deleted, after), (50, 50, 20, 30))
+        self.assertEqual(sorted(scanned), sorted(key.encode() for key in keys))
+
+    @inlineCallbacks
+    def test_crossSlot(self):
+        """
+        A command that must run whole gets Redis's CROSSSLOT error when its
+        keys span slots, and runs when a hash tag keeps them together.
+        """
+        import redis
+
+        client = self.client
+
+        def exchange():
+            client.set("{user1}:a", "1")
+            renamed = client.rename("{user1}:a", "{user1}:b")
+            with self.assertRaises(redis.ResponseError) as caught:
+                client.rename("{user1}:b", "other")
+            return renamed, str(caught.exception), client.get("{user1}:b")
+
+        renamed, error, value = yield self.threads.run(exchange)
+        self.assertTrue(renamed)
+        self.assertEqual(error, "Keys in request don't hash to the same slot")
+        self.assertEqual(value, b"1")
+
+    @inlineCallbacks
+    def test_ask(self):
+        """
+        A key already migrated from a slot being migrated is served through
+        ASK from its new node; a key not migrated yet still from the old.
+        """
+        slot = keySlot(b"{m}:moved")
+        source = yield self.threads.run(self.ownerOf, slot)
+        target = next(s for s in self.cluster.servers if s is not source)
+        client = self.client
+        yield self.threads.run(client.mset, {"{m}:moved": "here", "{m}:stays": "there"})
+        sourceId = _cli(source, "CLUSTER", "MYID")
+        targetId = _cli(target, "CLUSTER", "MYID")
+        _cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", sourceId)
+        _cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", targetId)
+        _cli(source, "MIGRATE", "127.0.0.1", str(target.port), "{m}:moved", "0", "5000")
+        asks = self.rmux.router.cluster.ask
+        moved = yield self.threads.run(client.get, "{m}:moved")
+        stays = yield self.threads.run(client.get, "{m}:stays")
+        self.assertEqual((moved, stays), (b"here", b"there"))
+        self.assertEqual(self.rmux.router.cluster.ask, asks + 1)
+
+    def ownerOf(self, slot):
+        """
+        The master that serves C{slot}, as the cluster says.
+        """
+        import redis
+
+        direct = redis.Redis(host="127.0.0.1", port=self.cluster.servers[0].port)
+        try:
+            ranges = direct.execute_command("CLUSTER SLOTS")
+        finally:
+            direct.close()
+        for start, end, master, *replicas in ranges:
+            if start <= slot <= end:
+                return next(s for s in self.cluster.servers if s.port == master[1])
+        raise AssertionError("nobody serves slot %d" % (slot,))
+
+    @inlineCallbacks
+    def test_reshardUnderLoad(self):
+        """
+        While 1,000 slots move between masters (C{redis-cli --cluster
+        reshard}), a client writing through rmux gets no error, and every
+        write is there afterwards.
+        """
+        client = self.client
+        stop = threading.Event()
+        written = []
+        errors = []
+
+        def writer():
+            i = 0
+            while not stop.is_set():
+                try:
+                    client.set("load:%d" % (i,), i)
+                    written.append(i)
+                except Exception as e:
+                    errors.append(e)
+                i += 1
+
+        sourceId = _cli(self.cluster.servers[0], "CLUSTER", "MYID")
+        targetId = _cli(self.cluster.servers[1], "CLUSTER", "MYID")
+
+        def reshard():
+            try:
+                subprocess.run(
+                    [REDIS_CLI, "--cluster", "reshard", self.cluster.addresses()[0],
+                     "--cluster-from", sourceId, "--cluster-to", targetId,
+                     "--cluster-slots", "1000", "--cluster-yes"],
+                    check=True, capture_output=True, timeout=40,
+                )
+            finally:
+                stop.set()
+
+        load = self.threads.run(writer)
+        yield self.threads.run(reshard)
+        yield load
+        self.assertEqual(errors, [])
+        self.assertGreater(len(written), 100)
+
+        def readBack():
+            pipe = client.pipeline(transaction=False)
+            for i in written:
+                pipe.get("load:%d" % (i,))
+            return pipe.execute()
+
+        values = yield self.threads.run(readBack)
+        self.assertEqual(values, [b"%d" % (i,) for i in written])
+        self.assertGreater(self.rmux.router.cluster.moved, 0)
+
+
+def _cli(server, *arguments):
+    return subprocess.run(
+        [REDIS_CLI, "-p", str(server.port)] + list(arguments),
+        check=True, capture_output=True, text=True, timeout=10,
+    ).stdout.strip()
+
+
+class ClusterFailoverTests(TestCase):
+    """
+    A master killed under load, in a cluster with a replica for each.
+    """
+
+    timeout = 90
+
+    if REDIS_CLI is None:
+        skip = "redis-cli is not installed"
+
+    @inlineCallbacks
+    def test_masterKilled(self):
+        """
+        A client writing through rmux while a master is killed gets errors
+        only until the cluster has promoted its replica (within 8 s with
+        a node timeout of 2 s), none after; a write rmux acknowledged is
+        lost only if it was acknowledged before the kill (what Redis's
+        asynchronous replication can lose).
+        """
+        cluster = startCluster(self, replicas=1)
+        rmux = startRmux(self, [], unixConnections=None, cluster=cluster.addresses()[0])
+        threads = ThreadedClients(self, size=2)
+        client = _redisPy(rmux.path)
+        self.addCleanup(client.close)
+        stop = threading.Event()
+        acknowledged = {}
+        errors = []
+
+        def writer():
+            i = 0
+            while not stop.is_set():
+                try:
+                    client.set("fail:%d" % (i,), i)
+                    acknowledged[i] = time.monotonic()
+                except Exception as e:
+                    errors.append((time.monotonic(), str(e)))
+                i += 1
+
+        load = threads.run(writer)
+        victim = cluster.servers[0]
+
+        def killAndWait():
+            try:
+                time.sleep(0.5)
+                killed = time.monotonic()
+                os.kill(victim.process.pid, signal.SIGKILL)
+                victim.process.wait()
+                victim.process = None
+                cluster.waitUntilOk(timeout=20, without=victim)
+                recovered = time.monotonic()
+                time.sleep(1.0)
+                return killed, recovered
+            finally:
+                stop.set()
+
+        killed, recovered = yield threads.run(killAndWait)
+        yield load
+        self.assertLess(recovered - killed, 8)
+        late = [error for error in errors if error[0] > recovered]
+        self.assertEqual(late, [])
+
+        def readBack():
+            pipe = client.pipeline(transaction=False)
+            for i in acknowledged:
+                pipe.get("fail:%d" % (i,))
+            return dict(zip(acknowledged, pipe.execute()))
+
+        values = yield threads.run(readBack)
+        lost = [i for i, value in values.items() if value != b"%d" % (i,)]
+        self.assertTrue(all(acknowledged[i] <= killed for i in lost), lost)
+        self.assertGreater(len(acknowledged), 100)
