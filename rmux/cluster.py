@@ -266,7 +266,12 @@ class ClusterRouter(Router):
         return [pool.stop() for pool in list(self.byNode.values())]
 
     def adopt(self, other):
-        raise NotImplementedError("a cluster listener's placement is the cluster's")
+        """
+        Refused: a cluster's placement is the cluster's, and its seeds
+        change with a restart (L{rmux.service.ListenerService.prepareReload}
+        says so before this could be reached).
+        """
+        raise ValueError("a cluster listener is not reloaded; restart rmux to change it")
 
     # The map
 
