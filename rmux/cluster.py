@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from rmux import commands as C
 from rmux.interfaces import IReplyWaiter, IRequestSender, IRouter
-from rmux.replies import IgnoredReply
+from rmux.replies import DeferredReply, IgnoredReply
 from rmux.resp import encodeRequest, errorReply
 from rmux.router import PlacementError, Router
 
@@ -113,23 +113,6 @@ class SlotMap:
 
     def slotsOf(self, node):
         return sum(1 for owner in self.owners if owner == node)
-
-
-@implementer(IReplyWaiter)
-class _Query:
-    """
-    The waiter of one of rmux's own requests to a node (the map).
-    """
-
-    __slots__ = ("deferred", "data")
-
-    def __init__(self):
-        self.deferred = Deferred()
-        self.data = None
-
-    def fill(self, reply):
-        self.data = reply
-        self.deferred.callback(reply)
 
 
 _MOVED = (b"-MOVED ", b"-ASK ")
@@ -315,7 +298,7 @@ class ClusterRouter(Router):
             self._refreshed()
             return
         pool = candidates.pop(0)
-        query = _Query()
+        query = DeferredReply()
         pool.send(_CLUSTER_SLOTS, query)
         query.deferred.addCallback(self._answer, pool, candidates, failures)
 

@@ -11,6 +11,7 @@ L{rmux.transport.coalescer} while a backend's batch is handed out).
 
 from collections import deque
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -311,6 +312,24 @@ class PipelineWaiter:
         else:
             queue.hold(self.size - self.counted)
             self.counted = self.size
+
+
+@implementer(IReplyWaiter)
+class DeferredReply:
+    """
+    The waiter of one of rmux's own requests whose reply code waits for:
+    C{deferred} fires with it (a cluster's slot map, a test's probe).
+    """
+
+    __slots__ = ("deferred", "data")
+
+    def __init__(self):
+        self.deferred = Deferred()
+        self.data = None
+
+    def fill(self, reply):
+        self.data = reply
+        self.deferred.callback(reply)
 
 
 @implementer(IReplyWaiter)

@@ -7,31 +7,17 @@ import socket
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from twisted.internet.interfaces import IReadDescriptor
 
 from rmux.config import BackendAddress
 from rmux.pool import BackendPool
+from rmux.replies import DeferredReply
 from rmux.resp import encodeCommand
 from tests.redisserver import startRedis
 
 PING = encodeCommand([b"PING"])
-
-
-class _Replies:
-    """
-    A waiter that fires a L{Deferred} with the first reply.
-    """
-
-    def __init__(self):
-        self.deferred = Deferred()
-        self.data = None
-
-    def fill(self, reply):
-        self.data = reply
-        self.deferred.callback(reply)
 
 
 @implementer(IReadDescriptor)
@@ -95,11 +81,11 @@ class BusyLoopTests(TestCase):
         """
         server = startRedis(self)
         pool = self.pool(BackendAddress(kind="unix", path=server.path))
-        first = _Replies()
+        first = DeferredReply()
         pool.send(PING, first)
 
         def connected(_):
-            second = _Replies()
+            second = DeferredReply()
 
             def sendAndFlush():
                 pool.send(PING, second)
@@ -122,7 +108,7 @@ class BusyLoopTests(TestCase):
         """
         server = startRedis(self, tcp=True)
         pool = self.pool(BackendAddress(kind="tcp", host="127.0.0.1", port=server.port))
-        reply = _Replies()
+        reply = DeferredReply()
         self.stallWhile(lambda: pool.send(PING, reply))
 
         def answered(data):
@@ -138,13 +124,13 @@ class BusyLoopTests(TestCase):
         """
         server = startRedis(self)
         pool = self.pool(BackendAddress(kind="unix", path=server.path))
-        first = _Replies()
+        first = DeferredReply()
         pool.send(PING, first)
 
         def connected(_):
             server.pause()
             self.addCleanup(server.resume)
-            second = _Replies()
+            second = DeferredReply()
             pool.send(PING, second)
             return second.deferred
 
