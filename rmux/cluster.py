@@ -123,11 +123,12 @@ _RETRIED = (
 
 
 @implementer(IReplyWaiter)
-class _Redirectable:
+class Redirectable:
     """
-    The waiter of a request to a cluster node: the client's waiter gets the
-    reply, unless it tells rmux to ask elsewhere or again
-    (L{ClusterRouter.redirect}).
+    The waiter of a request its router may send again: the client's waiter
+    gets the reply, unless the router's C{redirect(request, reply)} takes
+    it to ask elsewhere or again (L{ClusterRouter.redirect},
+    L{rmux.sentinel.SentinelRouter.redirect}).
 
     @ivar pool: where the request went last.
     @ivar deadline: when retries after a failure stop (set at the first).
@@ -158,9 +159,10 @@ class _Redirectable:
 
 
 @implementer(IRequestSender)
-class _RedirectingSender:
+class RedirectingSender:
     """
-    A client's sender whose requests follow the cluster's redirections.
+    A client's sender whose requests its router may send again (a cluster's
+    redirections, a Sentinel failover).
     """
 
     __slots__ = ("router", "sender")
@@ -169,9 +171,17 @@ class _RedirectingSender:
         self.router = router
         self.sender = sender
 
+    @property
+    def db(self):
+        return self.sender.db
+
+    @property
+    def protocolVersion(self):
+        return self.sender.protocolVersion
+
     def send(self, pool, payload, waiter, count=1):
         self.sender.send(
-            pool, payload, _Redirectable(self.router, self.sender, payload, waiter, pool), count
+            pool, payload, Redirectable(self.router, self.sender, payload, waiter, pool), count
         )
 
 
@@ -359,7 +369,7 @@ class ClusterRouter(Router):
 
     def redirect(self, request, reply):
         """
-        Send C{request} (a L{_Redirectable}) again where the error C{reply}
+        Send C{request} (a L{Redirectable}) again where the error C{reply}
         says, if it says to.
 
         @return: whether the request was taken (else C{reply} is the
@@ -430,7 +440,7 @@ class ClusterRouter(Router):
             waiter.fill(errorReply("rmux: the cluster's slot map is not known"))
             return
         try:
-            self._place(args, spec, waiter, _RedirectingSender(self, sender), payload)
+            self._place(args, spec, waiter, RedirectingSender(self, sender), payload)
         except PlacementError as e:
             waiter.fill(e.reply)
 

@@ -118,18 +118,8 @@ class _PoolSet:
 
     def group(self, backends, distribution, hashName, hashTag, failover):
         pools = [self.pool(address) for address in backends]
-        ring = None
-        if len(pools) > 1:
-            ring = makeRing(
-                distribution,
-                [
-                    (twemproxyServerName(str(address), address.name), address.weight)
-                    for address in backends
-                ],
-                hashName,
-            )
-        tag = hashTag.encode("utf-8") if isinstance(hashTag, str) else hashTag
-        return PoolGroup(pools, ring, tag, failover)
+        return PoolGroup(pools, placementRing(backends, distribution, hashName),
+                         _tag(hashTag), failover)
 
     def placement(self):
         """
@@ -153,6 +143,24 @@ class _PoolSet:
             for route in listener.routes
         ]
         return default, routes
+
+
+def placementRing(backends, distribution, hashName):
+    """
+    The ring that places keys over C{backends}, or L{None} for one.
+    """
+    if len(backends) < 2:
+        return None
+    return makeRing(
+        distribution,
+        [(twemproxyServerName(str(address), address.name), address.weight)
+         for address in backends],
+        hashName,
+    )
+
+
+def _tag(hashTag):
+    return hashTag.encode("utf-8") if isinstance(hashTag, str) else hashTag
 
 
 def _poolSettings(listener):
@@ -206,12 +214,14 @@ class ListenerService(MultiService):
         self.stats = ListenerStats()
         if listener.topology == "cluster":
             self.router = self._clusterRouter(pools)
+        elif listener.topology == "sentinel":
+            self.router = self._sentinelRouter(pools)
         else:
             default, routes = pools.placement()
         self.pools = pools.pools
         self._poolsByServer = pools.byServer
         self.health = HealthMonitor(reactor, self.pools, **_healthSettings(listener))
-        if listener.topology != "cluster":
+        if listener.topology == "servers":
             self.router = Router(default, routes, self.health, listener.allowFlush, self.stats,
                                  listener.crossServerTransactions)
         # The hub and every client hold this router for good: a reload
@@ -223,7 +233,7 @@ class ListenerService(MultiService):
             lambda pool, protocol: connectAuthenticated(reactor, pool, protocol),
         )
         self.health.onChange.append(lambda *_: self.hub.placementChanged())
-        if listener.topology == "cluster":
+        if listener.topology != "servers":
             self.router.onChange.append(self.hub.placementChanged)
         self.health.onChange.append(self._backendChanged)
         table = table or CommandTable.default()
@@ -264,6 +274,25 @@ class ListenerService(MultiService):
         return ClusterRouter(
             self.reactor, listener.backends,
             lambda address: _newPool(self.reactor, address, listener, pools.tls(address)),
+            interval=_seconds(listener.clusterRefreshInterval),
+            allowFlush=listener.allowFlush, stats=self.stats,
+            retire=lambda gone: self.retire(gone),
+            retryBudget=_seconds(listener.clusterRetryTime),
+        )
+
+    def _sentinelRouter(self, pools):
+        """
+        The router of a sentinel listener: its pools are the masters', made
+        as the sentinels name them, with the listener's settings.
+        """
+        from rmux.sentinel import SentinelRouter
+
+        listener = self.listener
+        return SentinelRouter(
+            self.reactor, listener.sentinels, listener.backends,
+            lambda address: _newPool(self.reactor, address, listener, pools.tls(address)),
+            ring=placementRing(listener.backends, listener.distribution, listener.hash),
+            hashTag=_tag(listener.hashTag),
             interval=_seconds(listener.clusterRefreshInterval),
             allowFlush=listener.allowFlush, stats=self.stats,
             retire=lambda gone: self.retire(gone),
@@ -314,11 +343,13 @@ class ListenerService(MultiService):
             same address.
         @return: a L{ListenerReload}.
         @raise ValueError: if a placement cannot be built, or for a
-            cluster (whose placement is the cluster's, and whose seeds a
-            restart changes).
+            cluster or Sentinel listener (whose placement is the cluster's or
+            the sentinels', and whose seeds a restart changes).
         """
-        if listener.topology == "cluster" or self.listener.topology == "cluster":
-            raise ValueError("a cluster listener is not reloaded; restart rmux to change it")
+        placedElsewhere = {listener.topology, self.listener.topology} - {"servers"}
+        if placedElsewhere:
+            raise ValueError("a %s listener is not reloaded; restart rmux to change it"
+                             % (" or ".join(sorted(placedElsewhere)),))
         return ListenerReload(self, listener)
 
     def endpoint(self):

@@ -233,14 +233,26 @@ def _backends():
                      "separated by spaces: rmux reads the slot map from them and sends "
                      "each command to its slot's master. Instead of --tcpConnections "
                      "and --unixConnections."),
+        Setting("sentinels", BACKENDS, None, group=group, scope=INPUT,
+                help="Redis Sentinel addresses, host:port (or redis:// URLs, for a "
+                     "sentinel's password), separated by spaces: rmux asks them where "
+                     "each --sentinelMaster is and follows their failovers. Instead of "
+                     "--tcpConnections and --unixConnections."),
+        Setting("sentinelMaster", BACKENDS, None, group=group, scope=INPUT,
+                help="The names of the masters the sentinels watch, separated by spaces: "
+                     "one shard each, placed by name with --distribution. Written "
+                     "redis://[user:password@]NAME[/db] (rediss:// for TLS) when the "
+                     "masters need credentials, a db or TLS."),
         Setting("clusterRefreshInterval", MILLISECONDS, 5000, group=group,
-                help="How often a cluster's slot map is read again (ms), besides after "
-                     "a MOVED or a lost node."),
+                help="How often a cluster's slot map, or where the sentinels' masters "
+                     "are, is read again (ms), besides after a MOVED, a failover or a "
+                     "lost node."),
         Setting("clusterRetryTime", MILLISECONDS, 8000, group=group, zero=ZERO_LITERAL,
                 zeroMeans="do not retry",
-                help="How long a command that meets a cluster failover (its node lost, "
-                     "TRYAGAIN, CLUSTERDOWN) is sent again, where the next slot map "
-                     "says, before the client gets the error (ms); 0 = do not retry."),
+                help="How long a command that meets a cluster or Sentinel failover (its "
+                     "node lost, TRYAGAIN, CLUSTERDOWN, READONLY) is sent again, where "
+                     "the next map says, before the client gets the error (ms); 0 = do "
+                     "not retry."),
         Setting("config", STRING, None, group=group, scope=COMMAND, json=False,
                 help="JSON config file: an array of listener objects with these options' "
                      "names. Replaces every listener and backend option; --debug, "

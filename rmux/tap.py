@@ -305,7 +305,13 @@ def describeConfig(config: RmuxConfig) -> str:
 
     listeners = []
     for listener in config.listeners:
-        what = plural(len(listener.allBackends), "backend")
+        if listener.topology == "cluster":
+            what = plural(len(listener.backends), "cluster seed")
+        elif listener.topology == "sentinel":
+            what = (f"{plural(len(listener.backends), 'master')} from "
+                    f"{plural(len(listener.sentinels), 'sentinel')}")
+        else:
+            what = plural(len(listener.allBackends), "backend")
         if listener.routes:
             what += f" and {plural(len(listener.routes), 'route')}"
         listeners.append(f"{listener.name} with {what}")

@@ -45,9 +45,12 @@ class RedisServer:
         self.args = list(args)
         self.process = None
 
+    #: What comes before the options: a sentinel's configuration file.
+    leading = ()
+
     def start(self, timeout=10.0):
         command = [
-            REDIS_SERVER,
+            REDIS_SERVER, *self.leading,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--unixsocket", self.path,
@@ -200,3 +203,114 @@ def startCluster(testCase, **kwargs):
     cluster = RedisCluster(**kwargs)
     testCase.addCleanup(cluster.cleanup)
     return cluster.start()
+
+
+class RedisSentinel(RedisServer):
+    """
+    One sentinel (C{redis-server --sentinel}) watching C{master} as C{name}.
+    """
+
+    def __init__(self, name, master, downAfter=1000, failoverTimeout=10000):
+        RedisServer.__init__(self, tcp=True)
+        self.config = os.path.join(self.directory, "sentinel.conf")
+        with open(self.config, "w") as f:
+            f.write(
+                "sentinel monitor %s 127.0.0.1 %d 1\n"
+                "sentinel down-after-milliseconds %s %d\n"
+                "sentinel failover-timeout %s %d\n"
+                % (name, master.port, name, downAfter, name, failoverTimeout)
+            )
+        # A sentinel reads it first, and rewrites it.
+        self.leading = (self.config, "--sentinel")
+
+
+class SentinelGroup:
+    """
+    A master with C{replicas} replicas, and C{sentinels} sentinels watching
+    it as C{name} (quorum 1), on free loopback ports.
+    """
+
+    def __init__(self, name="mymaster", replicas=1, sentinels=2):
+        self.name = name
+        # A replica's first sync starts at once, not after Redis's 5 s
+        # wait for more replicas.
+        self.master = RedisServer(tcp=True, args=["--repl-diskless-sync-delay", "0"])
+        self.replicas = [RedisServer(tcp=True) for _ in range(replicas)]
+        self.sentinels = [RedisSentinel(name, self.master) for _ in range(sentinels)]
+
+    def addresses(self):
+        return ["127.0.0.1:%d" % (sentinel.port,) for sentinel in self.sentinels]
+
+    def start(self, timeout=20.0):
+        self.master.start()
+        for replica in self.replicas:
+            replica.args = ["--replicaof", "127.0.0.1", str(self.master.port)]
+            replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        self.waitUntilWatched(timeout)
+        return self
+
+    def servers(self):
+        return [self.master] + self.replicas
+
+    def masterPort(self):
+        """
+        The master's port, as the first running sentinel says.
+        """
+        for sentinel in self.sentinels:
+            if sentinel.process is not None:
+                reply = sentinel.command(
+                    b"SENTINEL GET-MASTER-ADDR-BY-NAME %s\r\n" % (self.name.encode(),))
+                return int(reply.split(b"\r\n")[4])
+        raise RuntimeError("no sentinel runs")
+
+    def waitUntilWatched(self, timeout=20.0):
+        """
+        Wait until every replica is in sync with the master, and every
+        sentinel knows each of them and the other sentinels, so that a
+        failover can pick one and they agree on its result.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            port = self.masterPort()
+            others = [s for s in self.servers() if s.port != port]
+            synced = all(b"master_link_status:up" in s.command(b"INFO replication\r\n")
+                         for s in others)
+            known = all(
+                all(b"%d" % (s.port,) in sentinel.command(
+                    b"SENTINEL REPLICAS %s\r\n" % (self.name.encode(),))
+                    for s in others)
+                for sentinel in self.sentinels if sentinel.process is not None)
+            running = [s for s in self.sentinels if s.process is not None]
+            # Sentinels that do not know each other disagree after a
+            # failover, and one may turn the new master back into a replica.
+            acquainted = all(
+                all(b"%d" % (other.port,) in sentinel.command(
+                    b"SENTINEL SENTINELS %s\r\n" % (self.name.encode(),))
+                    for other in running if other is not sentinel)
+                for sentinel in running)
+            if synced and known and acquainted:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the sentinels did not see every replica within %s s" % (timeout,))
+
+    def failover(self, via=0):
+        """
+        Ask a sentinel (the C{via}th) for a failover (C{SENTINEL FAILOVER}),
+        and return its answer.
+        """
+        return self.sentinels[via].command(b"SENTINEL FAILOVER %s\r\n" % (self.name.encode(),))
+
+    def cleanup(self):
+        for server in self.sentinels + self.servers():
+            server.cleanup()
+
+
+def startSentinels(testCase, **kwargs):
+    """
+    Start a L{SentinelGroup} for C{testCase}, stopped by its cleanup.
+    """
+    group = SentinelGroup(**kwargs)
+    testCase.addCleanup(group.cleanup)
+    return group.start()

@@ -10,6 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from rmux.cluster import ClusterRouter, Redirectable, RedirectingSender
 from rmux.commands import CommandTable
 from rmux.config import BackendAddress, fromFlags
 from rmux.health import HealthMonitor
@@ -21,6 +22,7 @@ from rmux.pool import BackendPool, BackendProtocol
 from rmux.proxy import ProxyFactory
 from rmux.replies import IgnoredReply, PipelineWaiter, ReplyQueue
 from rmux.router import FanOut, PoolGroup, Router
+from rmux.sentinel import SentinelRouter
 from rmux.stats import ListenerStats
 
 
@@ -33,6 +35,25 @@ class ImplementationTests(SynchronousTestCase):
 
     def test_router(self):
         verifyObject(IRouter, self.router)
+
+    def test_topologyRouters(self):
+        """
+        The routers over a cluster and a Sentinel group, and the sender and
+        waiter they wrap a client's requests in.
+        """
+        address = BackendAddress.fromString("redis-a:6379")
+        newPool = lambda a: BackendPool(self.clock, a)
+        cluster = ClusterRouter(self.clock, [address], newPool)
+        verifyObject(IRouter, cluster)
+        verifyObject(IRouter, SentinelRouter(self.clock, [address], [address], newPool))
+        listener = fromFlags({"socket": "/tmp/rmux-i.sock", "unixConnections": "/tmp/r"})
+        factory = ProxyFactory(
+            self.clock, self.router, CommandTable.default(), listener.listeners[0])
+        client = factory.buildProtocol(UNIXAddress(None))
+        client.makeConnection(StringTransport())
+        sender = RedirectingSender(cluster, client.session)
+        verifyObject(IRequestSender, sender)
+        verifyObject(IReplyWaiter, Redirectable(cluster, None, b"", IgnoredReply(), self.pool))
 
     def test_pool(self):
         verifyObject(IBackendPool, self.pool)

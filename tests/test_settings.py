@@ -34,12 +34,13 @@ class ReadmeTests(SynchronousTestCase):
 class DerivedTests(SynchronousTestCase):
     def test_listenerFieldsAreSettings(self):
         """
-        Every field of a listener's configuration but its backends and
-        their topology (read from the backend settings: tcpConnections,
-        unixConnections, cluster) is a listener setting, with the
-        setting's default.
+        Every field of a listener's configuration but its backends, their
+        topology and a Sentinel group's sentinels (read from the backend
+        settings: tcpConnections, unixConnections, cluster, sentinels,
+        sentinelMaster) is a listener setting, with the setting's default.
         """
-        fields = {f.name for f in dataclasses.fields(ListenerConfig)} - {"backends", "topology"}
+        fields = {f.name for f in dataclasses.fields(ListenerConfig)} - {
+            "backends", "topology", "sentinels"}
         self.assertEqual(fields, {s.name for s in settings.listenerFields()})
         listener = ListenerConfig(backends=["r1:6379"])
         for setting in settings.listenerFields():

@@ -59,6 +59,18 @@ PARAMETER_CASES = [
         lambda c: (c.listeners[0].topology, [str(b) for b in c.listeners[0].backends]),
         ("cluster", ["127.0.0.1:7001", "127.0.0.1:7002"]),
     ),
+    (
+        "sentinels",
+        "127.0.0.1:26379 127.0.0.1:26380",
+        lambda c: (c.listeners[0].topology, [str(b) for b in c.listeners[0].sentinels]),
+        ("sentinel", ["127.0.0.1:26379", "127.0.0.1:26380"]),
+    ),
+    (
+        "sentinelMaster",
+        "cache sessions",
+        lambda c: [b.host for b in c.listeners[0].backends],
+        ["cache", "sessions"],
+    ),
     ("clusterRefreshInterval", "2000", lambda c: c.listeners[0].clusterRefreshInterval, 2000),
     ("clusterRetryTime", "3000", lambda c: c.listeners[0].clusterRetryTime, 3000),
     ("poolSize", "7", lambda c: c.listeners[0].poolSize, 7),
@@ -127,6 +139,8 @@ PARAMETER_CASES = [
 # Options a case needs besides its own: --hash is refused without ketama,
 # --socketOwner without --socket.
 PREREQUISITES = {"hash": ["--distribution=ketama"], "socketOwner": ["--socket=/tmp/r.sock"],
+                 "sentinels": ["--sentinelMaster=cache"],
+                 "sentinelMaster": ["--sentinels=127.0.0.1:26379"],
                  "tlsClientCertFile": ["--tlsClientKeyFile=/dev/null"],
                  "tlsPort": ["--tlsCertFile=/dev/null", "--tlsKeyFile=/dev/null"],
                  "tlsAuthClients": ["--tlsCaCertFile=/dev/null"],

@@ -117,6 +117,9 @@ def buildListener(raw: Mapping[str, Any], place: Place) -> ListenerConfig:
             )
         kwargs["topology"] = "cluster"
         backends, labels = backendsFromRaw(raw, place, (("cluster", "tcp"),))
+    elif raw.get("sentinels") or raw.get("sentinelMaster"):
+        kwargs["topology"] = "sentinel"
+        kwargs["sentinels"], backends, labels = _sentinelTopology(raw, place)
     else:
         backends, labels = backendsFromRaw(raw, place)
     if not backends:
@@ -147,6 +150,32 @@ def buildListener(raw: Mapping[str, Any], place: Place) -> ListenerConfig:
     except ConfigError as e:
         # Whatever the object refused still gets the place in front.
         raise placeError(str(e), raw, place, labels, routeLabels) from None
+
+
+def _sentinelTopology(
+    raw: Mapping[str, Any], place: Place
+) -> tuple[tuple[BackendAddress, ...], list[BackendAddress], list[str]]:
+    """
+    A sentinel listener's sentinels, and its masters (addresses whose host
+    is the master's name) with their labels.
+    """
+    if raw.get("tcpConnections") or raw.get("unixConnections") or raw.get("routes"):
+        raise place.error(
+            f"{place.field('sentinels')}: not with tcpConnections, unixConnections or "
+            "routes: the sentinels say where the masters are"
+        )
+    for needed, other in (("sentinels", "sentinelMaster"), ("sentinelMaster", "sentinels")):
+        if not raw.get(needed):
+            raise place.error(f"{place.field(other)}: needs {place.field(needed)}")
+    sentinels, _ = backendsFromRaw(raw, place, (("sentinels", "tcp"),))
+    for address in sentinels:
+        if address.tls or address.db is not None:
+            raise place.error(
+                f"{place.field('sentinels')}: {address}: a sentinel is reached over plain "
+                "TCP and has no db (TLS to the sentinels is not supported yet)"
+            )
+    masters, labels = backendsFromRaw(raw, place, (("sentinelMaster", "tcp"),))
+    return tuple(sentinels), masters, labels
 
 
 #: Listener fields taken as given (type-checked already).

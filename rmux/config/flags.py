@@ -152,7 +152,7 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
         listeners = loadConfigFile(given["config"]).listeners
     else:
         raw = {s.name: _flagValue(given[s.name], s) for s in _LISTENER_FLAGS if s.name in given}
-        if not {"tcpConnections", "unixConnections", "cluster"} & set(raw):
+        if not _BACKEND_LISTS & set(raw):
             raw["tcpConnections"] = DEFAULT_TCP_CONNECTIONS.split()
         listeners = (buildListener(raw, Place("", "--%s", given)),)
     try:
@@ -163,6 +163,11 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
         if "config" not in given and message.startswith("listener 1: "):
             message = message[len("listener 1: "):]
         raise ConfigError(message) from None
+
+
+#: The settings that say where the backends are: without any of them, Go
+#: rmux's default list.
+_BACKEND_LISTS = {"tcpConnections", "unixConnections", "cluster", "sentinels", "sentinelMaster"}
 
 
 def _passwordFromFile(given: dict[str, Any], fileFlag: str, flag: str) -> str:

@@ -437,6 +437,7 @@ class ListenerConfig:
     socketMode: int = _default("socketMode")
     backends: tuple[BackendAddress, ...]
     topology: str = "servers"
+    sentinels: tuple[BackendAddress, ...] = ()
     clusterRefreshInterval: int = _default("clusterRefreshInterval")
     clusterRetryTime: int = _default("clusterRetryTime")
     poolSize: int = _default("poolSize")
