@@ -71,8 +71,8 @@ def parseOptions(argv=None):
                         help="a smoke run: one round, a tenth of the requests")
     parser.add_argument("--rounds", type=int,
                         help="measured rounds per case (default 5; 1 with --quick)")
-    parser.add_argument("--cases", default="a,b,c,d,e,f",
-                        help="comma-separated case letters or names (default all: a,b,c,d,e,f)")
+    parser.add_argument("--cases", default="a,b,c,d,e,f,g,h",
+                        help="comma-separated case letters or names (default all: a-h)")
     parser.add_argument("--out", default=str(DEFAULT_OUT),
                         help="where the report goes (default bench/results)")
     parser.add_argument("--pool-size", type=int, default=20, help="rmux --poolSize (default 20)")

@@ -471,6 +471,18 @@ class ClusterRouter(Router):
                 raise PlacementError(CROSSSLOT)
         return self.poolForKey(keys[0])
 
+    def passThroughPool(self, commands):
+        """
+        One command's node (a batch of several could meet a redirection
+        part way, which only the general path follows per command).
+        """
+        if len(commands) != 1:
+            return None
+        return self.owners[keySlot(commands[0][1])]
+
+    def passThroughSender(self, sender):
+        return RedirectingSender(self, sender)
+
     def anyPool(self):
         if not self.pools:
             raise PlacementError.because("rmux: the cluster's slot map is not known yet")

@@ -954,6 +954,14 @@ class CommandSpec:
         self.reason = reason
         self.requiresOption = requiresOption or _REQUIRES_OPTION.get(name)
 
+    @property
+    def fixedKey(self):
+        """
+        The index of the command's only key when it is always the same
+        argument (1 for GET or SET), else L{None}.
+        """
+        return self._fixedKey
+
     @classmethod
     def fromJSON(cls, entry):
         """

@@ -111,6 +111,19 @@ class IRouter(Interface):
         @raise rmux.router.PlacementError: every server is down.
         """
 
+    def passThroughPool(commands):
+        """
+        The one pool that a client's batch of plain commands, each with its
+        only key as its first argument, may go to as received (one write,
+        no encoding), or None when the batch must take the general path.
+        """
+
+    def passThroughSender(sender):
+        """
+        The sender a passed-through batch goes out with: C{sender}, or one
+        that lets the router send it again (a cluster's redirections).
+        """
+
 
 class IBackendPool(Interface):
     """

@@ -32,7 +32,7 @@ from rmux.stats import PoolStats
 from rmux import settings
 from rmux.interfaces import IBackendConnection, IBackendPool, ISinkProtocol
 from rmux.transport import (
-    FastClientCreator, coalescer, unsentBytes, writeNow,
+    FastClientCreator, coalescer, setNoDelay, unsentBytes, writeNow,
     writeSequenceNow,
 )
 
@@ -291,6 +291,7 @@ class BackendProtocol(_Deadlines, Protocol):
         return "rmux-backend"
 
     def connectionMade(self):
+        setNoDelay(self.transport)
         self.transport.registerProducer(self, True)
 
     def dataReceived(self, data):

@@ -207,12 +207,10 @@ class ClientProtocol(FlowControl, Protocol):
 
         @return: whether it did; if not, nothing was done.
         """
-        pool = self.router.single
         session = self.session
         factory = self.factory
         if (
-            pool is None
-            or self.held is not None
+            self.held is not None
             or self.usedPubSub
             or not self.authenticated
             or session.pin is not None
@@ -231,12 +229,24 @@ class ClientProtocol(FlowControl, Protocol):
                 return False
             if (len(args) != arity) if arity >= 0 else (len(args) < -arity):
                 return False
+        router = self.router
+        pool = router.single
+        sender = session
+        if pool is None:
+            keyed = factory.plainKeyed
+            for args in commands:
+                if not keyed.get(args[0]):
+                    return False
+            pool = router.passThroughPool(commands)
+            if pool is None:
+                return False
+            sender = router.passThroughSender(session)
         count = len(commands)
         stats = factory.stats
         stats.commands += count
         slot = self.replies.newSlot()
         waiter = slot if count == 1 else PipelineWaiter(slot, count, stats)
-        session.send(pool, data, waiter, count)
+        sender.send(pool, data, waiter, count)
         return True
 
     # Replies (IClient)
@@ -489,6 +499,9 @@ class ProxyFactory(Factory):
         )
         self.shutdownTimeout = listener.shutdownTimeout / 1000.0
         self.plainArities = {}
+        #: Of those, whether the command's only key is its first argument:
+        #: with several servers, that decides where it goes.
+        self.plainKeyed = {}
         self.denied = C.deniedNames(self.table, listener.denyCommands)
         self.userDenied = {
             user.name: self.denied | C.deniedNames(self.table, user.denyCommands)
@@ -528,6 +541,8 @@ class ProxyFactory(Factory):
             arity = spec.arity
         if len(self.plainArities) < self.maxPlainArities:
             self.plainArities[name] = arity
+            self.plainKeyed[name] = (
+                arity is not None and spec.routing == C.KEYED and spec.fixedKey == 1)
         return arity
 
     def makeParser(self):

@@ -241,6 +241,29 @@ class Router:
                 raise PlacementError(CROSSSLOT)
         return pool
 
+    def passThroughPool(self, commands):
+        """
+        The one server every command of C{commands} (each with its only key
+        as its first argument) goes to, or L{None}: they span servers, one
+        cannot be placed (the general path gives the error), or the health
+        monitor has no first verdicts yet.
+        """
+        if self.single is not None:
+            return self.single
+        if self.health is not None and self.health.starting:
+            return None
+        try:
+            pool = self.poolForKey(commands[0][1])
+            for args in commands[1:]:
+                if self.poolForKey(args[1]) is not pool:
+                    return None
+        except PlacementError:
+            return None
+        return pool
+
+    def passThroughSender(self, sender):
+        return sender
+
     def anyPool(self):
         """
         A live server of the catch-all group.

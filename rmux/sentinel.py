@@ -445,12 +445,15 @@ class SentinelRouter(Router):
         self._routeKnown(args, spec, waiter, sender, payload)
 
     def _routeKnown(self, args, spec, waiter, sender, payload):
-        if self.retryBudget:
-            sender = RedirectingSender(self, sender)
         try:
-            self._place(args, spec, waiter, sender, payload)
+            self._place(args, spec, waiter, self.passThroughSender(sender), payload)
         except PlacementError as e:
             waiter.fill(e.reply)
+
+    def passThroughSender(self, sender):
+        if self.retryBudget:
+            return RedirectingSender(self, sender)
+        return sender
 
     def _unknown(self, index):
         why = self.lastErrors.get(index, "no sentinel has answered yet")

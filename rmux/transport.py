@@ -40,7 +40,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import execute
 from twisted.internet.endpoints import UNIXServerEndpoint as _UNIXServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint, ITCPTransport
 from twisted.internet.protocol import ClientCreator
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -272,10 +272,29 @@ class TCPServer(_SinkRead, _GatheringWrite, tcp.Server):
     """
     An accepted TCP connection that reads in chunks of
     L{UNIXServer.bufferSize}, receives big values in place and does not
-    join queued big ones, as rmux's UNIX connections do.
+    join queued big ones, as rmux's UNIX connections do; without Nagle's
+    delay (see L{setNoDelay}).
     """
 
     bufferSize = UNIXServer.bufferSize
+
+    def __init__(self, *args, **kwargs):
+        tcp.Server.__init__(self, *args, **kwargs)
+        self.setTcpNoDelay(True)
+
+
+def setNoDelay(transport):
+    """
+    Turn off Nagle's algorithm on C{transport}'s TCP connection (under TLS
+    too), if it has one: rmux writes whole batches of requests or replies,
+    and a batch held back until the previous one is acknowledged (by its
+    reply) costs a round trip, which with one connection per server serves
+    every client a round trip late.
+    """
+    while transport is not None and not ITCPTransport.providedBy(transport):
+        transport = getattr(transport, "transport", None)
+    if transport is not None:
+        transport.setTcpNoDelay(True)
 
 
 

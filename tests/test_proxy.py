@@ -40,6 +40,16 @@ class RecordingRouter:
         self.routed.append((args, waiter, sender.db, sender.protocolVersion))
         self.payloads.append(payload)
 
+    #: Where every batch of plain single-key commands may go whole, with
+    #: several servers (None: the general path).
+    passThroughTo = None
+
+    def passThroughPool(self, commands):
+        return self.passThroughTo
+
+    def passThroughSender(self, sender):
+        return sender
+
 
 class RefusingPool:
     """
@@ -105,6 +115,27 @@ class PassThroughTests(SynchronousTestCase):
         waiter.fill(b"$1\r\n1\r\n")
         self.assertEqual(transport.value(), b"+OK\r\n$1\r\n1\r\n+PONG\r\n")
         self.assertEqual(client.factory.stats.responses, 3)
+
+    def test_keyedPipelineToOneOfSeveral(self):
+        """
+        With several servers, a pipeline of single-key commands whose keys
+        the router places on one server goes out whole; one with a command
+        of another shape (MGET, split over servers) goes one by one.
+        """
+        client, transport, router, clock = makeClient()
+        sent = []
+
+        class Chosen:
+            def send(self, payload, waiter, db, protocolVersion, after, count):
+                sent.append((payload, count))
+
+        router.passThroughTo = Chosen()
+        data = encodeCommand([b"SET", b"a", b"1"]) + encodeCommand([b"INCR", b"b"])
+        client.dataReceived(data)
+        self.assertEqual(sent, [(data, 2)])
+        client.dataReceived(encodeCommand([b"GET", b"a"]) + encodeCommand([b"MGET", b"a", b"b"]))
+        self.assertEqual(len(sent), 1)
+        self.assertEqual([args[0] for args, *_ in router.routed], [b"GET", b"MGET"])
 
     def test_wrongArityOrContainerGoesOneByOne(self):
         """

@@ -133,3 +133,54 @@ class AdoptTests(SynchronousTestCase):
         self.assertEqual(allPools(), [a, b])
         self.assertIsNone(router.single)
         self.assertTrue(router.allowFlush)
+
+
+class _Starting:
+    """
+    A health monitor with no first verdicts yet.
+    """
+
+    starting = True
+
+    def isUp(self, pool):
+        return True
+
+
+class PassThroughPoolTests(SynchronousTestCase):
+    """
+    Where a batch of plain single-key commands may go whole.
+    """
+
+    def setUp(self):
+        self.pools = [object(), object()]
+        self.ring = RmuxRing(2)
+        self.router = Router(PoolGroup(self.pools, self.ring))
+        keys = [b"k%d" % i for i in range(20)]
+        self.byPool = [[key for key in keys if self.ring.backendOf(key) == index]
+                       for index in range(2)]
+
+    def test_oneServer(self):
+        """
+        Commands whose keys are all on one server go there.
+        """
+        first, second = self.byPool[0][:2]
+        commands = [[b"SET", first, b"1"], [b"GET", second]]
+        self.assertIs(self.router.passThroughPool(commands), self.pools[0])
+
+    def test_spanning(self):
+        """
+        Keys on several servers: the general path, which splits them.
+        """
+        commands = [[b"GET", self.byPool[0][0]], [b"GET", self.byPool[1][0]]]
+        self.assertIsNone(self.router.passThroughPool(commands))
+
+    def test_notPlacedYet(self):
+        """
+        Before the health monitor's first verdicts, or for a key no route
+        takes, the general path waits or gives the error.
+        """
+        self.router.health = _Starting()
+        self.assertIsNone(self.router.passThroughPool([[b"GET", b"k1"]]))
+        routed = Router(PoolGroup(self.pools, self.ring), routes=[(b"user:", PoolGroup([1]))])
+        routed.routes.catchAll = None
+        self.assertIsNone(routed.passThroughPool([[b"GET", b"k1"]]))

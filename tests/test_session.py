@@ -186,6 +186,12 @@ class FakeRouter:
     def anyPool(self):
         return self.pools[0]
 
+    def passThroughPool(self, commands):
+        return None
+
+    def passThroughSender(self, sender):
+        return sender
+
     def route(self, args, spec, waiter, sender, payload=None):
         self.routed.append(args)
         try:

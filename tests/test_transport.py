@@ -11,6 +11,7 @@ import tempfile
 from twisted.internet import reactor, tcp, unix
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.error import ConnectionDone
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -26,7 +27,7 @@ except ImportError:
 from rmux.transport import (
     FastClientCreator, TCPClient, TCPPort, TCPServer,
     TCPServerEndpoint, UNIXClient, UNIXServer, UNIXServerEndpoint,
-    TWISTED_INTERNALS, _GatheringWrite, knowsWriteBuffer, unsentBytes, writeNow,
+    TWISTED_INTERNALS, _GatheringWrite, knowsWriteBuffer, setNoDelay, unsentBytes, writeNow,
     writeSequenceNow,
 )
 
@@ -327,6 +328,40 @@ class TCPServerEndpointTests(TestCase):
         port = yield self.roundTrip("::1")
         self.assertEqual(port.getHost().type, "TCP")
         self.assertEqual(port.getHost().host, "::1")
+
+    @inlineCallbacks
+    def test_noDelay(self):
+        """
+        Accepted connections, and backend connections through
+        L{setNoDelay} (under TLS too: it finds the TCP transport beneath),
+        send small writes at once, without Nagle's wait for an ACK.
+        """
+        accepted = []
+
+        class Keep(Protocol):
+            def connectionMade(self):
+                accepted.append(self.transport)
+
+        port = yield TCPServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Keep))
+        self.addCleanup(port.stopListening)
+        client = yield FastClientCreator(reactor, Protocol).connectTCP(
+            "127.0.0.1", port.getHost().port)
+        self.addCleanup(client.transport.loseConnection)
+        self.assertFalse(client.transport.getTcpNoDelay())
+        setNoDelay(client.transport)
+        self.assertTrue(client.transport.getTcpNoDelay())
+
+        class Wrapper:
+            transport = client.transport
+
+        client.transport.setTcpNoDelay(False)
+        setNoDelay(Wrapper())
+        self.assertTrue(client.transport.getTcpNoDelay())
+        setNoDelay(object())  # a unix transport: nothing to do
+        while not accepted:
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertTrue(accepted[0].getTcpNoDelay())
 
     def test_otherReactors(self):
         """

@@ -34,7 +34,9 @@ class Case:
     clients: int
     requests: int
     quickRequests: int
-    deployment: str = "single"  # "single": one redis-server; "multi": four
+    # "single": one redis-server; "multi": four; "cluster": a Redis Cluster
+    # of three masters.
+    deployment: str = "single"
 
     def argv(self, requests: int, clients: int, test: Optional[str] = None) -> List[str]:
         tests = test or ",".join(self.tests)
@@ -80,6 +82,22 @@ CASES = [
         clients=50, requests=40000, quickRequests=4000,
         deployment="multi",
     ),
+    Case(
+        "g", "cluster",
+        "Redis Cluster, 3 masters: persistent clients (-k 1), 50 clients "
+        "(direct: redis-benchmark --cluster)",
+        ("-r", "50", "-k", "1"), ("set", "get"),
+        clients=50, requests=40000, quickRequests=4000,
+        deployment="cluster",
+    ),
+    Case(
+        "h", "cluster-lamp",
+        "Redis Cluster, 3 masters: a new connection per request (-k 0), 50 clients "
+        "(direct: redis-benchmark --cluster)",
+        ("-r", "50", "-k", "0"), ("set", "get"),
+        clients=50, requests=5000, quickRequests=1000,
+        deployment="cluster",
+    ),
 ]
 
 
@@ -101,6 +119,8 @@ RATIO_GOALS = [
     RatioGoal("b", "LRANGE_100", 0.35),
     RatioGoal("c", "SET", 0.5), RatioGoal("c", "GET", 0.5),
     RatioGoal("d", "SET", 0.7), RatioGoal("d", "GET", 0.7),
+    RatioGoal("g", "SET", 0.8), RatioGoal("g", "GET", 0.8),
+    RatioGoal("h", "SET", 1.5), RatioGoal("h", "GET", 1.5),
 ]
 
 P99_GOAL_MS = 50.0  # case e

@@ -164,9 +164,14 @@ class Lab:
 
     # redis-server ----------------------------------------------------------
 
-    def startServer(self) -> RedisServer:
-        index = len(self.servers)
-        name = "redis-%d" % index
+    def startServer(self, name: Optional[str] = None, extra: List[str] = ()) -> RedisServer:
+        """
+        A redis-server: without a C{name}, the next of the servers that
+        cases a-f share.
+        """
+        shared = name is None
+        if shared:
+            name = "redis-%d" % len(self.servers)
         port = freePort()
         path = str(self.directory / ("%s.sock" % name))
         process = self.processes.start(name, [
@@ -174,12 +179,41 @@ class Lab:
             "--unixsocket", path, "--unixsocketperm", "700",
             "--save", "", "--appendonly", "no",
             "--dir", str(self.directory), "--maxclients", "10000",
-        ])
+        ] + list(extra))
         admin = RespClient(path)
         waitFor(name, lambda: admin.call("PING") == "PONG", START_TIMEOUT, process)
         server = RedisServer(name, port, path, process, admin)
-        self.servers.append(server)
+        if shared:
+            self.servers.append(server)
         return server
+
+    def startCluster(self, masters: int = 3) -> List[RedisServer]:
+        """
+        A Redis Cluster of C{masters} masters on free loopback ports (each
+        with its bus on a free port too), joined with redis-cli.
+        """
+        nodes = []
+        for index in range(masters):
+            name = "redis-cluster-%d" % index
+            nodes.append(self.startServer(name, [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.directory / ("%s.nodes" % name)),
+                "--cluster-port", str(freePort()),
+            ]))
+        create = subprocess.run(
+            ["redis-cli", "--cluster", "create"]
+            + ["127.0.0.1:%d" % node.port for node in nodes] + ["--cluster-yes"],
+            capture_output=True, text=True, timeout=60)
+        if create.returncode != 0:
+            raise BenchError("redis-cli --cluster create failed:\n%s" % (
+                create.stdout[-2000:] + create.stderr[-2000:]))
+
+        def ok():
+            return all(b"cluster_state:ok" in node.admin.call("CLUSTER", "INFO")
+                       for node in nodes)
+
+        waitFor("the cluster", ok, START_TIMEOUT, nodes[0].process)
+        return nodes
 
     def ensureServers(self, count: int) -> List[RedisServer]:
         while len(self.servers) < count:
@@ -188,13 +222,16 @@ class Lab:
 
     # rmux ------------------------------------------------------------------
 
-    def rmuxArgv(self, socketPath: str, servers: List[RedisServer]) -> List[str]:
+    def rmuxArgv(self, socketPath: str, servers: List[RedisServer],
+                 cluster: bool = False) -> List[str]:
         twistd = Path(sys.executable).parent / "twistd"
         if not twistd.exists():
             twistd = REPO / ".venv" / "bin" / "twistd"
         if not twistd.exists():
             raise BenchError("twistd not found beside %s nor in .venv/bin" % sys.executable)
-        if self.options.rmux_backend == "unix":
+        if cluster:
+            backends = ["--cluster=127.0.0.1:%d" % servers[0].port]
+        elif self.options.rmux_backend == "unix":
             backends = ["--unixConnections=" + " ".join(s.path for s in servers)]
         else:
             backends = ["--tcpConnections=" + " ".join(
@@ -203,13 +240,13 @@ class Lab:
             str(twistd), "-n", "--pidfile=", "rmux", "--socket=" + socketPath,
             "--remoteTimeout=2000", "--poolSize=%d" % self.options.pool_size,
         ] + backends
-        if len(servers) > 1:
+        if len(servers) > 1 and not cluster:
             # Twemproxy's placement, so that both proxies spread the keys alike.
             argv += ["--distribution=ketama", "--hash=fnv1a_64"]
         return argv + self.options.rmux_arg
 
     def startRmux(self, name: str, servers: List[RedisServer], source: Path = REPO,
-                  targetName: str = RMUX, kind: str = "rmux") -> Target:
+                  targetName: str = RMUX, kind: str = "rmux", cluster: bool = False) -> Target:
         """
         Start rmux from the source tree C{source}: this checkout, or with
         C{--baseline} another one (an earlier release in a git worktree),
@@ -219,7 +256,7 @@ class Lab:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(source)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        process = self.processes.start(name, self.rmuxArgv(socketPath, servers), env)
+        process = self.processes.start(name, self.rmuxArgv(socketPath, servers, cluster), env)
 
         def backendsUp():
             client = RespClient(socketPath, timeout=1.0)
@@ -228,6 +265,9 @@ class Lab:
             finally:
                 client.close()
             states = [v for k, v in backends.items() if k.startswith("backend")]
+            if cluster:
+                # No health checks: the cluster's own map says who serves.
+                return len(states) == len(servers)
             return len(states) == len(servers) and all("status=up" in s for s in states)
 
         waitFor(name + " (rmux)", backendsUp, START_TIMEOUT, process)
@@ -331,6 +371,8 @@ class Lab:
             raise
 
     def _deployment(self, kind: str) -> Deployment:
+        if kind == "cluster" and kind not in self.deployments:
+            self.deployments[kind] = self._clusterDeployment()
         if kind not in self.deployments:
             count = 1 if kind == "single" else 4
             servers = self.ensureServers(count)
@@ -347,6 +389,22 @@ class Lab:
                     self.notes.append("twemproxy (%s) left out: %s" % (kind, e))
             self.deployments[kind] = Deployment(servers, targets)
         return self.deployments[kind]
+
+    def _clusterDeployment(self) -> Deployment:
+        """
+        Three masters; direct is redis-benchmark's own cluster client (it
+        reads the slot map and talks TCP to each master), rmux runs with
+        --cluster.  twemproxy has no cluster support.
+        """
+        nodes = self.startCluster()
+        targets = [Target("redis-tcp", "redis",
+                          [["--cluster", "-h", "127.0.0.1", "-p", str(nodes[0].port)]])]
+        targets.append(self.startRmux("rmux-cluster", nodes, cluster=True))
+        if self.options.baseline:
+            targets.append(self.startRmux(
+                "rmux-baseline-cluster", nodes, Path(self.options.baseline),
+                "rmux-baseline", "rmux-baseline", cluster=True))
+        return Deployment(nodes, targets)
 
     def directTargets(self, servers) -> List[Target]:
         return [

@@ -65,6 +65,11 @@ def parseCsv(text: str) -> Dict[str, Dict[str, Optional[float]]]:
     return tests
 
 
+#: What redis-benchmark prints that is not an error: its CSV, its warnings,
+#: and with --cluster the masters it found.
+_NOT_ERRORS = ('"', "WARNING", "Cluster has ", "Master ")
+
+
 def errorLines(text: str) -> List[str]:
     """
     What redis-benchmark said besides its CSV and its warnings (a proxy
@@ -74,7 +79,7 @@ def errorLines(text: str) -> List[str]:
     lines = []
     for line in text.replace("\r", "\n").splitlines():
         line = line.strip()
-        if line and not line.startswith('"') and not line.startswith("WARNING"):
+        if line and not line.startswith(_NOT_ERRORS):
             lines.append(line)
     return lines
 
