@@ -197,6 +197,10 @@ class ClusterStats:
         self.refreshes = 0
         self.refreshFailures = 0
 
+    def counters(self):
+        return {"moved": self.moved, "ask": self.ask, "retries": self.retries,
+                "map_reads": self.refreshes, "map_read_failures": self.refreshFailures}
+
 
 @implementer(IRouter)
 class ClusterRouter(Router):
@@ -470,6 +474,16 @@ class ClusterRouter(Router):
             if keySlot(key) != slot:
                 raise PlacementError(CROSSSLOT)
         return self.poolForKey(keys[0])
+
+    def topologySnapshot(self):
+        nodes = {}
+        if self.map is not None:
+            counts = {}
+            for owner in self.map.owners:
+                if owner is not None:
+                    counts[owner] = counts.get(owner, 0) + 1
+            nodes = {"%s:%d" % node: "slots=%d" % count for node, count in counts.items()}
+        return {"kind": "cluster", "counters": self.cluster.counters(), "nodes": nodes}
 
     def passThroughPool(self, commands):
         """

@@ -19,8 +19,11 @@ the stats port, Prometheus and statsd (L{rmux.stats.listenerSnapshot}):
     C{connected_clients};
   - C{# Backends}: one line per backend server with its state and its
     pool's counters.
+  - C{# Topology}: where the placement comes from (the configured
+    servers, a Redis Cluster, a Sentinel group), with the nodes rmux
+    learned and its counts of redirections, failovers and map reads.
 
-C{INFO rmux} or C{INFO backends} asks rmux alone.
+C{INFO rmux}, C{INFO backends} or C{INFO topology} asks rmux alone.
 """
 
 import os
@@ -38,7 +41,7 @@ __all__ = ["RMUX_SECTIONS", "rmuxSections", "parseInfo", "mergeInfo", "formatInf
            "InfoGatherer", "asksServers", "asksRmux"]
 
 #: The sections rmux answers itself.
-RMUX_SECTIONS = ("rmux", "backends")
+RMUX_SECTIONS = ("rmux", "backends", "topology")
 _EVERYTHING = frozenset(["all", "everything", "default"])
 
 
@@ -76,7 +79,23 @@ def rmuxSections(factory, sections):
         result.append(("Rmux", _rmux(factory, snapshot)))
     if "backends" in wanted:
         result.append(("Backends", _backends(snapshot)))
+    if "topology" in wanted and "topology" in snapshot:
+        result.append(("Topology", _topology(snapshot["topology"])))
     return result
+
+
+def _topology(topology):
+    """
+    Where the placement comes from: C{servers} (the configuration), or a
+    cluster's or a Sentinel group's nodes, with its counters.
+    """
+    kind = topology["kind"]
+    fields = [("topology", kind)]
+    fields += [("%s_%s" % (kind, name), value)
+               for name, value in topology["counters"].items()]
+    for index, (node, text) in enumerate(sorted(topology["nodes"].items())):
+        fields.append(("node%d" % (index,), "name=%s,%s" % (node, text)))
+    return fields
 
 
 def _rmux(factory, snapshot):

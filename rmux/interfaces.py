@@ -111,6 +111,13 @@ class IRouter(Interface):
         @raise rmux.router.PlacementError: every server is down.
         """
 
+    def topologySnapshot():
+        """
+        What the placement is made of, for INFO and /metrics: a dict with
+        its C{kind} (C{servers}, C{cluster}, C{sentinel}), its
+        C{counters} and the C{nodes} it learned (name to a short text).
+        """
+
     def passThroughPool(commands):
         """
         The one pool that a client's batch of plain commands, each with its

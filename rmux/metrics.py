@@ -379,6 +379,21 @@ class SnapshotCollector:
                 errors.add_metric([s["listener"], kind], s["errors"][key])
         families.append(errors)
 
+        topology = CounterMetricFamily(
+            "rmux_topology_events",
+            "What a cluster or Sentinel placement did: redirections followed "
+            "(moved, ask), commands sent again (retries), failovers followed "
+            "(switches), and reads of the map (map_reads, rounds) and their "
+            "failures.",
+            labels=["listener", "topology", "event"],
+        )
+        for s in snapshots:
+            t = s.get("topology")
+            if t is not None:
+                for event, count in t["counters"].items():
+                    topology.add_metric([s["listener"], t["kind"], event], count)
+        families.append(topology)
+
         backends = [(s["listener"], b) for s in snapshots for b in s["backends"]]
         for name, documentation, key in self._BACKEND_COUNTERS:
             family = CounterMetricFamily(name, documentation, labels=backendLabels)

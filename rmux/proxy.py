@@ -643,4 +643,6 @@ class ProxyFactory(Factory):
         """
         This listener's counters as plain data; see L{rmux.stats}.
         """
-        return listenerSnapshot(self, self.router.pools, self.health, self.workerId)
+        snapshot = listenerSnapshot(self, self.router.pools, self.health, self.workerId)
+        snapshot["topology"] = self.router.topologySnapshot()
+        return snapshot

@@ -241,6 +241,14 @@ class Router:
                 raise PlacementError(CROSSSLOT)
         return pool
 
+    def topologySnapshot(self):
+        """
+        What the placement is made of, for INFO and /metrics: its kind,
+        its counters (none for configured servers), and the nodes it
+        learned, each with a short text.
+        """
+        return {"kind": "servers", "counters": {}, "nodes": {}}
+
     def passThroughPool(self, commands):
         """
         The one server every command of C{commands} (each with its only key

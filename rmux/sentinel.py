@@ -106,6 +106,10 @@ class SentinelStats:
         self.refreshes = 0
         self.refreshFailures = 0
 
+    def counters(self):
+        return {"switches": self.switches, "retries": self.retries,
+                "rounds": self.refreshes, "round_failures": self.refreshFailures}
+
 
 class SwitchSubscriber(Protocol):
     """
@@ -449,6 +453,13 @@ class SentinelRouter(Router):
             self._place(args, spec, waiter, self.passThroughSender(sender), payload)
         except PlacementError as e:
             waiter.fill(e.reply)
+
+    def topologySnapshot(self):
+        nodes = {}
+        for index, name in enumerate(self.names):
+            node = self.nodes[index]
+            nodes[name] = "master=%s" % ("%s:%d" % node if node else "unknown",)
+        return {"kind": "sentinel", "counters": self.sentinel.counters(), "nodes": nodes}
 
     def passThroughSender(self, sender):
         if self.retryBudget:

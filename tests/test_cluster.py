@@ -128,6 +128,20 @@ class ClusterTests(TestCase):
         self.assertTrue(all(size > 500 for size in sizes), sizes)
 
     @inlineCallbacks
+    def test_infoTopology(self):
+        """
+        INFO's Topology section names the masters rmux learned, with the
+        slots each serves, and counts the map reads.
+        """
+        info = yield self.threads.run(self.client.info, "topology")
+        self.assertEqual(info["topology"], "cluster")
+        self.assertGreaterEqual(info["cluster_map_reads"], 1)
+        nodes = [info["node%d" % (i,)] for i in range(3)]
+        self.assertEqual(sorted(node["name"] for node in nodes),
+                         sorted(self.cluster.addresses()))
+        self.assertEqual(sum(node["slots"] for node in nodes), SLOTS)
+
+    @inlineCallbacks
     def test_multiKey(self):
         """
         MSET, MGET, EXISTS and DEL over keys of many slots answer as one

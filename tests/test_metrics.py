@@ -41,6 +41,7 @@ from rmux.metrics import (
 )
 from rmux.pool import BackendPool
 from rmux.proxy import ProxyFactory
+from rmux.router import PoolGroup, Router
 from rmux.stats import LATENCY_BOUNDS
 from tests.redisserver import freePort, startRedis
 from tests.test_integration import ThreadedClients, startRmux
@@ -59,13 +60,8 @@ TWEMPROXY_SERVER_KEYS = [
 ]
 
 
-class _Router:
-    """
-    Just the pools, which is all a snapshot asks of the router.
-    """
-
-    def __init__(self, pools):
-        self.pools = pools
+def _router(pools):
+    return Router(PoolGroup(pools))
 
 
 class Listener:
@@ -86,7 +82,7 @@ class Listener:
         self.pools = [BackendPool(self.clock, a) for a in self.config.backends]
         self.health = HealthMonitor(self.clock, self.pools)
         self.factory = ProxyFactory(
-            self.clock, _Router(self.pools), CommandTable.default(), self.config,
+            self.clock, _router(self.pools), CommandTable.default(), self.config,
             self.health,
         )
 
@@ -366,6 +362,25 @@ class PrometheusTests(SynchronousTestCase):
             if name == "rmux_errors_total"
         }
         self.assertEqual(byKind, {"protocol": 2, "auth": 1, "refused": 3, "output_limit": 5})
+
+    def test_topologyEvents(self):
+        """
+        A cluster's or Sentinel group's counters are one family, labelled
+        with the topology and the event; configured servers have none.
+        """
+        listener = Listener()
+        plain = listener.snapshot()
+        cluster = listener.snapshot()
+        cluster["listener"] = "/tmp/cluster.sock"
+        cluster["topology"] = {"kind": "cluster", "counters": {"moved": 3, "ask": 1},
+                               "nodes": {"127.0.0.1:7000": "slots=16384"}}
+        found = self.scrape(lambda: [plain, cluster])
+        events = {
+            dict(labels)["event"]: (dict(labels)["topology"], value)
+            for (name, labels), value in found.items()
+            if name == "rmux_topology_events_total"
+        }
+        self.assertEqual(events, {"moved": ("cluster", 3), "ask": ("cluster", 1)})
 
     def test_backendMetrics(self):
         listener = Listener()

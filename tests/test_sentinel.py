@@ -185,6 +185,11 @@ class SentinelTests(TestCase):
         self.assertEqual((value, size), (b"master", 1))
         self.assertEqual(group.master.command(b"GET where\r\n"), b"$6\r\nmaster\r\n")
         self.assertEqual(rmux.router.nodes, [("127.0.0.1", group.master.port)])
+        info = yield threads.run(client.info, "topology")
+        self.assertEqual((info["topology"], info["node0"]),
+                         ("sentinel", {"name": "mymaster",
+                                       "master": "127.0.0.1:%d" % (group.master.port,)}))
+        self.assertGreaterEqual(info["sentinel_rounds"], 1)
 
     @inlineCallbacks
     def test_unknownMaster(self):

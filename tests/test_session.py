@@ -189,6 +189,9 @@ class FakeRouter:
     def passThroughPool(self, commands):
         return None
 
+    def topologySnapshot(self):
+        return {"kind": "servers", "counters": {}, "nodes": {}}
+
     def passThroughSender(self, sender):
         return sender
 
