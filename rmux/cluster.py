@@ -475,6 +475,9 @@ class ClusterRouter(Router):
                 raise PlacementError(CROSSSLOT)
         return self.poolForKey(keys[0])
 
+    def ready(self):
+        return self.map is not None and bool(self.pools)
+
     def topologySnapshot(self):
         nodes = {}
         if self.map is not None:

@@ -111,6 +111,12 @@ class IRouter(Interface):
         @raise rmux.router.PlacementError: every server is down.
         """
 
+    def ready():
+        """
+        Whether the listener can serve now: its servers up (one is enough
+        with failover), a cluster's map known, every Sentinel master found.
+        """
+
     def topologySnapshot():
         """
         What the placement is made of, for INFO and /metrics: a dict with

@@ -50,7 +50,6 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import maybeDeferred, succeed
@@ -62,6 +61,7 @@ from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Site
 
 import rmux
+from rmux.startup import ListeningService
 from rmux.stats import LATENCY_BOUNDS, REQUEST_CLASSES
 
 __all__ = [
@@ -460,6 +460,47 @@ class _MetricsPage(Resource):
         return body
 
 
+class _Health(Resource):
+    """
+    C{/health}: rmux is up (a liveness probe): always 200 while it runs.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"status": "up"}\n'
+
+
+class _Ready(Resource):
+    """
+    C{/ready} (a readiness probe): 200 when every listener can serve (its
+    servers up, or one of them with failover; a cluster's map known; each
+    Sentinel master found), else 503; the body says which.
+    """
+
+    isLeaf = True
+
+    def __init__(self, snapshots):
+        Resource.__init__(self)
+        self.snapshots = snapshots
+
+    def render_GET(self, request):
+        listeners = []
+        for s in self.snapshots():
+            backends = s["backends"]
+            listeners.append({
+                "listener": s["listener"],
+                "ready": bool(s.get("ready")),
+                "backendsUp": sum(1 for b in backends if b["state"] == "up"),
+                "backends": len(backends),
+            })
+        ready = bool(listeners) and all(entry["ready"] for entry in listeners)
+        request.setResponseCode(200 if ready else 503)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"ready": ready, "listeners": listeners}).encode() + b"\n"
+
+
 class _Index(Resource):
     """
     C{/}: a pointer to C{/metrics} for whoever opens the port in a browser;
@@ -495,6 +536,8 @@ class MetricsSite(Site):
         self.registry.register(SnapshotCollector(snapshots))
         root = _Index()
         root.putChild(b"metrics", _MetricsPage(self.registry))
+        root.putChild(b"health", _Health())
+        root.putChild(b"ready", _Ready(snapshots))
         Site.__init__(self, root)
 
     def log(self, request):
@@ -789,12 +832,11 @@ def _serverEndpoint(reactor, host, port):
     return TCP4ServerEndpoint(reactor, port, interface=host)
 
 
-def _listening(reactor, host, port, factory):
-    service = StreamServerEndpointService(_serverEndpoint(reactor, host, port), factory)
+def _listening(reactor, host, port, factory, option):
     # A port that cannot be bound stops the start with its reason, rather
     # than leave rmux running without the numbers it was asked for.
-    service._raiseSynchronously = True
-    return service
+    return ListeningService(_serverEndpoint(reactor, host, port), factory,
+                            "--%s=%d (on %s)" % (option, port, host))
 
 
 class MetricsService(MultiService):
@@ -817,13 +859,14 @@ class MetricsService(MultiService):
         if config.statsPort:
             self.statsPortService = _listening(
                 reactor, config.statsHost, config.statsPort,
-                TwemproxyStatsFactory(reactor, snapshots),
+                TwemproxyStatsFactory(reactor, snapshots), "statsPort",
             )
             self.statsPortService.setName("stats")
             self.statsPortService.setServiceParent(self)
         if config.metricsPort:
             self.metricsPortService = _listening(
-                reactor, config.statsHost, config.metricsPort, MetricsSite(snapshots)
+                reactor, config.statsHost, config.metricsPort, MetricsSite(snapshots),
+                "metricsPort",
             )
             self.metricsPortService.setName("metrics")
             self.metricsPortService.setServiceParent(self)

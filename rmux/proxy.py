@@ -422,6 +422,7 @@ class ClientProtocol(FlowControl, Protocol):
                      if t and t > spent]
         self._armTimer(min(remaining) if remaining else None)
 
+
 class ProxyFactory(Factory):
     """
     Serves one listener: holds its clients, its router and its settings.
@@ -430,7 +431,14 @@ class ProxyFactory(Factory):
     @ivar scripts: the script bodies seen, for EVALSHA's retry.
     """
 
+    #: Twisted's "Starting factory <...>" lines say nothing an operator
+    #: needs; rmux logs its own ready line.
+    noisy = False
     protocol = ClientProtocol
+
+    def logPrefix(self):
+        # The listening port's "... starting on ADDRESS" line.
+        return "rmux"
     log = Logger()
     #: With --maxProcesses, which worker this is (1..N); None otherwise.
     workerId = None
@@ -645,4 +653,5 @@ class ProxyFactory(Factory):
         """
         snapshot = listenerSnapshot(self, self.router.pools, self.health, self.workerId)
         snapshot["topology"] = self.router.topologySnapshot()
+        snapshot["ready"] = self.router.ready()
         return snapshot

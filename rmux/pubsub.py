@@ -66,7 +66,6 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     UNIXClientEndpoint,
-    connectProtocol,
 )
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
@@ -74,6 +73,7 @@ from twisted.logger import Logger
 
 from rmux.resp import ProtocolError, ReplyFramer, encodeCommand, errorReply
 from rmux.router import PlacementError
+from rmux.transport import connectQuietly
 
 
 __all__ = [
@@ -189,7 +189,7 @@ def connectToBackend(reactor, pool, protocol, timeout=None):
     else:
         endpoint = TCP4ClientEndpoint(reactor, address.host, address.port,
                                       timeout=timeout)
-    return connectProtocol(endpoint, protocol)
+    return connectQuietly(endpoint, protocol)
 
 
 

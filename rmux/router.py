@@ -241,6 +241,18 @@ class Router:
                 raise PlacementError(CROSSSLOT)
         return pool
 
+    def ready(self):
+        """
+        Whether the listener can serve: every server has been found up by
+        the health checks, or with failover at least one (no health
+        monitor: always).
+        """
+        if self.health is None:
+            return True
+        states = self.health.states()
+        up = sum(1 for pool in self.pools if states.get(pool) == "up")
+        return up > 0 and (self.default.failover or up == len(self.pools))
+
     def topologySnapshot(self):
         """
         What the placement is made of, for INFO and /metrics: its kind,

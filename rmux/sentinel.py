@@ -454,6 +454,9 @@ class SentinelRouter(Router):
         except PlacementError as e:
             waiter.fill(e.reply)
 
+    def ready(self):
+        return None not in self.default.pools
+
     def topologySnapshot(self):
         nodes = {}
         for index, name in enumerate(self.names):

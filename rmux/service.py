@@ -18,13 +18,14 @@ import ctypes
 import ctypes.util
 import socket
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import (
     DeferredList,
     DeferredLock,
     inlineCallbacks,
     maybeDeferred,
+    succeed,
 )
 from twisted.logger import Logger
 
@@ -46,6 +47,7 @@ from rmux.reload import (
     serverKey,
 )
 from rmux.router import PoolGroup, Router
+from rmux.startup import ListeningService, notify
 from rmux.stats import ListenerStats
 from rmux.transport import TCPServerEndpoint, UNIXServerEndpoint
 
@@ -143,6 +145,15 @@ class _PoolSet:
             for route in listener.routes
         ]
         return default, routes
+
+
+def listenerLabel(listener):
+    """
+    The option a listener listens for, as messages name it.
+    """
+    if listener.socket:
+        return "--socket=%s" % (listener.socket,)
+    return "--port=%d (on %s)" % (listener.port, listener.host or "every interface")
 
 
 def placementRing(backends, distribution, hashName):
@@ -243,24 +254,21 @@ class ListenerService(MultiService):
         self.factory = ProxyFactory(
             reactor, self.router, table, listener, self.health, self.hub, self.stats
         )
-        self.endpointService = StreamServerEndpointService(
-            self.endpoint(), self.factory
-        )
         # A socket or port that cannot be had (a live rmux holds the socket's
         # lock, the port is taken) stops the start, with its reason, instead
         # of leaving a process that serves nothing.
-        self.endpointService._raiseSynchronously = True
+        self.endpointService = ListeningService(
+            self.endpoint(), self.factory, listenerLabel(listener))
         self.endpointService.setServiceParent(self)
         self.serverTLS = None
         if listener.tlsPort:
             from rmux.tls import ServerTLS, serverEndpoint
 
             self.serverTLS = ServerTLS(listener)
-            tlsService = StreamServerEndpointService(
+            tlsService = ListeningService(
                 serverEndpoint(reactor, listener, LISTEN_BACKLOG, self.serverTLS),
-                self.factory,
+                self.factory, "--tlsPort=%d" % (listener.tlsPort,),
             )
-            tlsService._raiseSynchronously = True
             tlsService.setServiceParent(self)
 
     def _clusterRouter(self, pools):
@@ -368,6 +376,32 @@ class ListenerService(MultiService):
         return TCPServerEndpoint(
             self.reactor, listener.port, backlog=LISTEN_BACKLOG, interface=listener.host
         )
+
+    def whenReady(self):
+        """
+        A L{Deferred} that fires once every backend has its first health
+        verdict (or the startup wait is over), or once the first reading
+        of a cluster's or Sentinel group's map is over.
+        """
+        if self.listener.topology != "servers":
+            return self.router.refresh()
+        return self.health.whenStarted() or succeed(None)
+
+    def describeState(self):
+        """
+        One listener in the ready line: where it listens and what of its
+        backends is up.
+        """
+        topology = self.listener.topology
+        if topology == "cluster":
+            what = "cluster, %d masters" % (len(self.router.pools),)
+        elif topology == "sentinel":
+            known = [n for n in self.router.nodes if n is not None]
+            what = "sentinel, %d of %d masters found" % (len(known), len(self.router.nodes))
+        else:
+            up = sum(1 for pool in self.pools if self.health.isUp(pool))
+            what = "%d of %d backends up" % (up, len(self.pools))
+        return "%s (%s)" % (self.listener.name, what)
 
     def startService(self):
         # Listen first: if the socket or port cannot be had, nothing else
@@ -681,7 +715,31 @@ class RmuxService(Listeners):
         Listeners.startService(self)
         if self.reloadOnHangup:
             self.hangup.install()
+        self.ready = DeferredList(
+            [listener.whenReady() for listener in self.listeners]
+        ).addCallback(lambda _: self._announceReady())
+
+    def _announceReady(self):
+        if not self.running:
+            return
+        self.log.info(
+            "rmux: ready: {listeners}",
+            listeners="; ".join(listener.describeState() for listener in self.listeners),
+        )
+        notify("READY=1")
+
+    def reload(self, newConfig=None):
+        notify("RELOADING=1")
+        done = Listeners.reload(self, newConfig)
+
+        def reloaded(result):
+            notify("READY=1")
+            return result
+
+        return done.addBoth(reloaded)
 
     def stopService(self):
+        notify("STOPPING=1")
+        self.log.info("rmux: stopping")
         self.hangup.uninstall()
         return Listeners.stopService(self)

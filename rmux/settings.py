@@ -211,7 +211,10 @@ def _listening():
                 help="TCP port to listen on (ignored with --socket)."),
         Setting("maxProcesses", INTEGER, 0, group=group, zero=ZERO_LITERAL,
                 reloadable=False,
-                help="Go rmux's GOMAXPROCS setting, kept for worker processes; 0 = not set."),
+                help="Worker processes to start, each serving every listener on the "
+                     "same sockets (the parent binds them and restarts a worker that "
+                     "dies); Go rmux took this number as GOMAXPROCS. 0 or 1 = serve in "
+                     "this one process."),
     ]
 
 

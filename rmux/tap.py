@@ -37,7 +37,7 @@ import rmux
 from rmux import logs
 from rmux import settings
 from rmux.config import FLAG_NAMES, ConfigError, RmuxConfig, fromFlags, parseFlagBoolean
-from rmux.config.flags import passwordsOnCommandLine
+from rmux.config.flags import DEFAULT_TCP_CONNECTIONS, passwordsOnCommandLine, usesDefaultBackends
 
 __all__ = ["Options", "CPUProfiledService", "describeConfig", "makeService"]
 
@@ -226,8 +226,28 @@ class Options(usage.Options):
                 raise SystemExit(1) from None
             raise usage.UsageError(str(e)) from None
         if self["checkConfig"]:
-            print(f"rmux: configuration OK: {describeConfig(self.config)}")
+            note = ""
+            if usesDefaultBackends(values):
+                note = (f" (no backends given: Go rmux's default, "
+                        f"{DEFAULT_TCP_CONNECTIONS.replace(' ', ', ')})")
+            print(f"rmux: configuration OK: {describeConfig(self.config)}{note}")
             raise SystemExit(0)
+
+
+class TwistdOptions(Options):
+    """
+    L{Options} as C{twistd rmux} uses them: a wrong option or value prints
+    the error and a pointer to C{--help}, and exits with status 1, where
+    twistd would print its whole usage, rmux's included, before the error.
+    """
+
+    def parseOptions(self, options=None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            print(f"twistd rmux: {e}", file=sys.stderr)
+            print("twistd rmux: see twistd rmux --help", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 def _optionNames() -> tuple[dict[str, str], frozenset[str]]:
@@ -415,9 +435,14 @@ def makeService(options: Options, reactor=None):
             "file for backend passwords",
             flags=", ".join(shown),
         )
+    from rmux.startup import StartGuard
+
     rmuxService = application.makeService(config, reactor=reactor)
+    guard = StartGuard()
     if config.cpuProfile is None:
-        return rmuxService
+        rmuxService.setServiceParent(guard)
+        return guard
     profiled = CPUProfiledService(config.cpuProfile)
     rmuxService.setServiceParent(profiled)
-    return profiled
+    profiled.setServiceParent(guard)
+    return guard

@@ -14,7 +14,7 @@ import re
 
 from OpenSSL.crypto import FILETYPE_PEM
 from twisted.internet.endpoints import (
-    HostnameEndpoint, SSL4ServerEndpoint, connectProtocol, wrapClientTLS,
+    HostnameEndpoint, SSL4ServerEndpoint, wrapClientTLS,
 )
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.ssl import (
@@ -24,6 +24,7 @@ from twisted.internet.ssl import (
 from zope.interface import implementer
 
 from rmux.config import ConfigError
+from rmux.transport import connectQuietly
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
@@ -128,7 +129,7 @@ class BackendTLS:
             self.connectionCreator(address.host),
             HostnameEndpoint(reactor, address.host, address.port, timeout=3600),
         )
-        return connectProtocol(endpoint, protocol)
+        return connectQuietly(endpoint, protocol)
 
 
 def _serverOptions(listener):

@@ -41,7 +41,7 @@ from twisted.internet.defer import execute
 from twisted.internet.endpoints import UNIXServerEndpoint as _UNIXServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.interfaces import IStreamServerEndpoint, ITCPTransport
-from twisted.internet.protocol import ClientCreator
+from twisted.internet.protocol import ClientCreator, Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -432,6 +432,29 @@ class FastClientCreator(ClientCreator):
             return connector
 
         return self._connect(connect, address, timeout=timeout, checkPID=checkPID)
+
+
+class _OneProtocol(Factory):
+    """
+    Twisted's C{connectProtocol} factory, without its log line at every
+    connection's start and end (health checks, TLS backends, pub/sub).
+    """
+
+    noisy = False
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+
+    def buildProtocol(self, addr):
+        return self.protocol
+
+
+def connectQuietly(endpoint, protocol):
+    """
+    Connect C{protocol} through C{endpoint}, as C{connectProtocol} does,
+    without logging the factory's start and stop.
+    """
+    return endpoint.connect(_OneProtocol(protocol))
 
 
 class WriteCoalescer:

@@ -42,6 +42,7 @@ from rmux.metrics import (
 from rmux.pool import BackendPool
 from rmux.proxy import ProxyFactory
 from rmux.router import PoolGroup, Router
+from rmux.startup import StartFailure
 from rmux.stats import LATENCY_BOUNDS
 from tests.redisserver import freePort, startRedis
 from tests.test_integration import ThreadedClients, startRmux
@@ -827,7 +828,10 @@ class ServingTests(TestCase):
             listeners=(self.listener.config,), statsPort=taken.getHost().port
         )
         service = MetricsService(config, reactor, self.snapshots)
-        self.assertRaises(CannotListenError, service.startService)
+        error = self.assertRaises(StartFailure, service.startService)
+        self.assertEqual(str(error), "--statsPort=%d (on 127.0.0.1): address already in use"
+                         % (taken.getHost().port,))
+        self.assertIsInstance(error.__cause__, CannotListenError)
 
 
 class EndToEndTests(TestCase):

@@ -53,6 +53,9 @@ class RecordingRouter:
     def topologySnapshot(self):
         return {"kind": "servers", "counters": {}, "nodes": {}}
 
+    def ready(self):
+        return True
+
 
 class RefusingPool:
     """

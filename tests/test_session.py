@@ -192,6 +192,9 @@ class FakeRouter:
     def topologySnapshot(self):
         return {"kind": "servers", "counters": {}, "nodes": {}}
 
+    def ready(self):
+        return True
+
     def passThroughSender(self, sender):
         return sender
 

@@ -594,8 +594,12 @@ class ShutdownTests(StatefulTestCase):
         """
         from twisted.internet.error import CannotListenError
 
+        from rmux.startup import StartFailure
+
         values = {"socket": self.path, "unixConnections": self.redis[0].path}
         second = ListenerService(fromFlags(values).listeners[0], reactor)
-        error = self.assertRaises(CannotListenError, second.startService)
-        self.assertIn("Cannot acquire lock", str(error))
+        error = self.assertRaises(StartFailure, second.startService)
+        self.assertIn("held by another running rmux", str(error))
+        self.assertIn("Cannot acquire lock", str(error.__cause__))
+        self.assertIsInstance(error.__cause__, CannotListenError)
         self.assertIs((yield self.inThread(self.client().ping)), True)

@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import rmux
 from rmux import logs, tap
+from rmux.startup import StartGuard
 from rmux.config import FLAG_NAMES, BackendAddress, ListenerConfig, RmuxConfig, fromFlags
 
 REPOSITORY = FilePath(__file__).parent().parent()
@@ -598,7 +599,7 @@ class PasswordFileTests(SynchronousTestCase):
         """
         from rmux import application
 
-        self.patch(application, "makeService", lambda config, reactor=None: "service")
+        self.patch(application, "makeService", lambda config, reactor=None: MultiService())
         self.patch(logs, "configureLogging", lambda *args: None)
         events = []
         from twisted.logger import globalLogPublisher
@@ -782,13 +783,16 @@ class MakeServiceTests(SynchronousTestCase):
         from rmux import application
 
         calls = []
+        made = MultiService()
         self.patch(application, "makeService",
-                   lambda config, reactor=None: calls.append(config) or "service")
+                   lambda config, reactor=None: calls.append(config) or made)
         configured = []
         self.patch(logs, "configureLogging", lambda *args: configured.append(args))
         options = parse("--socket=/tmp/r.sock")
         clock = Clock()
-        self.assertEqual(tap.makeService(options, clock), "service")
+        guard = tap.makeService(options, clock)
+        self.assertIsInstance(guard, StartGuard)
+        self.assertEqual(list(guard), [made])
         self.assertEqual(calls, [options.config])
         self.assertEqual(configured, [(options.config, clock)])
 
@@ -802,7 +806,8 @@ class MakeServiceTests(SynchronousTestCase):
         made = MultiService()
         self.patch(application, "makeService", lambda config, reactor=None: made)
         self.patch(logs, "configureLogging", lambda *args: None)
-        profiled = tap.makeService(parse("--socket=/tmp/r.sock", "--cpuProfile=cpu.prof"), Clock())
+        guard = tap.makeService(parse("--socket=/tmp/r.sock", "--cpuProfile=cpu.prof"), Clock())
+        (profiled,) = guard
         self.assertIsInstance(profiled, tap.CPUProfiledService)
         self.assertEqual(profiled.path, "cpu.prof")
         self.assertEqual(list(profiled), [made])
@@ -1002,11 +1007,30 @@ class PluginTests(SynchronousTestCase):
                 return plugin
         self.fail("no rmux IServiceMaker plugin found")
 
+    def test_badOptionIsOneLine(self):
+        """
+        Under twistd, a wrong option prints the error and a pointer to
+        C{--help}, not twistd's whole usage, and exits with status 1.
+        """
+        import io
+
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        for arguments, message in [(["--pooolSize=5"], "option --pooolSize not recognized"),
+                                   (["--poolSize=x"], "--poolSize: must be a positive integer")]:
+            err.truncate(0)
+            err.seek(0)
+            exit = self.assertRaises(SystemExit, tap.TwistdOptions().parseOptions, arguments)
+            self.assertEqual(exit.code, 1)
+            first, second = err.getvalue().splitlines()
+            self.assertTrue(first.startswith("twistd rmux: " + message), first)
+            self.assertEqual(second, "twistd rmux: see twistd rmux --help")
+
     def test_found(self):
         plugin = self.findPlugin()
         verifyObject(IServiceMaker, plugin)
         verifyObject(IPlugin, plugin)
-        self.assertIs(plugin.options, tap.Options)
+        self.assertIs(plugin.options, tap.TwistdOptions)
         self.assertIn("Redis", plugin.description)
 
     def test_makeService(self):

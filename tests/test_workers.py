@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from rmux.config import fromFlags
 from rmux.application import makeService
 from rmux.service import RmuxService
+from rmux.startup import StartFailure
 from rmux.stats import listenerSnapshot
 from rmux.workers.child import InheritedPortEndpoint, WorkerService
 from rmux.workers.ipc import FIRST_LISTENER_FD, Frames, frame
@@ -271,6 +272,36 @@ class ParentServiceTests(SynchronousTestCase):
                     "backlogs": [port.backlog],
                 },
             )
+
+    def test_notifiesSystemd(self):
+        """
+        The parent, not its workers, tells systemd: READY=1 once the
+        sockets are bound and the workers started, RELOADING=1 and READY=1
+        around a reload, STOPPING=1 when it stops.
+        """
+        import socket
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="rmux-notify-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "notify")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(listener.close)
+        listener.bind(path)
+        listener.setblocking(False)
+        self.patch(os, "environ", dict(os.environ, NOTIFY_SOCKET=path))
+        service = ParentService(configFor(maxProcesses="2"), self.reactor)
+        service.startService()
+        self.assertNotIn("NOTIFY_SOCKET", self.reactor.processes[-1].env)
+        service.reload(configFor(maxProcesses="2", poolSize="3"))
+        service.stopService()
+        received = []
+        while True:
+            try:
+                received.append(listener.recv(64))
+            except BlockingIOError:
+                break
+        self.assertEqual(received, [b"READY=1", b"RELOADING=1", b"READY=1", b"STOPPING=1"])
 
     def test_restartAfterDelay(self):
         """
@@ -636,7 +667,8 @@ class BindingTests(TestCase):
         """
         self.bind()
         second = ParentService(configFor(socket=self.path), reactor, 2)
-        self.assertRaises(error.CannotListenError, second.startService)
+        failure = self.assertRaises(StartFailure, second.startService)
+        self.assertIsInstance(failure.__cause__, error.CannotListenError)
         self.assertEqual(second.workers, {})
         self.assertFalse(second.running)
 

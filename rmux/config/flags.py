@@ -170,6 +170,14 @@ def fromFlags(values: Mapping[str, Any]) -> RmuxConfig:
 _BACKEND_LISTS = {"tcpConnections", "unixConnections", "cluster", "sentinels", "sentinelMaster"}
 
 
+def usesDefaultBackends(given: dict[str, Any]) -> bool:
+    """
+    Whether flags C{given} leave the backends to Go rmux's default list
+    (L{DEFAULT_TCP_CONNECTIONS}), which an operator may not expect.
+    """
+    return given.get("config") is None and not any(given.get(name) for name in _BACKEND_LISTS)
+
+
 def _passwordFromFile(given: dict[str, Any], fileFlag: str, flag: str) -> str:
     """
     The password in the file C{given[fileFlag]}: its first line, without

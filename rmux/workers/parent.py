@@ -25,7 +25,8 @@ from rmux.reload import (
     describeSource,
     nextConfig,
 )
-from rmux.service import ListenerService, metricsService
+from rmux.service import ListenerService, listenerLabel, metricsService
+from rmux.startup import StartFailure, closeNow, describeListenError, notify
 from rmux.stats import ListenerStats, combine, listenerSnapshot
 from rmux.workers import ipc
 
@@ -435,6 +436,8 @@ class ParentService(MultiService):
             [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         )
         env["PYTHONUNBUFFERED"] = "1"
+        # The parent is the one systemd hears from.
+        env.pop("NOTIFY_SOCKET", None)
         return env
 
     def _listen(self):
@@ -443,12 +446,25 @@ class ParentService(MultiService):
         ports = []
         try:
             for listener in self.config.listeners:
-                ports.append(listenShared(self.reactor, listener))
+                try:
+                    ports.append(listenShared(self.reactor, listener))
+                except Exception as e:
+                    raise StartFailure(
+                        describeListenError(listenerLabel(listener), e)) from e
         except BaseException:
             for port in ports:
-                port.stopListening()
+                closeNow(port)
             raise
         self.ports = ports
+
+    def closeListening(self):
+        """
+        Close the listening sockets at once (a start that failed after
+        they were bound; see L{rmux.startup.StartGuard}).
+        """
+        ports, self.ports = self.ports, []
+        for port in ports:
+            closeNow(port)
 
     def privilegedStartService(self):
         self._listen()
@@ -483,10 +499,13 @@ class ParentService(MultiService):
             )
             self._spawn(workerId)
         self.log.info(
-            "rmux: {count} worker processes serving {listeners}",
+            "rmux: ready: {count} worker processes serving {listeners}",
             count=self.count,
             listeners=", ".join(listener.name for listener in self.config.listeners),
         )
+        # The sockets are bound: a client connecting now is queued until a
+        # worker accepts it.
+        notify("READY=1")
 
     def _spawn(self, workerId):
         self._restarts.pop(workerId, None)
@@ -557,18 +576,25 @@ class ParentService(MultiService):
             was sent, C{False} if it was refused (the running one stays) or
             there was nothing to reload.
         """
+        notify("RELOADING=1")
+        try:
+            return succeed(self._reload(newConfig))
+        finally:
+            notify("READY=1")
+
+    def _reload(self, newConfig):
         given = newConfig
         try:
             newConfig = nextConfig(self.config, newConfig)
         except NothingToReload as e:
             self.log.info("rmux: nothing to reload: {why}", why=str(e))
-            return succeed(False)
+            return False
         except ReloadRefused as e:
             self.log.error(
                 "rmux: reload refused, the running configuration stays: {why}",
                 why=str(e),
             )
-            return succeed(False)
+            return False
         source = describeSource(self.config, given)
         changes = describeChanges(self.config, newConfig)
         self.config = newConfig
@@ -582,7 +608,7 @@ class ParentService(MultiService):
             count=len(self.workers),
             changes=changes,
         )
-        return succeed(True)
+        return True
 
     def workerEnded(self, protocol, reason):
         """
@@ -613,6 +639,8 @@ class ParentService(MultiService):
         @return: a L{Deferred} that fires when every worker has exited and
             every socket is closed.
         """
+        notify("STOPPING=1")
+        self.log.info("rmux: stopping")
         self.hangup.uninstall()
         stopped = MultiService.stopService(self)
         for call in self._restarts.values():

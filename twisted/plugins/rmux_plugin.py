@@ -35,11 +35,11 @@ class RmuxServiceMaker:
     @property
     def options(self):
         """
-        L{rmux.tap.Options}, imported only when twistd asks for it.
+        L{rmux.tap.TwistdOptions}, imported only when twistd asks for it.
         """
-        from rmux.tap import Options
+        from rmux.tap import TwistdOptions
 
-        return Options
+        return TwistdOptions
 
     def makeService(self, options):
         """
