@@ -304,8 +304,11 @@ class ProbeTests(TestCase):
         self.assertEqual(status, 200, body)
         self.assertEqual(body["listeners"][0]["backendsUp"], 1)
         server.stop()
+        stopped = time.monotonic()
         status, body = yield self.waitFor(port, 503)
         self.assertEqual((status, body["ready"]), (503, False))
+        # healthFailures (3) checks, healthInterval (100 ms) apart.
+        self.assertLess(time.monotonic() - stopped, 1.0)
         self.assertEqual(body["listeners"][0]["backendsUp"], 0)
         server.start()
         status, body = yield self.waitFor(port, 200)
