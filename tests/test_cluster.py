@@ -128,6 +128,38 @@ class ClusterTests(TestCase):
         self.assertTrue(all(size > 500 for size in sizes), sizes)
 
     @inlineCallbacks
+    def test_pubSub(self):
+        """
+        SSUBSCRIBE and SPUBLISH go to each shard channel's slot owner, and
+        a message reaches its subscriber; PUBLISH and SUBSCRIBE work as the
+        cluster propagates them.
+        """
+        channels = ["news", "sport", "weather", "{x}1"]
+        self.assertEqual(len({keySlot(c.encode()) for c in channels}), 4)
+
+        def exchange():
+            pubsub = self.client.pubsub()
+            try:
+                for channel in channels:
+                    pubsub.ssubscribe(channel)
+                pubsub.subscribe("plain")
+                confirmed = [pubsub.get_message(timeout=5)["type"] for _ in range(5)]
+                counts = [self.client.spublish(c, "to " + c) for c in channels]
+                counts.append(self.client.publish("plain", "to plain"))
+                received = [pubsub.get_message(timeout=5) for _ in range(5)]
+                return confirmed, counts, [(m["type"], m["channel"], m["data"])
+                                           for m in received]
+            finally:
+                pubsub.close()
+
+        confirmed, counts, received = yield self.threads.run(exchange)
+        self.assertEqual(confirmed, ["ssubscribe"] * 4 + ["subscribe"])
+        self.assertEqual(counts, [1] * 5)
+        self.assertEqual(sorted(received), sorted(
+            [("smessage", c.encode(), b"to " + c.encode()) for c in channels]
+            + [("message", b"plain", b"to plain")]))
+
+    @inlineCallbacks
     def test_infoTopology(self):
         """
         INFO's Topology section names the masters rmux learned, with the
