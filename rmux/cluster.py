@@ -74,11 +74,13 @@ def keySlot(key):
 class SlotMap:
     """
     Which master serves each slot: one entry per slot, a node address
-    C{(host, port)} or L{None} for a slot nobody serves.
+    C{(host, port)} or L{None} for a slot nobody serves; and the replicas
+    of each slot's master, a tuple of addresses per slot.
     """
 
-    def __init__(self, owners):
+    def __init__(self, owners, replicas=None):
         self.owners = owners
+        self.replicas = replicas if replicas is not None else [()] * SLOTS
 
     @classmethod
     def fromClusterSlots(cls, reply, answeredBy):
@@ -96,14 +98,20 @@ class SlotMap:
         if not isinstance(ranges, list):
             raise ValueError("not a CLUSTER SLOTS reply: %r" % (reply[:80],))
         owners = [None] * SLOTS
-        for entry in ranges:
-            start, end, master = entry[0], entry[1], entry[2]
-            host = master[0].decode("utf-8") if master[0] else ""
+        replicas = [()] * SLOTS
+
+        def address(endpoint):
+            host = endpoint[0].decode("utf-8") if endpoint[0] else ""
             if host in ("", "?"):
                 host = answeredBy[0]
-            node = (host, int(master[1]))
-            owners[start:end + 1] = [node] * (end + 1 - start)
-        return cls(owners)
+            return (host, int(endpoint[1]))
+
+        for entry in ranges:
+            start, end = entry[0], entry[1]
+            count = end + 1 - start
+            owners[start:end + 1] = [address(entry[2])] * count
+            replicas[start:end + 1] = [tuple(address(r) for r in entry[3:])] * count
+        return cls(owners, replicas)
 
     def masters(self):
         """
@@ -216,7 +224,7 @@ class ClusterRouter(Router):
     log = Logger()
 
     def __init__(self, reactor, seeds, newPool, interval=5.0, allowFlush=False, stats=None,
-                 retire=None, retryBudget=8.0):
+                 retire=None, retryBudget=8.0, readFrom="master"):
         """
         @param newPool: makes the pool of a node from its address (a
             L{rmux.config.BackendAddress} like the seeds', for its host and
@@ -226,8 +234,13 @@ class ClusterRouter(Router):
         @param retryBudget: seconds during which a command that met a
             failover (a lost node, C{-TRYAGAIN}, C{-CLUSTERDOWN}) is sent
             again before the client gets the error.
+        @param readFrom: where read-only commands go: C{"master"},
+            C{"preferReplica"} or C{"replica"}.
         """
         self.retryBudget = retryBudget
+        self.readFrom = readFrom
+        self.replicaPools = [()] * SLOTS
+        self._nextReplica = 0
         self.reactor = reactor
         self.seeds = list(seeds)
         self.newPool = newPool
@@ -277,6 +290,8 @@ class ClusterRouter(Router):
         if pool is None:
             seed = self.seeds[0]
             pool = self.byNode[node] = self.newPool(replace(seed, host=node[0], port=node[1]))
+            # Any node may be a replica rmux reads from, or become one.
+            pool.readsFromReplica = self.readFrom != "master"
         return pool
 
     def _candidates(self):
@@ -341,9 +356,15 @@ class ClusterRouter(Router):
         self.pools = [self._poolFor(node) for node in masters]
         self.owners = [None if node is None else self.byNode[node] for node in slotMap.owners]
         current = set(self.pools)
+        kept = set(current)
+        if self.readFrom != "master":
+            byReplicas = {replicas: tuple(self._poolFor(node) for node in replicas)
+                          for replicas in set(slotMap.replicas)}
+            self.replicaPools = [byReplicas[replicas] for replicas in slotMap.replicas]
+            kept.update(pool for pools in byReplicas.values() for pool in pools)
         seedNodes = {(seed.host, seed.port) for seed in self.seeds}
         gone = [pool for node, pool in list(self.byNode.items())
-                if pool not in current and node not in seedNodes]
+                if pool not in kept and node not in seedNodes]
         for pool in gone:
             del self.byNode[(pool.address.host, pool.address.port)]
         if gone:
@@ -448,6 +469,37 @@ class ClusterRouter(Router):
         except PlacementError as e:
             waiter.fill(e.reply)
 
+    def _place(self, args, spec, waiter, sender, payload):
+        if self.readFrom != "master" and spec.routing == C.KEYED and "readonly" in spec.flags:
+            pool = self._replicaFor(args, spec)
+            if pool is not None:
+                sender.send(pool, payload or encodeRequest(args), waiter)
+                return
+        Router._place(self, args, spec, waiter, sender, payload)
+
+    def _replicaFor(self, args, spec):
+        """
+        A replica of the slot's master for a read-only command, taken in
+        turn, or L{None} for the master (C{preferReplica} and no replica,
+        keys of several slots, no keys).
+
+        @raise PlacementError: C{replica}, and the slot's master has none.
+        """
+        keys = [args[i] for i in spec.keyIndexes(args)]
+        if not keys:
+            return None
+        slot = keySlot(keys[0])
+        if any(keySlot(key) != slot for key in keys[1:]):
+            return None
+        replicas = self.replicaPools[slot]
+        if not replicas:
+            if self.readFrom == "replica" and self.owners[slot] is not None:
+                raise PlacementError.because(
+                    "rmux: no replica serves slot %d (readFrom is replica)" % (slot,))
+            return None
+        self._nextReplica += 1
+        return replicas[self._nextReplica % len(replicas)]
+
     def poolForKey(self, key):
         pool = self.owners[keySlot(key)]
         if pool is None:
@@ -491,9 +543,11 @@ class ClusterRouter(Router):
     def passThroughPool(self, commands):
         """
         One command's node (a batch of several could meet a redirection
-        part way, which only the general path follows per command).
+        part way, which only the general path follows per command); none
+        when reads may go to replicas, which only the general path tells
+        from writes.
         """
-        if len(commands) != 1:
+        if len(commands) != 1 or self.readFrom != "master":
             return None
         return self.owners[keySlot(commands[0][1])]
 

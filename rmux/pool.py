@@ -533,6 +533,16 @@ class BackendProtocol(_Deadlines, Protocol):
             self.held = deque()
         self._write(encodeCommand(command), _StateSwitch(self, "AUTH"))
 
+    def readOnly(self):
+        """
+        Send READONLY before anything else: a cluster replica then serves
+        reads of its master's slots on this connection (a master ignores
+        it).
+        """
+        if self.held is None:
+            self.held = deque()
+        self._write(encodeCommand([b"READONLY"]), _StateSwitch(self, "READONLY"))
+
     def _switchDone(self, what, reply):
         if reply[:1] in (b"-", b"!") or (what != "HELLO" and reply != b"+OK\r\n"):
             # The state is now unknown: fail what was held and retire the
@@ -669,6 +679,9 @@ class BackendPool:
     #: At most this many new connections a second to one server (a token
     #: bucket holding up to the pool size), so a restart is no storm.
     connectRate = 50.0
+    #: Whether each connection starts with READONLY (a cluster node that
+    #: rmux may read from as a replica).
+    readsFromReplica = False
 
     def __init__(
         self,
@@ -886,6 +899,8 @@ class BackendPool:
         password = getattr(self.address, "password", None)
         if password is not None:
             protocol.authenticate(self.address.username, password)
+        if self.readsFromReplica:
+            protocol.readOnly()
         return protocol
 
     def _attemptDone(self, result, attempt):

@@ -314,6 +314,90 @@ def _cli(server, *arguments):
     ).stdout.strip()
 
 
+def _commandCalls(server, name):
+    """
+    How many times C{server} ran command C{name}, from its INFO.
+    """
+    info = server.command(b"INFO commandstats\r\n").decode()
+    for line in info.splitlines():
+        if line.startswith("cmdstat_%s:calls=" % (name,)):
+            return int(line.split("=", 1)[1].split(",", 1)[0])
+    return 0
+
+
+class ReplicaReadTests(TestCase):
+    """
+    C{readFrom}: read-only commands on replicas, writes on masters.
+    """
+
+    timeout = 90
+
+    if REDIS_CLI is None:
+        skip = "redis-cli is not installed"
+
+    @inlineCallbacks
+    def test_readsFromReplicas(self):
+        """
+        With C{readFrom=replica}, GETs go to the replicas (whose
+        connections rmux set READONLY) and are answered there, SETs to the
+        masters; MGET over several slots still answers as one server.
+        """
+        cluster = startCluster(self, masters=3, replicas=1)
+        rmux = startRmux(self, [], unixConnections=None,
+                         cluster=cluster.addresses()[0], readFrom="replica")
+        threads = ThreadedClients(self, size=1)
+        client = _redisPy(rmux.path)
+        self.addCleanup(client.close)
+        masters, replicas = cluster.servers[:3], cluster.servers[3:]
+        keys = ["read:%d" % (i,) for i in range(30)]
+
+        def write():
+            for key in keys:
+                client.set(key, key)
+            # Replication is asynchronous: wait until each replica has
+            # what its master was sent.
+            deadline = time.monotonic() + 10
+            while any(_keys(r) != _keys(m) for m, r in _pairs(masters, replicas)):
+                if time.monotonic() > deadline:
+                    raise AssertionError("the replicas did not catch up")
+                time.sleep(0.05)
+            # CLUSTER SLOTS leaves out a replica that has not replicated a
+            # byte yet (as when rmux first read the map), until the cluster
+            # bus tells the node otherwise.
+            while any(b":%d\r\n" % (r.port,) not in masters[0].command(b"CLUSTER SLOTS\r\n")
+                      for r in replicas):
+                if time.monotonic() > deadline:
+                    raise AssertionError("CLUSTER SLOTS does not list the replicas")
+                time.sleep(0.05)
+
+        yield threads.run(write)
+        yield rmux.router.refresh()
+        values, together = yield threads.run(
+            lambda: ([client.get(key) for key in keys], client.mget(keys)))
+        self.assertEqual(values, [key.encode() for key in keys])
+        self.assertEqual(together, values)
+        self.assertEqual(sum(_commandCalls(r, "get") for r in replicas), 30)
+        self.assertEqual(sum(_commandCalls(m, "get") for m in masters), 0)
+        # (A replica's count of SETs is what replication ran.)
+        self.assertEqual(sum(_commandCalls(m, "set") for m in masters), 30)
+        self.assertGreaterEqual(min(_commandCalls(r, "readonly") for r in replicas), 1)
+
+
+def _keys(server):
+    return int(server.command(b"DBSIZE\r\n")[1:-2])
+
+
+def _pairs(masters, replicas):
+    """
+    Each master with its replica, from the replicas' INFO replication.
+    """
+    byPort = {m.port: m for m in masters}
+    for replica in replicas:
+        info = replica.command(b"INFO replication\r\n").decode()
+        port = int(info.split("master_port:", 1)[1].split("\r\n", 1)[0])
+        yield byPort[port], replica
+
+
 class ClusterFailoverTests(TestCase):
     """
     A master killed under load, in a cluster with a replica for each.

@@ -72,6 +72,7 @@ PARAMETER_CASES = [
         lambda c: [b.host for b in c.listeners[0].backends],
         ["cache", "sessions"],
     ),
+    ("readFrom", "preferReplica", lambda c: c.listeners[0].readFrom, "preferReplica"),
     ("clusterRefreshInterval", "2000", lambda c: c.listeners[0].clusterRefreshInterval, 2000),
     ("clusterRetryTime", "3000", lambda c: c.listeners[0].clusterRetryTime, 3000),
     ("poolSize", "7", lambda c: c.listeners[0].poolSize, 7),
@@ -141,6 +142,7 @@ PARAMETER_CASES = [
 # --socketOwner without --socket.
 PREREQUISITES = {"hash": ["--distribution=ketama"], "socketOwner": ["--socket=/tmp/r.sock"],
                  "sentinels": ["--sentinelMaster=cache"],
+                 "readFrom": ["--cluster=127.0.0.1:7000"],
                  "sentinelMaster": ["--sentinels=127.0.0.1:26379"],
                  "tlsClientCertFile": ["--tlsClientKeyFile=/dev/null"],
                  "tlsPort": ["--tlsCertFile=/dev/null", "--tlsKeyFile=/dev/null"],

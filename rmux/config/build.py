@@ -21,7 +21,7 @@ from rmux.config.addresses import BackendAddress, redact
 from rmux.config.checks import ConfigError, checkInt, isInt, parseSize, parseSocketMode
 from rmux.config.model import (
     DISTRIBUTIONS, HASHES, ListenerConfig, RouteConfig, checkDistribution, checkHash,
-    checkHashTag, ownerWithoutSocket,
+    checkHashTag, checkReadFrom, ownerWithoutSocket,
 )
 
 
@@ -117,11 +117,16 @@ def buildListener(raw: Mapping[str, Any], place: Place) -> ListenerConfig:
             )
         kwargs["topology"] = "cluster"
         backends, labels = backendsFromRaw(raw, place, (("cluster", "tcp"),))
+        if "readFrom" in raw:
+            kwargs["readFrom"] = checkReadFrom(raw["readFrom"], place.label("readFrom"))
     elif raw.get("sentinels") or raw.get("sentinelMaster"):
         kwargs["topology"] = "sentinel"
         kwargs["sentinels"], backends, labels = _sentinelTopology(raw, place)
     else:
         backends, labels = backendsFromRaw(raw, place)
+    if raw.get("readFrom", "master") != "master" and not raw.get("cluster"):
+        raise place.error(f"{place.field('readFrom')}: only with {place.field('cluster')}: "
+                          "rmux reads from replicas a cluster names")
     if not backends:
         message = (
             "at least one backend is required "

@@ -73,6 +73,16 @@ def checkDistribution(value: object, label: str) -> str:
     return value
 
 
+READ_FROM = ("master", "preferReplica", "replica")
+
+
+def checkReadFrom(value: object, label: str) -> str:
+    if not isinstance(value, str) or value not in READ_FROM:
+        raise ConfigError(
+            f"{label}: must be 'master', 'preferReplica' or 'replica', got {value!r}")
+    return value
+
+
 def checkHash(value: object, label: str) -> str:
     if not isinstance(value, str) or value not in HASHES:
         raise ConfigError(f"{label}: must be 'fnv1a_64' or 'md5', got {value!r}")
@@ -438,6 +448,7 @@ class ListenerConfig:
     backends: tuple[BackendAddress, ...]
     topology: str = "servers"
     sentinels: tuple[BackendAddress, ...] = ()
+    readFrom: str = _default("readFrom")
     clusterRefreshInterval: int = _default("clusterRefreshInterval")
     clusterRetryTime: int = _default("clusterRetryTime")
     poolSize: int = _default("poolSize")
@@ -495,6 +506,7 @@ class ListenerConfig:
             if not isinstance(self.socket, str) or not self.socket or "\0" in self.socket:
                 raise ConfigError(f"socket: must be a non-empty path, got {self.socket!r}")
         checkInt(self.socketMode, "socketMode", 0, MAX_SOCKET_MODE, "a mode from 0 to 0777")
+        checkReadFrom(self.readFrom, "readFrom")
         _placementFields(self)
         object.__setattr__(self, "routes", _checkRoutes(self.routes, self.backends))
         if self.healthTimeout is None:
