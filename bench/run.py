@@ -35,6 +35,7 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,8 +72,8 @@ def parseOptions(argv=None):
                         help="a smoke run: one round, a tenth of the requests")
     parser.add_argument("--rounds", type=int,
                         help="measured rounds per case (default 5; 1 with --quick)")
-    parser.add_argument("--cases", default="a,b,c,d,e,f,g,h",
-                        help="comma-separated case letters or names (default all: a-h)")
+    parser.add_argument("--cases", default="a,b,c,d,e,f,g,h,i",
+                        help="comma-separated case letters or names (default all: a-i)")
     parser.add_argument("--out", default=str(DEFAULT_OUT),
                         help="where the report goes (default bench/results)")
     parser.add_argument("--pool-size", type=int, default=20, help="rmux --poolSize (default 20)")
@@ -118,6 +119,17 @@ def checkTools():
     if missing:
         raise BenchError("%s not found: apt-get install redis-server redis-tools"
                          % ", ".join(missing))
+
+
+def phpredisFound() -> bool:
+    """
+    Whether the php command line and its phpredis extension are here.
+    """
+    if not shutil.which("php"):
+        return False
+    check = subprocess.run(["php", "-r", 'exit(class_exists("Redis") ? 0 : 1);'],
+                           capture_output=True, timeout=30)
+    return check.returncode == 0
 
 
 @contextmanager
@@ -173,6 +185,10 @@ def main(argv=None) -> int:
             sampler = RssSampler()
             if not lab.twemproxy:
                 lab.notes.append("nutcracker not on PATH: no twemproxy targets")
+            if any(case.tool == "php" for case in options.selected) and not phpredisFound():
+                options.selected = [case for case in options.selected if case.tool != "php"]
+                lab.notes.append("case i skipped: no php with phpredis "
+                                 "(apt-get install php-cli php-redis)")
             startDeployments(lab, options.selected, failures)
             for case in options.selected:
                 log("case %s: %s" % (case.key, case.title))

@@ -5,9 +5,12 @@ The benchmark cases and the project issue's goals for them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional
 
 LAMP_TESTS = ("set", "get", "incr", "lpush", "lpop", "sadd", "spop", "lrange_100", "mset")
+
+PHP_LAMP = Path(__file__).resolve().parents[1] / "php" / "lamp.php"
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,27 @@ class Case:
     # "single": one redis-server; "multi": four; "cluster": a Redis Cluster
     # of three masters.
     deployment: str = "single"
+    # "redis-benchmark", or "php": bench/php/lamp.php in C{clients} PHP
+    # processes at once (phpredis, a connection per request).
+    tool: str = "redis-benchmark"
 
     def argv(self, requests: int, clients: int, test: Optional[str] = None) -> List[str]:
         tests = test or ",".join(self.tests)
         return ["-n", str(requests), "-c", str(clients)] + list(self.args) + ["-t", tests]
+
+    def commands(self, endpoint: List[str], requests: int, clients: int,
+                 test: Optional[str] = None) -> List[List[str]]:
+        """
+        The processes to run at once against C{endpoint} (redis-benchmark's
+        address arguments): one redis-benchmark, or one PHP worker per
+        client, the requests split among them.
+        """
+        if self.tool == "php":
+            shares = [requests // clients + (1 if i < requests % clients else 0)
+                      for i in range(clients)]
+            return [["php", str(PHP_LAMP)] + endpoint + ["-n", str(share)]
+                    for share in shares if share]
+        return [["redis-benchmark"] + endpoint + self.argv(requests, clients, test) + ["--csv"]]
 
 
 CASES = [
@@ -100,17 +120,27 @@ CASES = [
     ),
 ]
 
+CASES.append(Case(
+    "i", "phpredis",
+    "PHP: phpredis, a new connection per web request and 5 commands (SET, GET, "
+    "INCR, LPUSH, LPOP), 8 PHP processes; req/s are web requests",
+    (), ("phpredis",),
+    clients=8, requests=8000, quickRequests=800, tool="php",
+))
+
 
 @dataclass(frozen=True)
 class RatioGoal:
     """
     A goal from the project issue: rmux's throughput in case C{case}, test
-    C{test}, at least C{ratio} times direct Redis over TCP.
+    C{test}, at least C{ratio} times C{against}'s (direct Redis over TCP,
+    or twemproxy on its unix socket), medians of the same run.
     """
 
     case: str
     test: str
     ratio: float
+    against: str = "redis-tcp"
 
 
 RATIO_GOALS = [
@@ -121,6 +151,8 @@ RATIO_GOALS = [
     RatioGoal("d", "SET", 0.7), RatioGoal("d", "GET", 0.7),
     RatioGoal("g", "SET", 0.8), RatioGoal("g", "GET", 0.8),
     RatioGoal("h", "SET", 1.5), RatioGoal("h", "GET", 1.5),
+    RatioGoal("a", "SET", 0.8, "twemproxy-unix"), RatioGoal("a", "GET", 0.8, "twemproxy-unix"),
+    RatioGoal("i", "PHPREDIS", 0.9, "twemproxy-unix"),
 ]
 
 P99_GOAL_MS = 50.0  # case e

@@ -25,10 +25,14 @@ def goalCell(caseKey: str, target: str, test: str, goals: List[dict]) -> str:
     """
     if target != RMUX:
         return ""
+    cells = []
     for g in goals:
         if g["case"] == caseKey and g.get("test") == test:
-            return "≥ %gx: %s" % (g["ratio"], "PASS" if g["pass"] else "FAIL")
-    return ""
+            against = g.get("against", "redis-tcp")
+            cells.append("≥ %gx%s: %s" % (
+                g["ratio"], "" if against == "redis-tcp" else " " + against,
+                "PASS" if g["pass"] else "FAIL"))
+    return "; ".join(cells)
 
 
 def resourcesTable(report: dict) -> List[str]:

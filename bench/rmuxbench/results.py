@@ -76,10 +76,18 @@ def evaluateGoals(cases: Dict[str, dict], poolSize: int) -> List[dict]:
     for g in RATIO_GOALS:
         if g.case not in cases:
             continue
-        ratio = cases[g.case]["summary"].get(RMUX, {}).get("tests", {}).get(g.test, {}).get("ratio")
-        add(g.case, "%s >= %gx direct TCP" % (g.test, g.ratio),
+        summary = cases[g.case]["summary"]
+        ratio = summary.get(RMUX, {}).get("tests", {}).get(g.test, {}).get("ratio")
+        against = "direct TCP"
+        if g.against != BASELINE:
+            mine = summary.get(RMUX, {}).get("tests", {}).get(g.test, {}).get("rps")
+            theirs = summary.get(g.against, {}).get("tests", {}).get(g.test, {}).get("rps")
+            ratio = mine / theirs if mine and theirs else None
+            against = g.against
+        add(g.case, "%s >= %gx %s" % (g.test, g.ratio, against),
             "%.2fx" % ratio if ratio is not None else "no result",
-            ratio is not None and ratio >= g.ratio, test=g.test, ratio=g.ratio)
+            ratio is not None and ratio >= g.ratio, test=g.test, ratio=g.ratio,
+            against=g.against)
 
     if "a" in cases:
         a = cases["a"]

@@ -135,11 +135,13 @@ class Run:
     proxyAlive: bool = True
 
 
-def runBenchmark(lab: Lab, target: Target, argvFor: Callable[[int, int], List[str]],
+def runBenchmark(lab: Lab, target: Target,
+                 commandsFor: Callable[[List[str], int, int], List[List[str]]],
                  requests: int, clients: int, timeout: float) -> tuple:
     """
-    Run redis-benchmark against a target: one process per endpoint, all at
-    once, with the requests and clients split among them.  Returns the
+    Run the benchmark against a target: its processes for each endpoint
+    (one redis-benchmark, or a PHP worker per client), all at once, with
+    the requests and clients split among the endpoints.  Returns the
     merged tests, the error lines, and the wall-clock time.
     """
     endpoints = target.endpoints
@@ -147,9 +149,9 @@ def runBenchmark(lab: Lab, target: Target, argvFor: Callable[[int, int], List[st
     jobs, errors = [], []
     started = time.monotonic()
     try:
-        for index, (endpoint, n, c) in enumerate(shares):
-            argv = ["redis-benchmark"] + endpoint + argvFor(n, c) + ["--csv"]
-            jobs.append(lab.processes.start("bench-%d" % index, argv))
+        for endpoint, n, c in shares:
+            for argv in commandsFor(endpoint, n, c):
+                jobs.append(lab.processes.start("bench-%d" % len(jobs), argv))
         deadline = started + timeout
         for job in jobs:
             try:
@@ -186,7 +188,8 @@ def runOnce(lab: Lab, sampler: RssSampler, deployment: Deployment, target: Targe
     if pid:
         sampler.sampleNow(pid)
     tests, errors, seconds = runBenchmark(
-        lab, target, lambda n, c: case.argv(n, c, test), requests, case.clients, timeout)
+        lab, target, lambda endpoint, n, c: case.commands(endpoint, n, c, test),
+        requests, case.clients, timeout)
     if pid:
         sampler.sampleNow(pid)
     cpuAfter = cpuSeconds(pid) if pid else None
