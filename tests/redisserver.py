@@ -207,19 +207,21 @@ def startCluster(testCase, **kwargs):
 
 class RedisSentinel(RedisServer):
     """
-    One sentinel (C{redis-server --sentinel}) watching C{master} as C{name}.
+    One sentinel (C{redis-server --sentinel}) watching each master of
+    C{watched}, C{(name, server)} pairs, with quorum 1.
     """
 
-    def __init__(self, name, master, downAfter=1000, failoverTimeout=10000):
+    def __init__(self, watched, downAfter=1000, failoverTimeout=10000):
         RedisServer.__init__(self, tcp=True)
         self.config = os.path.join(self.directory, "sentinel.conf")
         with open(self.config, "w") as f:
-            f.write(
-                "sentinel monitor %s 127.0.0.1 %d 1\n"
-                "sentinel down-after-milliseconds %s %d\n"
-                "sentinel failover-timeout %s %d\n"
-                % (name, master.port, name, downAfter, name, failoverTimeout)
-            )
+            for name, master in watched:
+                f.write(
+                    "sentinel monitor %s 127.0.0.1 %d 1\n"
+                    "sentinel down-after-milliseconds %s %d\n"
+                    "sentinel failover-timeout %s %d\n"
+                    % (name, master.port, name, downAfter, name, failoverTimeout)
+                )
         # A sentinel reads it first, and rewrites it.
         self.leading = (self.config, "--sentinel")
 
@@ -236,7 +238,7 @@ class SentinelGroup:
         # wait for more replicas.
         self.master = RedisServer(tcp=True, args=["--repl-diskless-sync-delay", "0"])
         self.replicas = [RedisServer(tcp=True) for _ in range(replicas)]
-        self.sentinels = [RedisSentinel(name, self.master) for _ in range(sentinels)]
+        self.sentinels = [RedisSentinel([(name, self.master)]) for _ in range(sentinels)]
 
     def addresses(self):
         return ["127.0.0.1:%d" % (sentinel.port,) for sentinel in self.sentinels]

@@ -15,11 +15,12 @@ from zope.interface import implementer
 
 from rmux.cluster import RETRY_DELAY, Redirectable
 from rmux.config import BackendAddress, ConfigError, fromFlags
+from rmux.hashing import RmuxRing
 from rmux.interfaces import IRequestSender
 from rmux.pool import BackendPool
 from rmux.replies import DeferredReply
 from rmux.sentinel import RESUBSCRIBE_DELAY, SentinelRouter, parseMasterAddress
-from tests.redisserver import RedisServer, startSentinels
+from tests.redisserver import RedisSentinel, RedisServer, startRedis, startSentinels
 from tests.test_integration import ThreadedClients, socketPath, startListener
 
 
@@ -250,6 +251,43 @@ class SentinelTests(TestCase):
 
         yield threads.run(failover)
         self.assertEqual(newMaster.command(b"GET after\r\n"), b"$1\r\n2\r\n")
+
+    @inlineCallbacks
+    def test_shards(self):
+        """
+        Several master names are shards, placed by name with rmux's
+        hashing: each key is on the master the ring gives its name's index.
+        """
+        masters = [startRedis(self, tcp=True) for _ in range(2)]
+        sentinel = RedisSentinel([("cache1", masters[0]), ("cache2", masters[1])])
+        self.addCleanup(sentinel.cleanup)
+        sentinel.start()
+        rmux = startListener(self, fromFlags({
+            "socket": socketPath(self),
+            "sentinels": "127.0.0.1:%d" % (sentinel.port,),
+            "sentinelMaster": "cache1 cache2",
+        }).listeners[0])
+        client = _redisPy(rmux.path)
+        self.addCleanup(client.close)
+        threads = ThreadedClients(self, size=1)
+        keys = ["shard:%d" % (i,) for i in range(200)]
+
+        def write():
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(key, key)
+            pipe.execute()
+            return client.dbsize()
+
+        size = yield threads.run(write)
+        self.assertEqual(size, 200)
+        ring = RmuxRing(2)
+        for index, master in enumerate(masters):
+            mine = [key for key in keys if ring.backendOf(key.encode()) == index]
+            self.assertGreater(len(mine), 50)
+            self.assertEqual(int(master.command(b"DBSIZE\r\n")[1:-2]), len(mine))
+            self.assertEqual(master.command(b"GET %s\r\n" % (mine[0].encode(),)),
+                             b"$%d\r\n%s\r\n" % (len(mine[0]), mine[0].encode()))
 
     def _error(self, f, *args):
         import redis
