@@ -165,6 +165,16 @@ class Redirectable:
         self.pool = pool
         self.sender.send(pool, self.payload, self)
 
+    def mayRetry(self, now, budget):
+        """
+        Whether a retry L{RETRY_DELAY} from C{now} is within C{budget}
+        seconds of the first failure (which this call notes).
+        """
+        if self.deadline is None:
+            self.deadline = now + budget
+            return True
+        return now + RETRY_DELAY <= self.deadline
+
 
 @implementer(IRequestSender)
 class RedirectingSender:
@@ -427,10 +437,7 @@ class ClusterRouter(Router):
             return False
         # TRYAGAIN, CLUSTERDOWN, a node lost: the cluster is changing;
         # send it again a moment later, within the budget.
-        now = self.reactor.seconds()
-        if request.deadline is None:
-            request.deadline = now + self.retryBudget
-        elif now + RETRY_DELAY > request.deadline:
+        if not request.mayRetry(self.reactor.seconds(), self.retryBudget):
             return False
         self.cluster.retries += 1
         self.refresh()

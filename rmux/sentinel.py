@@ -424,11 +424,7 @@ class SentinelRouter(Router):
         if not reply.startswith(_RETRIED):
             return False
         now = self.reactor.seconds()
-        if request.deadline is None:
-            request.deadline = now + self.retryBudget
-        elif now + RETRY_DELAY > request.deadline:
-            return False
-        if request.pool not in self.shardOf:
+        if request.pool not in self.shardOf or not request.mayRetry(now, self.retryBudget):
             return False
         self.sentinel.retries += 1
         if self._lastRefresh is None or now - self._lastRefresh >= MIN_REFRESH_GAP:

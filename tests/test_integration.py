@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import redis
 from twisted.internet import reactor, threads
@@ -75,6 +77,42 @@ class ThreadedClients:
 
     def run(self, f, *args, **kwargs):
         return threads.deferToThreadPool(reactor, self.pool, f, *args, **kwargs)
+
+
+class WriteLoad:
+    """
+    A redis-py client writing C{fail:N} = N as fast as it can, in a
+    thread, until stopped: when each write was sent and acknowledged, and
+    each error, for fault tests to judge.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self.stopped = threading.Event()
+        self.sent = {}
+        self.acknowledged = {}
+        self.errors = []
+
+    def run(self):
+        i = 0
+        while not self.stopped.is_set():
+            self.sent[i] = time.monotonic()
+            try:
+                self.client.set("fail:%d" % (i,), i)
+                self.acknowledged[i] = time.monotonic()
+            except Exception as e:
+                self.errors.append((time.monotonic(), str(e)))
+            i += 1
+
+    def lost(self):
+        """
+        The acknowledged writes that are not there now (read in a thread).
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for i in self.acknowledged:
+            pipe.get("fail:%d" % (i,))
+        values = dict(zip(self.acknowledged, pipe.execute()))
+        return [i for i, value in values.items() if value != b"%d" % (i,)]
 
 
 def rawExchange(path, payload, expectClose=False, timeout=5.0, until=None):

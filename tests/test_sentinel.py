@@ -4,7 +4,6 @@ started by the tests: discovery, the ROLE check, and following a failover
 under load.
 """
 
-import threading
 import time
 from dataclasses import replace
 
@@ -21,7 +20,7 @@ from rmux.pool import BackendPool
 from rmux.replies import DeferredReply
 from rmux.sentinel import RESUBSCRIBE_DELAY, SentinelRouter, parseMasterAddress
 from tests.redisserver import RedisSentinel, RedisServer, startRedis, startSentinels
-from tests.test_integration import ThreadedClients, socketPath, startListener
+from tests.test_integration import ThreadedClients, WriteLoad, socketPath, startListener
 
 
 class ConfigTests(SynchronousTestCase):
@@ -311,23 +310,8 @@ class SentinelTests(TestCase):
         threads = ThreadedClients(self, size=2)
         client = _redisPy(rmux.path)
         self.addCleanup(client.close)
-        stop = threading.Event()
-        sent = {}
-        acknowledged = {}
-        errors = []
-
-        def writer():
-            i = 0
-            while not stop.is_set():
-                sent[i] = time.monotonic()
-                try:
-                    client.set("fail:%d" % (i,), i)
-                    acknowledged[i] = time.monotonic()
-                except Exception as e:
-                    errors.append((time.monotonic(), str(e)))
-                i += 1
-
-        load = threads.run(writer)
+        writes = WriteLoad(client)
+        load = threads.run(writes.run)
         newMaster = group.replicas[0]
 
         def failover():
@@ -343,27 +327,22 @@ class SentinelTests(TestCase):
                 time.sleep(1.5)
                 return started, switched
             finally:
-                stop.set()
+                writes.stopped.set()
 
         started, switched = yield threads.run(failover)
         yield load
+        errors = writes.errors
         if errors:
             self.assertLess(errors[-1][0] - errors[0][0], 5, errors[:3])
         self.assertEqual(rmux.router.nodes, [("127.0.0.1", newMaster.port)])
         self.assertEqual(rmux.router.sentinel.switches, 1)
 
-        def readBack():
-            pipe = client.pipeline(transaction=False)
-            for i in acknowledged:
-                pipe.get("fail:%d" % (i,))
-            return dict(zip(acknowledged, pipe.execute()))
-
-        values = yield threads.run(readBack)
-        lost = [i for i, value in values.items() if value != b"%d" % (i,)]
+        lost = yield threads.run(writes.lost)
+        acknowledged = writes.acknowledged
         # What Redis's asynchronous replication loses: writes the old
         # master took after its replica was promoted, sent before rmux
         # switched (rmux switches once ROLE confirms the promotion).
-        self.assertTrue(all(sent[i] <= switched for i in lost), lost)
+        self.assertTrue(all(writes.sent[i] <= switched for i in lost), lost)
         late = [i for i, at in acknowledged.items() if at > switched + 0.5]
         self.assertGreater(len(late), 50)
         self.assertEqual(newMaster.command(b"GET fail:%d\r\n" % (late[-1],)),
