@@ -201,6 +201,7 @@ class SentinelRouter(Router):
         self.onChange = []
         self.lastErrors = {}
         self._refreshing = None
+        self._outstanding = 0
         self._lastRefresh = None
         self._ready = []
         self._subscriber = None
