@@ -327,7 +327,7 @@ class TCPServer(_SinkRead, _GatheringWrite, tcp.Server):
 
     def __init__(self, *args, **kwargs):
         tcp.Server.__init__(self, *args, **kwargs)
-        self.setTcpNoDelay(True)
+        setNoDelay(self)
 
 
 def setNoDelay(transport):
@@ -340,7 +340,9 @@ def setNoDelay(transport):
     """
     while transport is not None and not ITCPTransport.providedBy(transport):
         transport = getattr(transport, "transport", None)
-    if transport is not None:
+    # Older Twisted's UNIX connections claim ITCPTransport too.
+    sock = getattr(transport, "socket", None)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         transport.setTcpNoDelay(True)
 
 
