@@ -826,6 +826,9 @@ class SubscriptionHub(object):
         self.reactor = reactor
         self.placeChannel = placeChannel
         self.allPools = allPools
+        #: L{None} when channels can be placed now, else a L{Deferred}
+        #: that fires when they may be (see L{rmux.service.ListenerService}).
+        self.whenPlaced = lambda: None
         if openConnection is None:
             def openConnection(pool, protocol):
                 return connectToBackend(reactor, pool, protocol)
@@ -1094,7 +1097,7 @@ class SubscriptionHub(object):
                 settled()
 
 
-    def _subscribe(self, client, state, key):
+    def _subscribe(self, client, state, key, waited=False):
         """
         Start subscribing C{client} to a key it does not have.
 
@@ -1102,6 +1105,11 @@ class SubscriptionHub(object):
             or a L{Deferred} that fires with one of these.
         """
         kind, name = key
+        waiting = None if waited else self.whenPlaced()
+        if waiting is not None:
+            # A cluster's or Sentinel group's first map is still being
+            # read: subscribe once that is over, as other commands wait.
+            return waiting.addCallback(lambda _: self._subscribe(client, state, key, True))
         if kind.everywhere or name == INVALIDATIONS:
             pools = self.allPools()
             if not pools:

@@ -21,6 +21,7 @@ import socket
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import (
+    Deferred,
     DeferredList,
     DeferredLock,
     inlineCallbacks,
@@ -246,6 +247,7 @@ class ListenerService(MultiService):
         self.health.onChange.append(lambda *_: self.hub.placementChanged())
         if listener.topology != "servers":
             self.router.onChange.append(self.hub.placementChanged)
+            self.hub.whenPlaced = self._whenMapRead
         self.health.onChange.append(self._backendChanged)
         table = table or CommandTable.default()
         if listener.commands:
@@ -377,6 +379,18 @@ class ListenerService(MultiService):
         return TCPServerEndpoint(
             self.reactor, listener.port, backlog=LISTEN_BACKLOG, interface=listener.host
         )
+
+    def _whenMapRead(self):
+        """
+        L{None} once a cluster's or Sentinel group's map is known, else a
+        L{Deferred} of its own that fires when the reading in progress is
+        over (whatever it found).
+        """
+        if self.router.ready():
+            return None
+        waiter = Deferred()
+        self.router.refresh().addBoth(lambda result: waiter.callback(None) or result)
+        return waiter
 
     def whenReady(self):
         """

@@ -10,7 +10,7 @@ import threading
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -93,8 +93,8 @@ class ClusterTests(TestCase):
         self.threads = ThreadedClients(self, size=4)
         self.client = _redisPy(self.rmux.path)
         self.addCleanup(self.client.close)
-        # Commands wait for the first map; INFO topology and (S)SUBSCRIBE
-        # do not, and these tests are about what comes after.
+        # INFO topology does not wait for the first map, and these tests
+        # are about what comes after it.
         return self.rmux.router.refresh()
 
     def clusterClient(self):
@@ -163,6 +163,26 @@ class ClusterTests(TestCase):
         self.assertEqual(sorted(received), sorted(
             [("smessage", c.encode(), b"to " + c.encode()) for c in channels]
             + [("message", b"plain", b"to plain")]))
+
+    @inlineCallbacks
+    def test_subscribeWaitsForTheMap(self):
+        """
+        Before a listener's first map is read, its pub/sub hub is told to
+        wait for the reading, and afterwards places channels at once.
+        """
+        from rmux.service import ListenerService
+
+        config = fromFlags({"socket": self.rmux.path + ".2",
+                            "cluster": self.cluster.addresses()[0]})
+        service = ListenerService(config.listeners[0], reactor)
+        self.addCleanup(lambda: DeferredList(service.router.stop()))
+        self.assertFalse(service.router.ready())
+        waiting = service.hub.whenPlaced()
+        self.assertIsNotNone(waiting)
+        yield waiting
+        self.assertTrue(service.router.ready())
+        self.assertIsNone(service.hub.whenPlaced())
+        self.assertIn(service.hub.placeChannel(b"news"), service.router.pools)
 
     @inlineCallbacks
     def test_infoTopology(self):

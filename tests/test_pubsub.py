@@ -260,6 +260,25 @@ class ConfirmationTests(HubTestsMixin, SynchronousTestCase):
             client.take(), b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n")
         self.assertNoTimers()
 
+    def test_waitsForPlacement(self):
+        """
+        While a cluster's first map is being read (C{whenPlaced} gives a
+        L{Deferred}), a SUBSCRIBE waits for it, in its place, then goes
+        where the map says; after the wait it does not wait again.
+        """
+        read = Deferred()
+        self.hub.whenPlaced = lambda: read
+        client = FakeClient()
+        self.do(client, b"SUBSCRIBE", b"news")
+        self.assertEqual(self.connector().attempts, [])
+        self.assertEqual(len(client.queue), 1)
+        self.hub.whenPlaced = lambda: Deferred()
+        read.callback(None)
+        backend = self.connector().accept()
+        backend.confirm(backend.take())
+        self.assertEqual(
+            client.take(), b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n")
+
     def test_resp3ConfirmationIsPush(self):
         client = FakeClient(3)
         self.subscribed(client, b"news")
