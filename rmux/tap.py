@@ -231,7 +231,85 @@ class Options(usage.Options):
                 note = (f" (no backends given: Go rmux's default, "
                         f"{DEFAULT_TCP_CONNECTIONS.replace(' ', ', ')})")
             print(f"rmux: configuration OK: {describeConfig(self.config)}{note}")
+            for listener in self.config.listeners:
+                if listener.topology != "servers":
+                    print("\n".join(probeTopology(listener)))
             raise SystemExit(0)
+
+
+def _ask(address, commands, timeout=1.0):
+    """
+    Send C{commands} to a Redis or sentinel at C{address} on a blocking
+    socket, as C{--checkConfig} does before anything runs, and return their
+    replies (hiredis values), or raise L{OSError} or L{ValueError}.
+    """
+    import socket
+
+    import hiredis
+
+    from rmux.resp import encodeRequest
+
+    asked = len(commands)
+    if address.password is not None:
+        credentials = [address.password.encode("utf-8")]
+        if address.username is not None:
+            credentials.insert(0, address.username.encode("utf-8"))
+        commands = [[b"AUTH"] + credentials] + commands
+    with socket.create_connection((address.host, address.port), timeout=timeout) as sock:
+        sock.sendall(b"".join(encodeRequest(command) for command in commands))
+        reader = hiredis.Reader()
+        replies = []
+        while len(replies) < len(commands):
+            data = sock.recv(65536)
+            if not data:
+                raise ValueError("the connection was closed")
+            reader.feed(data)
+            while (reply := reader.gets()) is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise ValueError(str(reply))
+                replies.append(reply)
+    return replies[-asked:]
+
+
+def probeTopology(listener) -> list[str]:
+    """
+    For C{--checkConfig}: ask a cluster listener's seeds for the cluster's
+    state, or a Sentinel listener's sentinels where each master is.  The
+    configuration is valid either way (the seeds may be out of this host's
+    reach); a last line warns when none answered.
+
+    @return: one line per seed or sentinel, and the warning if any.
+    """
+    lines = []
+    answered = False
+    cluster = listener.topology == "cluster"
+    kind = "cluster seed" if cluster else "sentinel"
+    for address in listener.backends if cluster else listener.sentinels:
+        if address.tls:
+            lines.append(f"rmux: {kind} {address}: reached over TLS, not checked here")
+            answered = True
+            continue
+        try:
+            if cluster:
+                (info,) = _ask(address, [[b"CLUSTER", b"INFO"]])
+                state = [line for line in info.decode().splitlines()
+                         if line.startswith("cluster_state:")]
+                found = state[0] if state else "no cluster_state"
+            else:
+                names = [master.host for master in listener.backends]
+                replies = _ask(address, [[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME",
+                                          name.encode()] for name in names])
+                found = ", ".join(
+                    f"{name} at {reply[0].decode()}:{reply[1].decode()}" if reply
+                    else f"{name} unknown" for name, reply in zip(names, replies))
+        except (OSError, ValueError) as e:
+            lines.append(f"rmux: {kind} {address}: no answer: {e}")
+            continue
+        answered = True
+        lines.append(f"rmux: {kind} {address}: {found}")
+    if not answered:
+        lines.append(f"rmux: warning: no {kind} of {listener.name} answered")
+    return lines
 
 
 class TwistdOptions(Options):

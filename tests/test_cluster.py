@@ -184,6 +184,21 @@ class ClusterTests(TestCase):
         self.assertIsNone(service.hub.whenPlaced())
         self.assertIn(service.hub.placeChannel(b"news"), service.router.pools)
 
+    def test_checkConfigAsksTheSeeds(self):
+        """
+        C{--checkConfig} asks each seed for the cluster's state, and says
+        which does not answer.
+        """
+        from rmux.tap import probeTopology
+
+        config = fromFlags({"cluster": "%s 127.0.0.1:1" % (self.cluster.addresses()[0],)})
+        lines = probeTopology(config.listeners[0])
+        self.assertEqual(lines[0], "rmux: cluster seed %s: cluster_state:ok"
+                         % (self.cluster.addresses()[0],))
+        self.assertTrue(lines[1].startswith("rmux: cluster seed 127.0.0.1:1: no answer: "),
+                        lines[1])
+        self.assertEqual(len(lines), 2)
+
     @inlineCallbacks
     def test_infoTopology(self):
         """

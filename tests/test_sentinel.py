@@ -191,6 +191,23 @@ class SentinelTests(TestCase):
                                        "master": "127.0.0.1:%d" % (group.master.port,)}))
         self.assertGreaterEqual(info["sentinel_rounds"], 1)
 
+    def test_checkConfigAsksTheSentinels(self):
+        """
+        C{--checkConfig} asks each sentinel where each master is; when none
+        answers, a last line says so.
+        """
+        from rmux.tap import probeTopology
+
+        group = startSentinels(self, replicas=0, sentinels=1)
+        listener = fromFlags({"sentinels": " ".join(group.addresses()),
+                              "sentinelMaster": "mymaster nosuch"}).listeners[0]
+        self.assertEqual(probeTopology(listener), [
+            "rmux: sentinel %s: mymaster at 127.0.0.1:%d, nosuch unknown"
+            % (group.addresses()[0], group.master.port)])
+        group.sentinels[0].stop()
+        lines = probeTopology(listener)
+        self.assertEqual(lines[-1], "rmux: warning: no sentinel of localhost:6379 answered")
+
     @inlineCallbacks
     def test_unknownMaster(self):
         """
