@@ -7,7 +7,8 @@ per shard, placed with rmux's hashing by name, so a failover moves no key).
 L{SentinelRouter} asks the sentinels where each master is
 (C{SENTINEL GET-MASTER-ADDR-BY-NAME}), checks the answer with C{ROLE}
 before sending it anything, follows C{+switch-master} on a sentinel's
-pub/sub, and asks again periodically and after the subscription is lost.
+pub/sub (every listed sentinel's), and asks again periodically and after a
+subscription is lost.
 
 A command that meets the switch (a write answered C{-READONLY} by the
 demoted master, a master that cannot be reached, C{-LOADING},
@@ -204,9 +205,8 @@ class SentinelRouter(Router):
         self._outstanding = 0
         self._lastRefresh = None
         self._ready = []
-        self._subscriber = None
-        self._nextSentinel = 0
-        self._resubscribe = None
+        self._subscribers = {}
+        self._resubscribing = {}
         self._stopped = False
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = reactor
@@ -214,16 +214,20 @@ class SentinelRouter(Router):
 
     def start(self):
         self._loop.start(self._interval, now=True)
-        self._subscribe()
+        for address in self.sentinels:
+            self._subscribe(address)
 
     def stop(self):
         self._stopped = True
         if self._loop.running:
             self._loop.stop()
-        if self._resubscribe is not None and self._resubscribe.active():
-            self._resubscribe.cancel()
-        if self._subscriber is not None and self._subscriber.transport is not None:
-            self._subscriber.transport.abortConnection()
+        for call in self._resubscribing.values():
+            if call.active():
+                call.cancel()
+        self._resubscribing.clear()
+        for subscriber in list(self._subscribers.values()):
+            if subscriber.transport is not None:
+                subscriber.transport.abortConnection()
         self._fireReady()
         masters = [pool for pool in self.default.pools if pool is not None]
         return [pool.stop() for pool in masters + self.sentinelPools]
@@ -351,34 +355,39 @@ class SentinelRouter(Router):
 
     # The switch announcements
 
-    def _subscribe(self):
-        self._resubscribe = None
-        if self._stopped or not self.sentinels:
+    def _subscribe(self, address):
+        """
+        Listen to C{address}'s announcements: every listed sentinel's, so
+        that a failover any of them makes (several Sentinel groups, one
+        sentinel down) is heard at once; the same news twice is checked
+        once (L{check}).
+        """
+        self._resubscribing.pop(address, None)
+        if self._stopped:
             return
-        address = self.sentinels[self._nextSentinel % len(self.sentinels)]
-        self._nextSentinel += 1
         subscriber = SwitchSubscriber(address, self.switched, self._subscriptionLost)
         creator = ClientCreator(self.reactor, lambda: subscriber)
         connecting = creator.connectTCP(address.host, address.port, timeout=5)
 
         def connected(protocol):
-            self._subscriber = protocol
+            self._subscribers[address] = protocol
             if self._stopped:
                 protocol.transport.abortConnection()
                 return
             # A switch may have happened while nobody listened.
             self.refresh()
 
-        connecting.addCallbacks(connected, lambda reason: self._retrySubscription())
+        connecting.addCallbacks(connected, lambda reason: self._retrySubscription(address))
 
     def _subscriptionLost(self, subscriber):
-        if subscriber is self._subscriber:
-            self._subscriber = None
-            self._retrySubscription()
+        if self._subscribers.get(subscriber.address) is subscriber:
+            del self._subscribers[subscriber.address]
+            self._retrySubscription(subscriber.address)
 
-    def _retrySubscription(self):
-        if not self._stopped and self._resubscribe is None:
-            self._resubscribe = self.reactor.callLater(RESUBSCRIBE_DELAY, self._subscribe)
+    def _retrySubscription(self, address):
+        if not self._stopped and address not in self._resubscribing:
+            self._resubscribing[address] = self.reactor.callLater(
+                RESUBSCRIBE_DELAY, self._subscribe, address)
 
     def switched(self, channel, message):
         """
