@@ -401,6 +401,26 @@ class _HeldBytes(object):
         self._pending = len(buf) - pos
         self._wait = wait
 
+    def _sinkFromChunks(self, length):
+        """
+        The client has sent L{sinkMaximum} bytes of a bigger argument: a
+        stranger's header reserves nothing, but this much shows the value
+        is coming.  Receive the rest in place (L{BodySink}), so that the
+        value is not held twice when the chunks are joined at its end; the
+        bytes object's pages are only taken as they are filled.
+        """
+        try:
+            body = _newBody(length)
+        except MemoryError:
+            return
+        filled = 0
+        for chunk in self._chunks:
+            filled += _fillBody(body, filled, chunk, 0)
+        self._chunks = None
+        self.sink = BodySink(body, filled)
+        self._pending = filled
+        self._wait = _SINK
+
     def _resume(self, data, out):
         """
         Continue the incomplete line or bulk body held from earlier feeds.
@@ -430,6 +450,9 @@ class _HeldBytes(object):
             if total < need:
                 chunks.append(data)
                 self._pending = total
+                if (self._scan is not None and length > self.sinkMaximum
+                        and self.sinkMaximum <= total < length):
+                    self._sinkFromChunks(length)
                 return -1
             used = need - pre
             # Like Redis, the two bytes after the body are taken for CRLF
@@ -1436,6 +1459,23 @@ class ReplyFramer(object):
         self._stack = stack
 
 
+    def _sinkFromChunks(self, need):
+        """
+        A reply bigger than L{sinkMaximum} is that far in: receive the rest
+        in place, so that it is not held twice when its chunks are joined
+        (as L{RequestParser._sinkFromChunks}).
+        """
+        try:
+            body = _newBody(need)
+        except MemoryError:
+            return
+        filled = 0
+        for chunk in self._chunks:
+            filled += _fillBody(body, filled, chunk, 0)
+        self._chunks = None
+        self._held = 0
+        self.sink = BodySink(body, filled)
+
     def _continueBulk(self, data):
         """
         Add C{data} to the incomplete top-level bulk string, and frame what
@@ -1447,6 +1487,8 @@ class ReplyFramer(object):
         if held < need:
             chunks.append(data)
             self._held = held
+            if self.useSpeedups and held >= self.sinkMaximum and need > self.sinkMaximum:
+                self._sinkFromChunks(need)
             return []
         used = len(data) - (held - need)
         chunks.append(data[:used] if used < len(data) else data)

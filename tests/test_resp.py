@@ -1020,6 +1020,51 @@ class BodySinkTests(SynchronousTestCase):
         chunked.feed(reply[:1000])
         self.assertIsNone(chunked.sink)
 
+    def test_bigArgumentSunkOnceItComes(self):
+        """
+        An argument above L{RequestParser.sinkMaximum} reserves nothing at
+        its header: it is held in chunks until that many of its bytes have
+        come, then received in place; the command is the same.
+        """
+        class Parser(SpeedupsRequestParser):
+            sinkMaximum = 100000
+
+        data = encodeCommand([b"SET", b"k", self.value]) + encodeCommand([b"PING"])
+        parser = Parser()
+        sinks = []
+        commands = []
+        for start in range(0, len(data), 20000):
+            commands += parser.feed(data[start:start + 20000])
+            sinks.append(parser.sink is not None)
+        self.assertEqual(commands, [[b"SET", b"k", self.value], [b"PING"]])
+        # 100,000 bytes of the value had come with the sixth feed.
+        self.assertEqual(sinks[:5], [False] * 5)
+        self.assertTrue(all(sinks[5:-1]), sinks)
+        self.assertEqual(parser.buffered, 0)
+
+    def test_bigReplySunkOnceItComes(self):
+        """
+        The same for a reply above L{ReplyFramer.sinkMaximum}: chunks first,
+        then in place, the reply whole at the end.
+        """
+        class Framer(ReplyFramer):
+            sinkMaximum = 100000
+
+        reply = bulkString(self.value)
+        framer = Framer()
+        replies = []
+        sinks = []
+        for start in range(0, len(reply), 20000):
+            replies += framer.feed(reply[start:start + 20000])
+            sinks.append(framer.sink is not None)
+        self.assertEqual(replies, [reply])
+        self.assertEqual(sinks[:4], [False] * 4)
+        self.assertTrue(all(sinks[5:-1]), sinks)
+        chunked = ChunkedReplyFramer()
+        self.assertEqual(
+            [r for start in range(0, len(reply), 20000)
+             for r in chunked.feed(reply[start:start + 20000])], [reply])
+
     def test_helpersCheckTheirArguments(self):
         """
         The accelerator's helpers take only a bytes body and offsets in it.
