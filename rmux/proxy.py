@@ -435,10 +435,6 @@ class ProxyFactory(Factory):
     #: needs; rmux logs its own ready line.
     noisy = False
     protocol = ClientProtocol
-
-    def logPrefix(self):
-        # The listening port's "... starting on ADDRESS" line.
-        return "rmux"
     log = Logger()
     #: With --maxProcesses, which worker this is (1..N); None otherwise.
     workerId = None
@@ -450,6 +446,10 @@ class ProxyFactory(Factory):
     #: Most command names (as clients spell them) whose pass-through
     #: verdict is remembered.
     maxPlainArities = 4096
+
+    def logPrefix(self):
+        # The listening port's "... starting on ADDRESS" line.
+        return "rmux"
 
     def __init__(self, reactor, router, table, listener, health=None, hub=None, stats=None):
         """

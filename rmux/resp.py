@@ -262,6 +262,21 @@ def _startSink(size, data, start):
         return None
     return BodySink(body, _fillBody(body, 0, data, start))
 
+
+def _sinkFromChunks(size, chunks):
+    """
+    A L{BodySink} of C{size} bytes, filled with C{chunks} (the start of the
+    value, received before), or L{None} if the memory is not there.
+    """
+    try:
+        body = _newBody(size)
+    except MemoryError:
+        return None
+    filled = 0
+    for chunk in chunks:
+        filled += _fillBody(body, filled, chunk, 0)
+    return BodySink(body, filled)
+
 # hiredis allocates a list of the announced size as soon as it reads an
 # aggregate header, before any element arrives.  Large counts (and nested
 # ones are as good as top-level ones to hiredis) therefore go to the pure
@@ -409,17 +424,12 @@ class _HeldBytes(object):
         value is not held twice when the chunks are joined at its end; the
         bytes object's pages are only taken as they are filled.
         """
-        try:
-            body = _newBody(length)
-        except MemoryError:
-            return
-        filled = 0
-        for chunk in self._chunks:
-            filled += _fillBody(body, filled, chunk, 0)
-        self._chunks = None
-        self.sink = BodySink(body, filled)
-        self._pending = filled
-        self._wait = _SINK
+        sink = _sinkFromChunks(length, self._chunks)
+        if sink is not None:
+            self._chunks = None
+            self.sink = sink
+            self._pending = sink.filled
+            self._wait = _SINK
 
     def _resume(self, data, out):
         """
@@ -1465,16 +1475,11 @@ class ReplyFramer(object):
         in place, so that it is not held twice when its chunks are joined
         (as L{RequestParser._sinkFromChunks}).
         """
-        try:
-            body = _newBody(need)
-        except MemoryError:
-            return
-        filled = 0
-        for chunk in self._chunks:
-            filled += _fillBody(body, filled, chunk, 0)
-        self._chunks = None
-        self._held = 0
-        self.sink = BodySink(body, filled)
+        sink = _sinkFromChunks(need, self._chunks)
+        if sink is not None:
+            self._chunks = None
+            self._held = 0
+            self.sink = sink
 
     def _continueBulk(self, data):
         """

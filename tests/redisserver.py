@@ -113,13 +113,20 @@ class RedisServer:
         os.kill(self.process.pid, signal.SIGCONT)
 
 
+def _startedFor(testCase, thing):
+    """
+    Start C{thing} (servers, a cluster, a Sentinel group), stopped by
+    C{testCase}'s cleanup even if the start fails part way.
+    """
+    testCase.addCleanup(thing.cleanup)
+    return thing.start()
+
+
 def startRedis(testCase, **kwargs):
     """
     Start a redis-server for C{testCase}, stopped by its cleanup.
     """
-    server = RedisServer(**kwargs)
-    testCase.addCleanup(server.cleanup)
-    return server.start()
+    return _startedFor(testCase, RedisServer(**kwargs))
 
 
 def startServers(testCase, count, **kwargs):
@@ -200,9 +207,7 @@ def startCluster(testCase, **kwargs):
     """
     Start a L{RedisCluster} for C{testCase}, stopped by its cleanup.
     """
-    cluster = RedisCluster(**kwargs)
-    testCase.addCleanup(cluster.cleanup)
-    return cluster.start()
+    return _startedFor(testCase, RedisCluster(**kwargs))
 
 
 class RedisSentinel(RedisServer):
@@ -313,6 +318,4 @@ def startSentinels(testCase, **kwargs):
     """
     Start a L{SentinelGroup} for C{testCase}, stopped by its cleanup.
     """
-    group = SentinelGroup(**kwargs)
-    testCase.addCleanup(group.cleanup)
-    return group.start()
+    return _startedFor(testCase, SentinelGroup(**kwargs))
