@@ -220,11 +220,11 @@ class FlowControl:
 
     def forgetReads(self):
         """
-        The client has gone: give up its place, or its turn.
+        The client, which held a heavy read or waited to, has gone: give
+        up its place, or its turn.
         """
-        if self.heavy or self.stashed is not None:
-            self.stashed = None
-            self.factory.admission.forget(self)
+        self.stashed = None
+        self.factory.admission.forget(self)
 
     def _heavyDone(self):
         self.heavy = False

@@ -112,7 +112,8 @@ class ClientProtocol(FlowControl, Protocol):
             return
         factory.clientConnected(self)
         self.transport.registerProducer(self, True)
-        self._armTimer()
+        if factory.firstTimerDelay:
+            self._armTimer()
 
     def connectionLost(self, reason):
         if self.disconnected or self not in self.factory.clients:
@@ -121,16 +122,21 @@ class ClientProtocol(FlowControl, Protocol):
         self.disconnected = True
         self.closing = True
         stats = self.factory.stats
-        if reason.check(ConnectionDone):
+        if issubclass(reason.type, ConnectionDone):
             stats.clientEOF += 1
         else:
             stats.clientErrors += 1
         self.replies.clear()
         self.held = None
-        self.forgetReads()
-        self.forgetRequest()
+        # Most clients never held a heavy read, a partial request or a
+        # subscription: no call for what they never had.
+        if self.heavy or self.stashed is not None:
+            self.forgetReads()
+        if self.partial:
+            self.forgetRequest()
         self.session.close()
-        self.leavePubSub()
+        if self.usedPubSub:
+            self.leavePubSub()
         for timer in (self._timer, self._writeTimer):
             if timer is not None and timer.active():
                 timer.cancel()

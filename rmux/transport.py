@@ -18,7 +18,7 @@ Profiling rmux under load showed more time in the transports than in rmux:
     L{_GatheringWrite}).
   - Received in chunks, a big value is copied again when they are joined.
     While its protocol has a C{sink} (an L{rmux.resp.BodySink}), rmux's
-    transports receive straight into it (see L{_SinkRead}).
+    transports receive straight into it (see L{_Read}).
 
 Everything else (buffering, producers, closing, errors) stays Twisted's.
 
@@ -31,19 +31,26 @@ counted from what rmux wrote while the client was not reading (see
 L{rmux.replies.ReplyQueue.checkOutputLimit}), never skipped.
 """
 
+import _socket
 import shutil
 import socket
 from errno import EWOULDBLOCK
 
 from twisted.internet import main, tcp, unix
+from twisted.internet.address import IPv6Address
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import execute
 from twisted.internet.endpoints import UNIXServerEndpoint as _UNIXServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
-from twisted.internet.interfaces import IStreamServerEndpoint, ITCPTransport
+from twisted.internet.error import ConnectionAborted
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol, IStreamServerEndpoint, ITCPTransport,
+)
 from twisted.internet.protocol import ClientCreator, Factory
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from rmux.poller import IN as _IN, ConnectionPoller, PolledConnection
 
 
 try:
@@ -95,44 +102,40 @@ def knowsWriteBuffer(transport):
     return known
 
 
-class _SinkRead:
+class _Read:
     """
-    A transport that receives a big value straight into the bytes object
-    it will be, when its protocol (an L{ISinkProtocol}) has a C{sink}, and
-    tells the protocol with C{bodyReceived(size)} instead of
-    C{dataReceived}.  It never receives more than the value's own bytes.
+    A transport that reads with one plain C{recv} (Twisted's UNIX
+    transports use C{recvmsg}, through a Python wrapper, to receive file
+    descriptors, which rmux never does), handing the data to its protocol
+    itself.
+
+    While its protocol (an L{ISinkProtocol}) has a C{sink}, it receives a
+    big value straight into the bytes object it will be instead, and tells
+    the protocol with C{bodyReceived(size)}; it never receives more than
+    the value's own bytes then.
     """
 
     def doRead(self):
-        sink = getattr(self.protocol, "sink", None)
+        protocol = self.protocol
+        sink = getattr(protocol, "sink", None)
+        try:
+            if sink is None:
+                data = self.socket.recv(self.bufferSize)
+            else:
+                size = recvBody(sink.body, sink.filled, self.socket.fileno())
+        except OSError as error:
+            if error.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
         if sink is None:
-            return super().doRead()
-        try:
-            size = recvBody(sink.body, sink.filled, self.socket.fileno())
-        except OSError as error:
-            if error.args[0] == EWOULDBLOCK:
-                return None
-            return main.CONNECTION_LOST
-        if not size:
+            if not data:
+                return main.CONNECTION_DONE
+            protocol.dataReceived(data)
+        elif size:
+            protocol.bodyReceived(size)
+        else:
             return main.CONNECTION_DONE
-        self.protocol.bodyReceived(size)
         return None
-
-
-class _PlainRead:
-    """
-    A UNIX transport that reads with C{recv}, as Twisted's TCP transport
-    does.
-    """
-
-    def doRead(self):
-        try:
-            data = self.socket.recv(self.bufferSize)
-        except OSError as error:
-            if error.args[0] == EWOULDBLOCK:
-                return None
-            return main.CONNECTION_LOST
-        return self._dataReceived(data)
 
 
 class _GatheringWrite:
@@ -189,7 +192,127 @@ class _GatheringWrite:
 
 
 
-class UNIXServer(_SinkRead, _PlainRead, _GatheringWrite, unix.Server):
+_halfCloseable = {}
+
+
+class _AcceptedConnection(PolledConnection):
+    """
+    An accepted connection that waits for its events through the
+    reactor's L{rmux.poller.ConnectionPoller}, made with only what it
+    needs: Twisted's C{tcp.Server} also formats its log prefix and its
+    C{repr} for every client, which here are made when asked for.
+    """
+
+    #: Twisted's UNIX transport queues file descriptors to send here; rmux
+    #: never sends any (and writes as its TCP transport does).
+    _sendmsgQueue = ()
+    writeSomeData = tcp.Connection.writeSomeData
+    #: Whether the peer's address is a path (UNIX), kept as Twisted does.
+    peerIsPath = False
+
+    def __init__(self, sock, protocol, client, server, sessionno, reactor):
+        self.reactor = reactor
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        sock.setblocking(False)
+        self.socket = sock
+        self.fileno = sock.fileno
+        self.protocol = protocol
+        self.server = server
+        if self.peerIsPath:
+            client = (client, None)
+        elif len(client) != 2:
+            self._addressType = IPv6Address
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        self.connected = 1
+        poller = self.poller = server.poller
+        self.pollFd = sock.fileno()
+        if poller is None:
+            FileDescriptor.startReading(self)
+        else:
+            poller.watch(self, _IN)
+        accepted = server._accepted
+        if accepted is not None:
+            accepted.append(self)
+
+    def registerProducer(self, producer, streaming):
+        """
+        Twisted's C{FileDescriptor.registerProducer}, without the check of
+        Twisted's TLS mixin on the way: rmux never starts TLS on an accepted
+        connection (its TLS port wraps the protocol instead).
+        """
+        if self.producer is not None:
+            raise RuntimeError("Cannot register producer %s, because producer %s was "
+                               "never unregistered." % (producer, self.producer))
+        if self.disconnected:
+            producer.stopProducing()
+            return
+        self.producer = producer
+        self.streamingProducer = streaming
+        if not streaming:
+            producer.resumeProducing()
+
+    def readConnectionLost(self, reason):
+        # Twisted adapts the protocol to IHalfCloseableProtocol on every
+        # close; whether its class provides it is asked once.
+        kind = type(self.protocol)
+        halfCloseable = _halfCloseable.get(kind)
+        if halfCloseable is None:
+            halfCloseable = _halfCloseable[kind] = IHalfCloseableProtocol.implementedBy(kind)
+        if halfCloseable:
+            super().readConnectionLost(reason)
+        else:
+            self.connectionLost(reason)
+
+    def connectionLost(self, reason):
+        """
+        What Twisted's C{tcp.Connection.connectionLost} does, in one call:
+        closed once, the socket closed (reset when aborted), the producer
+        stopped, the protocol told.
+        """
+        sock = getattr(self, "socket", None)
+        if sock is None:
+            return
+        if self.poller is not None:
+            self.poller.forgetClosing(self)
+        else:
+            FileDescriptor.stopReading(self)
+            FileDescriptor.stopWriting(self)
+        self.disconnected = 1
+        self.connected = 0
+        producer = self.producer
+        if producer is not None:
+            self.producer = None
+            producer.stopProducing()
+        orderly = not issubclass(reason.type, ConnectionAborted)
+        if orderly and not self._shouldShutdown:
+            # The C socket's close: the standard library's wrapper (two
+            # calls) only adds makefile()'s bookkeeping, unused here.
+            _socket.socket.close(sock)
+        else:
+            self._closeSocket(orderly)
+        protocol = self.protocol
+        del self.protocol
+        del self.socket
+        del self.fileno
+        protocol.connectionLost(reason)
+
+    @property
+    def logstr(self):
+        protocol = getattr(self, "protocol", None)
+        prefix = self._getLogPrefix(protocol) if protocol is not None else "-"
+        return f"{prefix},{self.sessionno},{self.hostname}"
+
+    def __repr__(self):
+        return "<%s #%s on %s>" % (
+            type(getattr(self, "protocol", None)).__name__, self.sessionno,
+            getattr(self.server, "_realPortNumber", None),
+        )
+
+
+class UNIXServer(_AcceptedConnection, _Read, _GatheringWrite, unix.Server):
     """
     An accepted UNIX connection that reads with C{recv}, in larger chunks
     than Twisted's 64 KB, so large values take fewer reads.
@@ -211,6 +334,8 @@ class UNIXServer(_SinkRead, _PlainRead, _GatheringWrite, unix.Server):
     backlogSendBuffer = 2 * 1024 * 1024
     sendBufferRaised = False
 
+    peerIsPath = True
+
     #: Close without C{shutdown} first: that is only needed when another
     #: process shares the socket, which an accepted client's never is, and
     #: it costs a system call per client, most of them short-lived.
@@ -229,7 +354,9 @@ class _ListeningSocket(socket.socket):
 
     def accept(self):
         fd, address = self._accept()
-        return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd), address
+        # The C socket: the standard library's class adds only makefile()'s
+        # bookkeeping and enum-typed attributes, at a Python call each.
+        return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd), address
 
 
 class _ReadAtAccept:
@@ -247,24 +374,24 @@ class _ReadAtAccept:
 
     transportClass = None
     _accepted = None
-
-    def transport(self, *args):
-        made = self.transportClass(*args)
-        if self._accepted is not None:
-            self._accepted.append(made)
-        return made
+    #: The L{ConnectionPoller} its connections wait through (L{None}: the
+    #: reactor), found at the first accept.
+    poller = _UNKNOWN = object()
 
     def doRead(self):
+        if self.poller is self._UNKNOWN:
+            self.poller = ConnectionPoller.forReactor(self.reactor)
+        # Each connection made adds itself (see _AcceptedConnection).
         self._accepted = accepted = []
         try:
             return super().doRead()
         finally:
             self._accepted = None
             for transport in accepted:
-                _readNow(self.reactor, transport)
+                _readNow(transport)
 
 
-def _readNow(reactor, transport):
+def _readNow(transport):
     """
     What the reactor does when C{transport} is readable, done now.
     """
@@ -276,7 +403,7 @@ def _readNow(reactor, transport):
         log.failure("reading a new connection")
         why = main.CONNECTION_LOST
     if why:
-        reactor._disconnectSelectable(transport, why, True)
+        transport.disconnectNow(why, True)
 
 
 class UNIXPort(_ReadAtAccept, unix.Port):
@@ -284,7 +411,16 @@ class UNIXPort(_ReadAtAccept, unix.Port):
     A UNIX listening port whose connections read with C{recv}.
     """
 
-    transportClass = UNIXServer
+    transport = transportClass = UNIXServer
+    _lastPeer = _lastAddress = None
+
+    def _buildAddr(self, name):
+        # A UNIX client's address is nearly always the same (unnamed), and
+        # nothing changes an address: one object serves them all.
+        if name != self._lastPeer or self._lastAddress is None:
+            self._lastAddress = unix.Port._buildAddr(self, name)
+            self._lastPeer = name
+        return self._lastAddress
 
     def createInternetSocket(self):
         listening = _ListeningSocket(self.addressFamily, self.socketType)
@@ -292,7 +428,7 @@ class UNIXPort(_ReadAtAccept, unix.Port):
         return listening
 
 
-class UNIXClient(_SinkRead, _PlainRead, _GatheringWrite, unix.Client):
+class UNIXClient(_Read, _GatheringWrite, unix.Client):
     """
     An outgoing UNIX connection that reads with C{recv}, in chunks of
     L{UNIXServer.bufferSize}.
@@ -304,7 +440,7 @@ class UNIXClient(_SinkRead, _PlainRead, _GatheringWrite, unix.Client):
 
 
 
-class TCPClient(_SinkRead, _GatheringWrite, tcp.Client):
+class TCPClient(_Read, _GatheringWrite, tcp.Client):
     """
     An outgoing TCP connection that does not join queued big values, and
     reads in chunks of L{UNIXServer.bufferSize} rather than 64 KB: half the
@@ -315,7 +451,7 @@ class TCPClient(_SinkRead, _GatheringWrite, tcp.Client):
 
 
 
-class TCPServer(_SinkRead, _GatheringWrite, tcp.Server):
+class TCPServer(_AcceptedConnection, _Read, _GatheringWrite, tcp.Server):
     """
     An accepted TCP connection that reads in chunks of
     L{UNIXServer.bufferSize}, receives big values in place and does not
@@ -326,7 +462,7 @@ class TCPServer(_SinkRead, _GatheringWrite, tcp.Server):
     bufferSize = UNIXServer.bufferSize
 
     def __init__(self, *args, **kwargs):
-        tcp.Server.__init__(self, *args, **kwargs)
+        _AcceptedConnection.__init__(self, *args, **kwargs)
         setNoDelay(self)
 
 
@@ -352,7 +488,7 @@ class TCPPort(_ReadAtAccept, tcp.Port):
     A TCP listening port whose connections are L{TCPServer}s.
     """
 
-    transportClass = TCPServer
+    transport = transportClass = TCPServer
 
 
 
