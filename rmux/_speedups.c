@@ -1,12 +1,13 @@
 /*
- * rmux._speedups: the request scan of rmux.resp.RequestParser in C, and
- * the receiving of big bulk strings in place (no chunks to join).
+ * rmux._speedups: the request scan of rmux.resp.RequestParser and the
+ * reply scan of rmux.resp.ReplyFramer in C, and the receiving of big bulk
+ * strings in place (no chunks to join).
  *
  * Optional: setup.py builds it when it can, and rmux.resp falls back to
  * hiredis and its pure-Python parser when it is missing.  It only ever
- * accepts what the pure-Python parser would accept in the same way, and
- * leaves everything else (inline commands, odd encodings, limits, errors,
- * incomplete commands) to that parser, which has the last word.
+ * accepts what the pure-Python parser (or framer) would accept in the same
+ * way, and leaves everything else (inline commands, odd encodings, limits,
+ * errors, incomplete commands or replies) to it, which has the last word.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -292,7 +293,172 @@ recvBody(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 
+/* Where the first CRLF at or after p ends before end starts, or NULL. */
+static inline const char *
+findCRLF(const char *p, const char *end)
+{
+    while (p < end) {
+        const char *r = memchr(p, '\r', (size_t)(end - p));
+        if (r == NULL || r + 1 >= end) {
+            return NULL;
+        }
+        if (r[1] == '\n') {
+            return r;
+        }
+        p = r + 1;
+    }
+    return NULL;
+}
+
+/* Whether p holds "-1" and CRLF before end (a RESP2 null). */
+static inline int
+isNull(const char *p, const char *end)
+{
+    return end - p >= 4 && p[0] == '-' && p[1] == '1' && p[2] == '\r' && p[3] == '\n';
+}
+
+#define MAX_DEPTH 64
+
+/*
+ * The end of the top-level reply at p, or NULL when it is incomplete or
+ * holds anything this scan leaves to the pure-Python framer: attributes,
+ * streamed strings and aggregates, lengths that are not canonical, a bulk
+ * string not followed by CRLF, an unknown type, deeper nesting than
+ * MAX_DEPTH.
+ */
+static const char *
+replyEnd(const char *p, const char *end)
+{
+    long long left[MAX_DEPTH];
+    int depth = 0;
+    long long length;
+    const char *q;
+    char type;
+
+    for (;;) {
+        if (p >= end) {
+            return NULL;
+        }
+        type = *p;
+        q = p + 1;
+        switch (type) {
+        case '+': case '-': case ':': case '_': case ',': case '#': case '(':
+            q = findCRLF(q, end);
+            if (q == NULL) {
+                return NULL;
+            }
+            p = q + 2;
+            break;
+        case '$': case '!': case '=':
+            if (type == '$' && isNull(q, end)) {
+                p = q + 4;
+                break;
+            }
+            length = readLength(&q, end);
+            if (length < 0 || (long long)(end - q) - 2 < length) {
+                return NULL;
+            }
+            if (q[length] != '\r' || q[length + 1] != '\n') {
+                return NULL;
+            }
+            p = q + length + 2;
+            break;
+        case '*': case '%': case '~': case '>':
+            if (type == '*' && isNull(q, end)) {
+                p = q + 4;
+                break;
+            }
+            length = readLength(&q, end);
+            if (length < 0) {
+                return NULL;
+            }
+            p = q;
+            if (length > 0) {
+                if (depth == MAX_DEPTH) {
+                    return NULL;
+                }
+                left[depth++] = type == '%' ? 2 * length : length;
+                continue;
+            }
+            break;
+        default:
+            return NULL;
+        }
+        /* An item is complete: count it, and close what it completes. */
+        while (depth > 0 && --left[depth - 1] == 0) {
+            depth--;
+        }
+        if (depth == 0) {
+            return p;
+        }
+    }
+}
+
+
+PyDoc_STRVAR(frameReplies_doc,
+"frameReplies(data, pos, out) -> int\n\
+\n\
+Append to the list out each complete top-level reply in the bytes data\n\
+from pos, as the exact bytes received (data itself when it is exactly one\n\
+reply), for the RESP this scan knows: lines, bulk strings, arrays, maps,\n\
+sets and pushes, with canonical lengths.  Return where it stopped:\n\
+len(data), or the start of the first reply it left to the pure-Python\n\
+framer (incomplete, or anything else).");
+
+static PyObject *
+frameReplies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *data, *out, *item;
+    Py_ssize_t pos;
+    const char *buf, *end, *p, *e;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "frameReplies takes 3 arguments");
+        return NULL;
+    }
+    data = args[0];
+    out = args[2];
+    if (!PyBytes_CheckExact(data) || !PyList_CheckExact(out)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "frameReplies: data must be bytes, out a list");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (pos < 0 || pos > PyBytes_GET_SIZE(data)) {
+        PyErr_SetString(PyExc_ValueError, "pos out of range");
+        return NULL;
+    }
+    buf = PyBytes_AS_STRING(data);
+    end = buf + PyBytes_GET_SIZE(data);
+    p = buf + pos;
+    while (p < end && (e = replyEnd(p, end)) != NULL) {
+        if (p == buf && e == end) {
+            item = data;
+            Py_INCREF(item);
+        }
+        else {
+            item = PyBytes_FromStringAndSize(p, e - p);
+            if (item == NULL) {
+                return NULL;
+            }
+        }
+        if (PyList_Append(out, item) < 0) {
+            Py_DECREF(item);
+            return NULL;
+        }
+        Py_DECREF(item);
+        p = e;
+    }
+    return PyLong_FromSsize_t(p - buf);
+}
+
+
 static PyMethodDef methods[] = {
+    {"frameReplies", (PyCFunction)(void (*)(void))frameReplies, METH_FASTCALL,
+     frameReplies_doc},
     {"scanRequests", (PyCFunction)(void (*)(void))scanRequests, METH_FASTCALL,
      scanRequests_doc},
     {"newBody", newBody, METH_O, newBody_doc},

@@ -35,6 +35,12 @@ try:
 except ImportError:
     _scanRequests = _fillBody = _newBody = None
 
+try:
+    from rmux._speedups import frameReplies as _frameReplies
+except ImportError:
+    # Missing, or an accelerator built from an older rmux.
+    _frameReplies = None
+
 
 __all__ = [
     "ProtocolError", "RequestParser", "ReplyFramer", "BodySink", "splitArgs",
@@ -1308,12 +1314,15 @@ class ReplyFramer(object):
 
     @cvar useSpeedups: whether big bulk strings may be received in place:
         those of L{sinkMinimum} to L{sinkMaximum} bytes.
+    @cvar useFastFrame: whether complete replies are cut out by the C
+        accelerator's C{frameReplies} first.
     @ivar sink: the L{BodySink} of a big reply being received, or L{None}.
         While there is one, the caller may receive into it and call
         L{bodyReceived}, instead of calling L{feed}.
     """
 
     useSpeedups = _newBody is not None
+    useFastFrame = _frameReplies is not None
     sinkMinimum = _SINK_MIN
     sinkMaximum = _SINK_MAX
 
@@ -1420,6 +1429,12 @@ class ReplyFramer(object):
         """
         n = len(data)
         replies = []
+        if self.useFastFrame:
+            # The C scan takes the common replies, and leaves the rest
+            # (incomplete, or unusual) to the loop below.
+            pos = _frameReplies(data, pos, replies)
+            if pos == n:
+                return replies
         while True:
             match = _matchRun(data, pos)
             if match is not None:

@@ -13,7 +13,7 @@ import socket
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from rmux import resp
 from rmux.resp import (
@@ -84,8 +84,16 @@ class SinkReplyFramer(ReplyFramer):
     sinkMinimum = 1
 
 
+class PureReplyFramer(ReplyFramer):
+    """
+    The framer without the accelerator's scan: every reply is cut out by
+    the pure-Python framer.
+    """
+    useFastFrame = False
+
+
 #: The framers every property is checked with.
-ALL_FRAMERS = [ReplyFramer, ChunkedReplyFramer] + (
+ALL_FRAMERS = [ReplyFramer, ChunkedReplyFramer, PureReplyFramer] + (
     [SinkReplyFramer] if resp._newBody is not None else [])
 
 
@@ -1584,6 +1592,11 @@ class ReplyFramerPropertyTests(SynchronousTestCase):
             whole = None
         else:
             self.assertTrue(data.startswith(b"".join(whole)))
+        try:
+            pure = PureReplyFramer().feed(data)
+        except ProtocolError:
+            pure = None
+        self.assertEqual(pure, whole)
         for framerClass in ALL_FRAMERS:
             for chunks in [splitAt(data, points), byteByByte(data)]:
                 framer = framerClass()
@@ -1595,6 +1608,66 @@ class ReplyFramerPropertyTests(SynchronousTestCase):
                     self.assertIsNone(whole)
                 else:
                     self.assertEqual(out, whole)
+
+
+class FrameRepliesTests(SynchronousTestCase):
+    """
+    The accelerator's reply scan, C{rmux._speedups.frameReplies}, and what
+    it leaves to the pure-Python framer.
+    """
+
+    def setUp(self):
+        if resp._frameReplies is None:
+            raise SkipTest("rmux._speedups (or its frameReplies) is not built")
+
+    def frame(self, data, pos=0):
+        out = []
+        stop = resp._frameReplies(data, pos, out)
+        return out, stop
+
+    def test_common(self):
+        """
+        Lines, bulk strings, nulls and nested aggregates of every RESP3
+        kind but attributes are cut out whole, from C{pos}.
+        """
+        replies = [b"+OK\r\n", b"-ERR x\r\n", b":-5\r\n", b"$3\r\nabc\r\n", b"$0\r\n\r\n",
+                   b"$-1\r\n", b"*-1\r\n", b"*0\r\n", b"_\r\n", b",1.5\r\n", b"#t\r\n",
+                   b"(12\r\n", b"!3\r\nerr\r\n", b"=7\r\ntxt:abc\r\n",
+                   b"*2\r\n$1\r\na\r\n*1\r\n%1\r\n+k\r\n~2\r\n:1\r\n:2\r\n",
+                   b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"]
+        data = b"xx" + b"".join(replies)
+        self.assertEqual(self.frame(data, 2), (replies, len(data)))
+
+    def test_wholeIsItself(self):
+        data = b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+        out, stop = self.frame(data)
+        self.assertIs(out[0], data)
+
+    def test_stopsAtWhatItLeaves(self):
+        """
+        It stops at the start of a reply that is incomplete, or that it
+        leaves to the pure-Python framer, which then frames it (or raises)
+        as it always did.
+        """
+        first = b"+OK\r\n"
+        for rest in [b"*2\r\n$1\r\na\r\n", b"$5\r\nab", b"|1\r\n+a\r\n+b\r\n+c\r\n",
+                     b"$?\r\n;1\r\na\r\n;0\r\n", b"*?\r\n:1\r\n.\r\n", b"$03\r\nabc\r\n",
+                     b"*+1\r\n:1\r\n", b"$1\r\nabc\r\n", b"@oops\r\n",
+                     b"*1\r\n" * 65 + b":1\r\n"]:
+            data = first + rest
+            self.assertEqual(self.frame(data), ([first], len(first)), rest)
+            try:
+                expected = PureReplyFramer().feed(data)
+            except ProtocolError as e:
+                error = self.assertRaises(ProtocolError, ReplyFramer().feed, data)
+                self.assertEqual(str(error), str(e))
+            else:
+                self.assertEqual(ReplyFramer().feed(data), expected)
+
+    def test_arguments(self):
+        self.assertRaises(TypeError, resp._frameReplies, bytearray(b"+OK\r\n"), 0, [])
+        self.assertRaises(ValueError, resp._frameReplies, b"+OK\r\n", 6, [])
+        self.assertEqual(self.frame(b"+OK\r\n", 5), ([], 5))
 
 
 class UnauthenticatedLimitTests(SynchronousTestCase):
