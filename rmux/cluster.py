@@ -362,6 +362,7 @@ class ClusterRouter(Router):
     def _install(self, slotMap):
         masters = slotMap.masters()
         previous = set(self.pools)
+        moved = self.map is None or self.map.owners != slotMap.owners
         self.map = slotMap
         self.pools = [self._poolFor(node) for node in masters]
         self.owners = [None if node is None else self.byNode[node] for node in slotMap.owners]
@@ -387,6 +388,8 @@ class ClusterRouter(Router):
                 "rmux: cluster map: {masters} masters ({nodes})",
                 masters=len(masters), nodes=", ".join("%s:%d" % node for node in masters),
             )
+        if moved:
+            # Shard channels follow their slots (see SubscriptionHub).
             for callback in self.onChange:
                 callback()
 

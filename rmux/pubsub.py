@@ -362,6 +362,11 @@ class SubscriberProtocol(Protocol):
             return
         if isMessage:
             self.subscriber.messageReceived(kind, name, reply)
+        elif (kind is SHARD_CHANNELS and not subscribing
+              and (not self.inFlight or self.inFlight[0] != (kind, name, False))):
+            # Nobody asked: a cluster node drops the shard channels of a
+            # slot it no longer serves.
+            self.subscriber.droppedByServer(kind, name)
         else:
             self._answered(kind, name, None, subscribing)
 
@@ -603,6 +608,24 @@ class BackendSubscriber(object):
             self._fire(key, error)
 
 
+    def droppedByServer(self, kind, name):
+        """
+        The server ended a subscription nobody asked to end (a cluster
+        node whose slot moved away ends its shard channels): it is no longer
+        on this server, and its clients, who are not told, wait for the hub
+        to place it again (see L{SubscriptionHub.placementStale}).
+        """
+        key = (kind, name)
+        self.sent.discard(key)
+        self.active.discard(key)
+        if key in self.wanted:
+            self.log.info(
+                "rmux: backend {address} dropped shard channel {name!r} (its slot "
+                "moved); it is subscribed again where the slot now is",
+                address=self.address, name=name)
+            self.hub.placementStale()
+
+
     def messageReceived(self, kind, name, reply):
         """
         Fan a message out to the clients of its subscription: RESP2
@@ -829,6 +852,9 @@ class SubscriptionHub(object):
         #: L{None} when channels can be placed now, else a L{Deferred}
         #: that fires when they may be (see L{rmux.service.ListenerService}).
         self.whenPlaced = lambda: None
+        #: Asks the router to read the placement again (a cluster's map),
+        #: which calls L{placementChanged} if it changed; or L{None}.
+        self.refreshPlacement = None
         if openConnection is None:
             def openConnection(pool, protocol):
                 return connectToBackend(reactor, pool, protocol)
@@ -974,6 +1000,15 @@ class SubscriptionHub(object):
             for backend in backends:
                 backend.unwant(key, client)
         state.keys = {}
+
+
+    def placementStale(self):
+        """
+        A server says a subscription is no longer its own: have the
+        placement read again, so that L{placementChanged} moves it.
+        """
+        if self.refreshPlacement is not None:
+            self.refreshPlacement()
 
 
     def placementChanged(self):

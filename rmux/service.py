@@ -248,6 +248,7 @@ class ListenerService(MultiService):
         if listener.topology != "servers":
             self.router.onChange.append(self.hub.placementChanged)
             self.hub.whenPlaced = self._whenMapRead
+            self.hub.refreshPlacement = self.router.refresh
         self.health.onChange.append(self._backendChanged)
         table = table or CommandTable.default()
         if listener.commands:

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rmux.cluster import SLOTS, SlotMap, keySlot
 from rmux.config import ConfigError, fromFlags
+from rmux.pubsub import SHARD_CHANNELS
 from tests.redisserver import REDIS_CLI, startCluster
 from tests.test_integration import ThreadedClients, WriteLoad, startRmux
 
@@ -163,6 +164,57 @@ class ClusterTests(TestCase):
         self.assertEqual(sorted(received), sorted(
             [("smessage", c.encode(), b"to " + c.encode()) for c in channels]
             + [("message", b"plain", b"to plain")]))
+
+    @inlineCallbacks
+    def test_shardChannelFollowsItsSlot(self):
+        """
+        When a shard channel's slot moves to another master, rmux subscribes
+        it there (the old node ends it on its own): the subscriber sees
+        nothing of the move and gets what is published afterwards.  A
+        subscription on the old node that did not move stays as it was.
+        """
+        channel = b"news"
+        slot = keySlot(channel)
+        source = yield self.threads.run(self.ownerOf, slot)
+        owners = self.rmux.router.map.owners
+        other = next(name for name in (b"c%d" % (i,) for i in range(100000))
+                     if keySlot(name) != slot and owners[keySlot(name)][1] == source.port)
+        target = next(s for s in self.cluster.servers if s is not source
+                      and s.port in {port for _, port in self.rmux.router.map.masters()})
+        pubsub = self.client.pubsub()
+        self.addCleanup(pubsub.close)
+
+        def subscribe():
+            pubsub.ssubscribe(channel)
+            pubsub.ssubscribe(other)
+            return [pubsub.get_message(timeout=5)["type"] for _ in range(2)]
+
+        self.assertEqual((yield self.threads.run(subscribe)), ["ssubscribe"] * 2)
+        sourceId = _cli(source, "CLUSTER", "MYID")
+        targetId = _cli(target, "CLUSTER", "MYID")
+        _cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", sourceId)
+        _cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", targetId)
+        for server in [target, source]:
+            _cli(server, "CLUSTER", "SETSLOT", str(slot), "NODE", targetId)
+        deadline = reactor.seconds() + 10
+        while (_cli(target, "PUBSUB", "SHARDNUMSUB", channel) != "%s\n1" % (channel.decode(),)
+               and reactor.seconds() < deadline):
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(_cli(target, "PUBSUB", "SHARDNUMSUB", channel), "news\n1")
+        self.assertEqual(_cli(source, "PUBSUB", "SHARDNUMSUB", channel), "news\n0")
+
+        def exchange():
+            counts = [self.client.spublish(channel, "moved"), self.client.spublish(other, "stayed")]
+            return counts, [pubsub.get_message(timeout=5) for _ in range(2)]
+
+        counts, received = yield self.threads.run(exchange)
+        self.assertEqual(counts, [1, 1])
+        self.assertEqual(sorted((m["type"], m["channel"], m["data"]) for m in received),
+                         [("smessage", other, b"stayed"), ("smessage", channel, b"moved")])
+        # The old node's subscriber connection was not dropped and redone.
+        backend = self.rmux.hub.backendFor(
+            next(pool for pool in self.rmux.router.pools if pool.address.port == source.port))
+        self.assertIn((SHARD_CHANNELS, other), backend.active)
 
     @inlineCallbacks
     def test_subscribeWaitsForTheMap(self):

@@ -513,6 +513,40 @@ class PlacementChangeTests(HubTestsMixin, SynchronousTestCase):
         self.assertNoTimers()
 
 
+    def test_droppedByTheServer(self):
+        """
+        A shard channel the server ends on its own (a cluster node whose
+        slot moved away) is not the answer to anything in flight: the hub
+        asks for the placement to be read again, the client sees nothing,
+        the connection stays, and the move follows the new placement.
+        """
+        reads = []
+        self.hub.refreshPlacement = lambda: reads.append(1)
+        client = FakeClient()
+        self.do(client, b"SSUBSCRIBE", b"s")
+        a = self.connector().accept()
+        a.confirm(a.take())
+        client.take()
+        self.do(client, b"SSUBSCRIBE", b"t")
+        self.assertEqual(a.take(), [(b"ssubscribe", b"t")])
+        a.send(confirmation(b"sunsubscribe", b"s", 1))
+        self.assertEqual(reads, [1])
+        a.confirm([(b"ssubscribe", b"t")])
+        self.assertEqual(client.take(), confirmation(b"ssubscribe", b"t", 2))
+        self.assertFalse(a.transport.disconnecting)
+        self.hub.placeChannel = lambda channel: (
+            self.pools[1] if channel == b"s" else self.pools[0])
+        self.hub.placementChanged()
+        # Nothing to end on the old server: it ended it itself.
+        self.assertEqual(a.take(), [])
+        b = self.connector(1).accept()
+        self.assertEqual(b.take(), [(b"ssubscribe", b"s")])
+        b.confirm([(b"ssubscribe", b"s")])
+        b.send(smessage(b"s", b"moved"))
+        self.assertEqual(client.take(), smessage(b"s", b"moved"))
+        self.assertEqual(self.hub.shardSubscriptionCount(client), 2)
+
+
 class PatternTests(HubTestsMixin, SynchronousTestCase):
     def test_everyServer(self):
         """
