@@ -5,7 +5,7 @@ Redis Cluster behind rmux: plain clients see one server.
 L{ClusterRouter} is an L{IRouter} over the cluster's own placement: a
 key's hash slot (CRC16 of the key or of its C{{hash tag}}, modulo 16384),
 owned by one master in the slot map that rmux learns from the cluster
-(C{CLUSTER SLOTS}).  What L{rmux.router.Router} does over independent
+(C{CLUSTER SHARDS}, or C{CLUSTER SLOTS} from a node before Redis 7).  What L{rmux.router.Router} does over independent
 servers (splitting MGET/MSET/DEL, fanning out keyspace-wide commands,
 SCAN's walk) it does over the masters, with two differences: a multi-key
 command is split per slot (a cluster refuses keys of several slots even on
@@ -47,6 +47,7 @@ CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 
 _ASKING = encodeRequest([b"ASKING"])
 _CLUSTER_SLOTS = encodeRequest([b"CLUSTER", b"SLOTS"])
+_CLUSTER_SHARDS = encodeRequest([b"CLUSTER", b"SHARDS"])
 
 #: The least time between two refreshes asked for by redirections: a
 #: resharding answers many commands with MOVED at once.
@@ -92,25 +93,55 @@ class SlotMap:
             answered, for a master it lists without an endpoint.
         @raise ValueError: if C{reply} is not such a reply.
         """
-        reader = hiredis.Reader()
-        reader.feed(reply)
-        ranges = reader.gets()
-        if not isinstance(ranges, list):
-            raise ValueError("not a CLUSTER SLOTS reply: %r" % (reply[:80],))
+        ranges = _parsed(reply, "CLUSTER SLOTS")
         owners = [None] * SLOTS
         replicas = [()] * SLOTS
 
         def address(endpoint):
-            host = endpoint[0].decode("utf-8") if endpoint[0] else ""
-            if host in ("", "?"):
-                host = answeredBy[0]
-            return (host, int(endpoint[1]))
+            return _nodeAddress(endpoint[0], endpoint[1], answeredBy)
 
         for entry in ranges:
             start, end = entry[0], entry[1]
             count = end + 1 - start
             owners[start:end + 1] = [address(entry[2])] * count
             replicas[start:end + 1] = [tuple(address(r) for r in entry[3:])] * count
+        return cls(owners, replicas)
+
+    @classmethod
+    def fromClusterShards(cls, reply, answeredBy, tls=False):
+        """
+        The map in a C{CLUSTER SHARDS} reply (Redis 7): each shard's slot
+        ranges, its master, and its replicas that are online, each at its
+        preferred endpoint (as C{CLUSTER SLOTS} gives them).
+
+        @param tls: whether rmux reaches the nodes over TLS: their
+            C{tls-port} then, else their C{port}.
+        @raise ValueError: if C{reply} is not such a reply.
+        """
+        shards = _parsed(reply, "CLUSTER SHARDS")
+        owners = [None] * SLOTS
+        replicas = [()] * SLOTS
+        for shard in shards:
+            shard = _pairs(shard)
+            master = None
+            others = []
+            for node in shard[b"nodes"]:
+                node = _pairs(node)
+                port = node.get(b"tls-port") if tls else node.get(b"port")
+                if port is None:
+                    continue
+                address = _nodeAddress(node.get(b"endpoint", node.get(b"ip")), port, answeredBy)
+                if node.get(b"role") == b"master":
+                    master = address
+                elif node.get(b"health") == b"online":
+                    others.append(address)
+            if master is None:
+                continue
+            ranges = shard[b"slots"]
+            for start, end in zip(ranges[::2], ranges[1::2]):
+                count = end + 1 - start
+                owners[start:end + 1] = [master] * count
+                replicas[start:end + 1] = [tuple(others)] * count
         return cls(owners, replicas)
 
     def masters(self):
@@ -121,6 +152,35 @@ class SlotMap:
 
     def slotsOf(self, node):
         return sum(1 for owner in self.owners if owner == node)
+
+
+def _parsed(reply, command):
+    reader = hiredis.Reader()
+    reader.feed(reply)
+    parsed = reader.gets()
+    if not isinstance(parsed, list):
+        raise ValueError("not a %s reply: %r" % (command, reply[:80]))
+    return parsed
+
+
+def _pairs(flat):
+    """
+    The RESP2 form of a map, C{[key, value, key, value, ...]}, as a dict.
+    """
+    if not isinstance(flat, list) or len(flat) % 2:
+        raise ValueError("not a map: %r" % (flat,))
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+def _nodeAddress(endpoint, port, answeredBy):
+    """
+    A node's C{(host, port)}; a node listed without an endpoint (C{""} or
+    C{"?"}) is reached as the node that answered is.
+    """
+    host = endpoint.decode("utf-8") if endpoint else ""
+    if host in ("", "?"):
+        host = answeredBy[0]
+    return (host, int(port))
 
 
 _MOVED = (b"-MOVED ", b"-ASK ")
@@ -267,6 +327,9 @@ class ClusterRouter(Router):
         self.owners = [None] * SLOTS
         self.cluster = ClusterStats()
         self.onChange = []
+        #: Whether the map is read with CLUSTER SHARDS (Redis 7), or with
+        #: CLUSTER SLOTS, once a node did not know SHARDS.
+        self.askShards = True
         self._refreshing = None
         self._lastRefresh = None
         self._ready = []
@@ -338,16 +401,26 @@ class ClusterRouter(Router):
             return
         pool = candidates.pop(0)
         query = DeferredReply()
-        pool.send(_CLUSTER_SLOTS, query)
-        query.deferred.addCallback(self._answer, pool, candidates, failures)
+        shards = self.askShards
+        pool.send(_CLUSTER_SHARDS if shards else _CLUSTER_SLOTS, query)
+        query.deferred.addCallback(self._answer, pool, candidates, failures, shards)
 
-    def _answer(self, reply, pool, candidates, failures):
+    def _answer(self, reply, pool, candidates, failures, shards):
         address = pool.address
+        if shards and reply[:1] == b"-" and b"unknown subcommand" in reply.lower():
+            # Before Redis 7: CLUSTER SLOTS, from now on.
+            self.askShards = False
+            self._ask([pool] + candidates, failures)
+            return
         try:
             if reply[:1] in (b"-", b"!"):
                 raise ValueError(reply[1:-2].decode("utf-8", "replace"))
-            slotMap = SlotMap.fromClusterSlots(reply, (address.host, address.port))
-        except ValueError as e:
+            answeredBy = (address.host, address.port)
+            if shards:
+                slotMap = SlotMap.fromClusterShards(reply, answeredBy, bool(self.seeds[0].tls))
+            else:
+                slotMap = SlotMap.fromClusterSlots(reply, answeredBy)
+        except (ValueError, KeyError, TypeError) as e:
             failures.append("%s: %s" % (address, e))
             self._ask(candidates, failures)
             return

@@ -14,9 +14,11 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from rmux import cluster
 from rmux.cluster import SLOTS, SlotMap, keySlot
 from rmux.config import ConfigError, fromFlags
 from rmux.pubsub import SHARD_CHANNELS
+from rmux.resp import encodeRequest
 from tests.redisserver import REDIS_CLI, startCluster
 from tests.test_integration import ThreadedClients, WriteLoad, startRmux
 
@@ -60,6 +62,50 @@ class KeySlotTests(SynchronousTestCase):
         self.assertEqual(slotMap.owners[SLOTS - 1], ("10.0.0.2", 7002))
         self.assertEqual(slotMap.masters(), [("10.0.0.2", 7002), ("127.0.0.1", 7001)])
         self.assertEqual(slotMap.slotsOf(("127.0.0.1", 7001)), 100)
+
+    def test_slotMapFromShards(self):
+        """
+        A C{CLUSTER SHARDS} reply gives each slot range its shard's master
+        and online replicas at their preferred endpoints (a node without
+        one is reached as the node that answered); with TLS, their TLS
+        ports.
+        """
+        def bulk(value):
+            if isinstance(value, int):
+                return b":%d\r\n" % (value,)
+            return b"$%d\r\n%b\r\n" % (len(value), value)
+
+        def array(*items):
+            return b"*%d\r\n" % (len(items),) + b"".join(
+                item if isinstance(item, bytes) and item[:1] == b"*" else bulk(item)
+                for item in items)
+
+        def node(endpoint, port, role, health=b"online"):
+            return array(b"id", b"x" * 40, b"port", port, b"tls-port", port + 1000,
+                         b"ip", b"10.9.9.9", b"endpoint", endpoint, b"role", role,
+                         b"replication-offset", 7, b"health", health)
+
+        reply = array(
+            array(b"slots", array(0, 99, 200, 300), b"nodes", array(
+                node(b"127.0.0.1", 7001, b"master"),
+                node(b"127.0.0.1", 7004, b"replica"),
+                node(b"127.0.0.1", 7005, b"replica", b"fail"))),
+            array(b"slots", array(100, 199, 301, 16383), b"nodes", array(
+                node(b"?", 7002, b"master"))),
+            array(b"slots", array(), b"nodes", array(node(b"127.0.0.1", 7003, b"master"))),
+        )
+        slotMap = SlotMap.fromClusterShards(reply, ("10.0.0.2", 7002))
+        self.assertEqual(slotMap.owners[0], ("127.0.0.1", 7001))
+        self.assertEqual(slotMap.owners[250], ("127.0.0.1", 7001))
+        self.assertEqual(slotMap.owners[150], ("10.0.0.2", 7002))
+        self.assertEqual(slotMap.owners[SLOTS - 1], ("10.0.0.2", 7002))
+        self.assertEqual(slotMap.replicas[300], (("127.0.0.1", 7004),))
+        self.assertEqual(slotMap.replicas[301], ())
+        self.assertEqual(slotMap.masters(), [("10.0.0.2", 7002), ("127.0.0.1", 7001)])
+        self.assertEqual(slotMap.slotsOf(("127.0.0.1", 7001)), 201)
+        tls = SlotMap.fromClusterShards(reply, ("10.0.0.2", 7002), tls=True)
+        self.assertEqual(tls.owners[0], ("127.0.0.1", 8001))
+        self.assertRaises(ValueError, SlotMap.fromClusterShards, b"+OK\r\n", ("h", 1))
 
     def test_config(self):
         listener = fromFlags({"cluster": "127.0.0.1:7001 127.0.0.1:7002"}).listeners[0]
@@ -164,6 +210,30 @@ class ClusterTests(TestCase):
         self.assertEqual(sorted(received), sorted(
             [("smessage", c.encode(), b"to " + c.encode()) for c in channels]
             + [("message", b"plain", b"to plain")]))
+
+    @inlineCallbacks
+    def test_shardsAndSlotsAgree(self):
+        """
+        rmux reads the map with C{CLUSTER SHARDS}; on a real cluster it is
+        the map C{CLUSTER SLOTS} gives.
+        """
+        router = self.rmux.router
+        self.assertTrue(router.askShards)
+        server = self.cluster.servers[0]
+        answeredBy = ("127.0.0.1", server.port)
+        fromShards = SlotMap.fromClusterShards(
+            server.command(b"CLUSTER SHARDS\r\n"), answeredBy)
+        fromSlots = SlotMap.fromClusterSlots(server.command(b"CLUSTER SLOTS\r\n"), answeredBy)
+        self.assertEqual(fromShards.owners, fromSlots.owners)
+        self.assertEqual([set(r) for r in fromShards.replicas],
+                         [set(r) for r in fromSlots.replicas])
+        self.assertEqual(router.map.owners, fromSlots.owners)
+        # A node that does not know the subcommand (before Redis 7): SLOTS.
+        self.patch(cluster, "_CLUSTER_SHARDS", encodeRequest([b"CLUSTER", b"NOSUCHTHING"]))
+        router.map = None
+        yield router.refresh()
+        self.assertFalse(router.askShards)
+        self.assertEqual(router.map.owners, fromSlots.owners)
 
     @inlineCallbacks
     def test_shardChannelFollowsItsSlot(self):
