@@ -168,8 +168,19 @@ def _twemproxyPool(snapshot):
         # The requests multi-key and all-server commands were split into.
         "fragments": int(snapshot.get("fragments", 0)),
     }
+    topology = snapshot.get("topology")
+    slots = {}
+    if topology:
+        # A cluster's or Sentinel group's counters, as pool figures
+        # (cluster_moved, sentinel_switches, ...), and each node's slots.
+        for event, count in topology["counters"].items():
+            pool["%s_%s" % (topology["kind"], event)] = int(count)
+        slots = {node: int(what[len("slots="):]) for node, what in topology["nodes"].items()
+                 if what.startswith("slots=")}
     for backend in backends:
-        pool[backend["name"]] = _twemproxyServer(backend)
+        server = pool[backend["name"]] = _twemproxyServer(backend)
+        if backend["name"] in slots:
+            server["slots"] = slots[backend["name"]]
     return pool
 
 

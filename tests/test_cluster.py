@@ -334,6 +334,13 @@ class ClusterTests(TestCase):
         self.assertEqual(sorted(node["name"] for node in nodes),
                          sorted(self.cluster.addresses()))
         self.assertEqual(sum(node["slots"] for node in nodes), SLOTS)
+        # The twemproxy-style stats port says the same.
+        from rmux.metrics import twemproxyStats
+
+        stats = twemproxyStats([self.rmux.factory.snapshot()], 0, "h")
+        pool = stats[self.rmux.path]
+        self.assertEqual(sum(pool[node]["slots"] for node in self.cluster.addresses()), SLOTS)
+        self.assertGreaterEqual(pool["cluster_map_reads"], info["cluster_map_reads"])
 
     @inlineCallbacks
     def test_multiKey(self):

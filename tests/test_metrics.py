@@ -279,6 +279,25 @@ class TwemproxyStatsTests(SynchronousTestCase):
         self.assertEqual(stats["total_connections"], 40 + 3)
         self.assertEqual(stats["curr_connections"], 0)
 
+    def test_topology(self):
+        """
+        A cluster's counters are pool figures named after the topology and
+        the event, and each node says how many slots it serves.
+        """
+        listener = Listener()
+        snapshot = listener.snapshot()
+        node = snapshot["backends"][1]["name"]
+        snapshot["topology"] = {"kind": "cluster", "counters": {"moved": 3, "map_reads": 7},
+                                "nodes": {node: "slots=16384"}}
+        pool = twemproxyStats([snapshot], EPOCH, "h")["/tmp/rmux-metrics.sock"]
+        self.assertEqual((pool["cluster_moved"], pool["cluster_map_reads"]), (3, 7))
+        self.assertEqual(pool[node]["slots"], 16384)
+        self.assertNotIn("slots", pool["cache-a"])
+        snapshot["topology"] = {"kind": "sentinel", "counters": {"switches": 2},
+                                "nodes": {"cache": "master=10.0.0.2:6380"}}
+        pool = twemproxyStats([snapshot], EPOCH, "h")["/tmp/rmux-metrics.sock"]
+        self.assertEqual(pool["sentinel_switches"], 2)
+
     def test_queuesAndConnectionsAcrossListeners(self):
         """
         Queues map to twemproxy's in and out queues; the top-level
