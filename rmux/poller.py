@@ -113,10 +113,7 @@ class ConnectionPoller:
         """
         if connection.pollEvents:
             connection.pollEvents = 0
-            watched = self._watched
-            del watched[connection.pollFd]
-            if not watched:
-                self.reactor.removeReader(self)
+            self._forget(connection.pollFd)
 
     def _forget(self, fd):
         del self._watched[fd]

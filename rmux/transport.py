@@ -238,21 +238,10 @@ class _AcceptedConnection(PolledConnection):
             accepted.append(self)
 
     def registerProducer(self, producer, streaming):
-        """
-        Twisted's C{FileDescriptor.registerProducer}, without the check of
-        Twisted's TLS mixin on the way: rmux never starts TLS on an accepted
-        connection (its TLS port wraps the protocol instead).
-        """
-        if self.producer is not None:
-            raise RuntimeError("Cannot register producer %s, because producer %s was "
-                               "never unregistered." % (producer, self.producer))
-        if self.disconnected:
-            producer.stopProducing()
-            return
-        self.producer = producer
-        self.streamingProducer = streaming
-        if not streaming:
-            producer.resumeProducing()
+        # Without the check of Twisted's TLS mixin on the way: rmux never
+        # starts TLS on an accepted connection (its TLS port wraps the
+        # protocol instead).
+        FileDescriptor.registerProducer(self, producer, streaming)
 
     def readConnectionLost(self, reason):
         # Twisted adapts the protocol to IHalfCloseableProtocol on every
@@ -372,7 +361,6 @@ class _ReadAtAccept:
     finds nothing.
     """
 
-    transportClass = None
     _accepted = None
     #: The L{ConnectionPoller} its connections wait through (L{None}: the
     #: reactor), found at the first accept.
@@ -411,7 +399,7 @@ class UNIXPort(_ReadAtAccept, unix.Port):
     A UNIX listening port whose connections read with C{recv}.
     """
 
-    transport = transportClass = UNIXServer
+    transport = UNIXServer
     _lastPeer = _lastAddress = None
 
     def _buildAddr(self, name):
@@ -488,7 +476,7 @@ class TCPPort(_ReadAtAccept, tcp.Port):
     A TCP listening port whose connections are L{TCPServer}s.
     """
 
-    transport = transportClass = TCPServer
+    transport = TCPServer
 
 
 

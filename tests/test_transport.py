@@ -280,7 +280,7 @@ class UNIXTests(TestCase):
         data, transport = yield client.received
         self.assertEqual(data, b"PING")
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
-        self.assertIs(port.transportClass, UNIXServer)
+        self.assertIs(port.transport, UNIXServer)
 
 
 

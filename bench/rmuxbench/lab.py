@@ -253,6 +253,12 @@ class Lab:
         measured side by side as one more target.
         """
         socketPath = str(self.directory / ("%s.sock" % name))
+        if not list((source / "rmux").glob("_speedups*.so")):
+            note = ("%s runs without its C accelerator (no rmux/_speedups*.so in %s): "
+                    "on hiredis and pure Python; build it there with `python setup.py "
+                    "build_ext --inplace` to compare like with like" % (name, source))
+            if note not in self.notes:
+                self.notes.append(note)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(source)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
