@@ -33,7 +33,7 @@ from rmux import commands as C
 from rmux.interfaces import IReplyWaiter, IRequestSender, IRouter
 from rmux.replies import DeferredReply, IgnoredReply
 from rmux.resp import encodeRequest, errorReply
-from rmux.router import PlacementError, Router
+from rmux.router import PlacementError, ReplicaReads, Router
 
 SLOTS = 16384
 
@@ -281,7 +281,7 @@ class ClusterStats:
 
 
 @implementer(IRouter)
-class ClusterRouter(Router):
+class ClusterRouter(ReplicaReads, Router):
     """
     Routes one listener's commands over a Redis Cluster.
 
@@ -310,7 +310,6 @@ class ClusterRouter(Router):
         self.retryBudget = retryBudget
         self.readFrom = readFrom
         self.replicaPools = [()] * SLOTS
-        self._nextReplica = 0
         self.reactor = reactor
         self.seeds = list(seeds)
         self.newPool = newPool
@@ -552,36 +551,18 @@ class ClusterRouter(Router):
         except PlacementError as e:
             waiter.fill(e.reply)
 
-    def _place(self, args, spec, waiter, sender, payload):
-        if self.readFrom != "master" and spec.routing == C.KEYED and "readonly" in spec.flags:
-            pool = self._replicaFor(args, spec)
-            if pool is not None:
-                sender.send(pool, payload or encodeRequest(args), waiter)
-                return
-        Router._place(self, args, spec, waiter, sender, payload)
+    # ReplicaReads
 
-    def _replicaFor(self, args, spec):
-        """
-        A replica of the slot's master for a read-only command, taken in
-        turn, or L{None} for the master (C{preferReplica} and no replica,
-        keys of several slots, no keys).
+    shardOfKey = staticmethod(keySlot)
 
-        @raise PlacementError: C{replica}, and the slot's master has none.
-        """
-        keys = [args[i] for i in spec.keyIndexes(args)]
-        if not keys:
-            return None
-        slot = keySlot(keys[0])
-        if any(keySlot(key) != slot for key in keys[1:]):
-            return None
-        replicas = self.replicaPools[slot]
-        if not replicas:
-            if self.readFrom == "replica" and self.owners[slot] is not None:
-                raise PlacementError.because(
-                    "rmux: no replica serves slot %d (readFrom is replica)" % (slot,))
-            return None
-        self._nextReplica += 1
-        return replicas[self._nextReplica % len(replicas)]
+    def replicasOf(self, slot):
+        return self.replicaPools[slot]
+
+    def hasMaster(self, slot):
+        return self.owners[slot] is not None
+
+    def describeShard(self, slot):
+        return "slot %d" % (slot,)
 
     def poolForKey(self, key):
         pool = self.owners[keySlot(key)]

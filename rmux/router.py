@@ -604,3 +604,52 @@ def merge(kind, parts, width=0):
             out.append(b":%d\r\n" % count)
         return b"*%d\r\n" % len(out) + b"".join(out)
     return errorReply("rmux: cannot merge replies (%s)" % (kind,))
+
+
+class ReplicaReads:
+    """
+    The part of a router (a cluster's, a Sentinel group's) that sends
+    read-only commands whose keys are all in one shard to a replica of that
+    shard's master, taken in turn, as its C{readFrom} says: C{"master"}
+    (never), C{"preferReplica"} (the master when the shard has none) or
+    C{"replica"} (an error then).  Writes, transactions, blocking commands
+    and commands over several shards stay on the masters.
+
+    The router says what a shard is: L{shardOfKey}, L{replicasOf},
+    L{hasMaster}, L{describeShard}.
+    """
+
+    readFrom = "master"
+    _nextReplica = 0
+
+    def _place(self, args, spec, waiter, sender, payload):
+        if self.readFrom != "master" and spec.routing == C.KEYED and "readonly" in spec.flags:
+            pool = self._replicaFor(args, spec)
+            if pool is not None:
+                sender.send(pool, payload or encodeRequest(args), waiter)
+                return
+        Router._place(self, args, spec, waiter, sender, payload)
+
+    def _replicaFor(self, args, spec):
+        """
+        A replica of the shard of C{args}'s keys, or L{None} for the master
+        (C{preferReplica} and no replica, keys of several shards, no keys).
+
+        @raise PlacementError: C{replica}, and the shard's master has none.
+        """
+        keys = [args[i] for i in spec.keyIndexes(args)]
+        if not keys:
+            return None
+        shard = self.shardOfKey(keys[0])
+        if any(self.shardOfKey(key) != shard for key in keys[1:]):
+            return None
+        replicas = self.replicasOf(shard)
+        if not replicas:
+            if self.readFrom == "replica" and self.hasMaster(shard):
+                raise PlacementError.because(
+                    "rmux: no replica serves %s (readFrom is replica)"
+                    % (self.describeShard(shard),))
+            return None
+        self._nextReplica += 1
+        return replicas[self._nextReplica % len(replicas)]
+

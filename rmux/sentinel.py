@@ -32,7 +32,8 @@ from rmux.cluster import MIN_REFRESH_GAP, RETRY_DELAY, RedirectingSender
 from rmux.interfaces import IRouter
 from rmux.replies import DeferredReply
 from rmux.resp import encodeRequest, errorReply
-from rmux.router import PlacementError, PoolGroup, Router
+from rmux.hashing import hashTagged
+from rmux.router import PlacementError, PoolGroup, ReplicaReads, Router
 
 #: The channels a sentinel announces a failover on: the replica it tells
 #: to become master, the same once it has seen it done (up to a second
@@ -79,6 +80,32 @@ def parseMasterAddress(reply):
     if not isinstance(value, list) or len(value) != 2:
         raise ValueError("not an address: %r" % (reply[:80],))
     return value[0].decode("utf-8"), int(value[1])
+
+
+def parseReplicas(reply):
+    """
+    The C{(host, port)} of each replica a C{SENTINEL REPLICAS} reply lists
+    as serving: flagged only C{slave} (not down, not disconnected), its link
+    to the master up; in address order.
+
+    @raise ValueError: the reply is an error or not such a list.
+    """
+    reader = hiredis.Reader()
+    reader.feed(reply)
+    entries = reader.gets()
+    if isinstance(entries, hiredis.ReplyError):
+        raise ValueError(str(entries))
+    if not isinstance(entries, list):
+        raise ValueError("not a list of replicas: %r" % (reply[:80],))
+    nodes = []
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) % 2:
+            raise ValueError("not a replica: %r" % (entry,))
+        fields = dict(zip(entry[::2], entry[1::2]))
+        if (fields.get(b"flags") == b"slave"
+                and fields.get(b"master-link-status") == b"ok"):
+            nodes.append((fields[b"ip"].decode("utf-8"), int(fields[b"port"])))
+    return sorted(nodes)
 
 
 def _role(reply):
@@ -160,7 +187,7 @@ class SwitchSubscriber(Protocol):
 
 
 @implementer(IRouter)
-class SentinelRouter(Router):
+class SentinelRouter(ReplicaReads, Router):
     """
     Routes one listener's commands over the masters a Sentinel group names.
 
@@ -173,7 +200,8 @@ class SentinelRouter(Router):
     log = Logger()
 
     def __init__(self, reactor, sentinels, masters, newPool, ring=None, hashTag=None,
-                 interval=5.0, allowFlush=False, stats=None, retire=None, retryBudget=8.0):
+                 interval=5.0, allowFlush=False, stats=None, retire=None, retryBudget=8.0,
+                 readFrom="master"):
         """
         @param sentinels: the sentinels' addresses (L{rmux.config.BackendAddress}).
         @param masters: one address per shard whose host is the master's
@@ -184,6 +212,9 @@ class SentinelRouter(Router):
         @param retire: called with the pools of masters that were replaced.
         @param retryBudget: seconds during which a command that met a
             switch is sent again before its client gets the error.
+        @param readFrom: where read-only commands go: C{"master"},
+            C{"preferReplica"} or C{"replica"} (the replicas the sentinels
+            list, asked each round; see L{ReplicaReads}).
         """
         Router.__init__(self, PoolGroup([None] * len(masters), ring, hashTag),
                         allowFlush=allowFlush, stats=stats)
@@ -196,6 +227,9 @@ class SentinelRouter(Router):
         self.retryBudget = retryBudget
         self.sentinelPools = [newPool(address) for address in self.sentinels]
         self.nodes = [None] * len(masters)
+        self.readFrom = readFrom
+        self.replicaPools = [()] * len(masters)
+        self._replicaByNode = {}
         self.pools = []
         self.shardOf = weakref.WeakKeyDictionary()
         self.sentinel = SentinelStats()
@@ -230,7 +264,8 @@ class SentinelRouter(Router):
                 subscriber.transport.abortConnection()
         self._fireReady()
         masters = [pool for pool in self.default.pools if pool is not None]
-        return [pool.stop() for pool in masters + self.sentinelPools]
+        replicas = list(self._replicaByNode.values())
+        return [pool.stop() for pool in masters + replicas + self.sentinelPools]
 
     def adopt(self, other):
         """
@@ -276,9 +311,56 @@ class SentinelRouter(Router):
                 failures.append("sentinel %s: %s" % (pool.address, e))
                 self._ask(index, candidates, failures)
                 return
-            self.check(index, node).addCallback(lambda _: self._answered())
+            checked = self.check(index, node)
+            if self.readFrom != "master":
+                checked.addCallback(lambda _: self._askReplicas(index, pool))
+            checked.addCallback(lambda _: self._answered())
 
         query.deferred.addCallback(answered)
+
+    def _askReplicas(self, index, sentinel):
+        """
+        Ask C{sentinel} for shard C{index}'s replicas, and use those it
+        lists as serving; on an error, the ones known stay.
+
+        @return: a L{Deferred} that fires when that is settled.
+        """
+        query = DeferredReply()
+        sentinel.send(encodeRequest(
+            [b"SENTINEL", b"REPLICAS", self.names[index].encode("utf-8")]), query)
+
+        def answered(reply):
+            try:
+                nodes = parseReplicas(reply)
+            except ValueError as e:
+                self.log.warn("rmux: replicas of {name} not read from sentinel {address}: {why}",
+                              name=self.names[index], address=sentinel.address, why=e)
+                return
+            self._installReplicas(index, [node for node in nodes if node != self.nodes[index]])
+
+        return query.deferred.addCallback(answered)
+
+    def _installReplicas(self, index, nodes):
+        """
+        Read shard C{index}'s read-only commands from C{nodes}; pools no
+        shard reads from any more are retired.
+        """
+        pools = []
+        for node in nodes:
+            pool = self._replicaByNode.get(node)
+            if pool is None:
+                pool = self._replicaByNode[node] = self.newPool(
+                    replace(self.masters[index], host=node[0], port=node[1]))
+            pools.append(pool)
+        if tuple(pools) == self.replicaPools[index]:
+            return
+        self.replicaPools[index] = tuple(pools)
+        self.log.info("rmux: {name} is read from {replicas}", name=self.names[index],
+                      replicas=", ".join("%s:%d" % node for node in nodes) or "its master")
+        used = {pool for shard in self.replicaPools for pool in shard}
+        gone = [node for node, pool in self._replicaByNode.items() if pool not in used]
+        if gone:
+            self.retire([self._replicaByNode.pop(node) for node in gone])
 
     def _answered(self):
         self._outstanding -= 1
@@ -327,7 +409,9 @@ class SentinelRouter(Router):
         self.shardOf[pool] = index
         if None not in self.default.pools:
             self.pools = list(self.default.pools)
-            self.single = self.pools[0] if len(self.pools) == 1 else None
+            # One master takes everything, unless reads go to replicas.
+            self.single = (self.pools[0] if len(self.pools) == 1 and self.readFrom == "master"
+                           else None)
         self.log.info(
             "rmux: master {name} is {host}:{port}", name=self.names[index],
             host=node[0], port=node[1],
@@ -335,6 +419,9 @@ class SentinelRouter(Router):
         if previous is not None:
             self.sentinel.switches += 1
             self.retire([previous])
+            if self.readFrom != "master":
+                # The replicas changed too: the promoted one is the master.
+                self.refresh()
         for callback in self.onChange:
             callback()
 
@@ -469,6 +556,31 @@ class SentinelRouter(Router):
             node = self.nodes[index]
             nodes[name] = "master=%s" % ("%s:%d" % node if node else "unknown",)
         return {"kind": "sentinel", "counters": self.sentinel.counters(), "nodes": nodes}
+
+    def passThroughPool(self, commands):
+        # Reads for the replicas take the general path, which tells them
+        # from writes.
+        if self.readFrom != "master":
+            return None
+        return Router.passThroughPool(self, commands)
+
+    # ReplicaReads
+
+    def shardOfKey(self, key):
+        ring = self.default.ring
+        if ring is None:
+            return 0
+        hashTag = self.default.hashTag
+        return ring.backendOf(key if hashTag is None else hashTagged(key, hashTag))
+
+    def replicasOf(self, index):
+        return self.replicaPools[index]
+
+    def hasMaster(self, index):
+        return self.nodes[index] is not None
+
+    def describeShard(self, index):
+        return self.names[index]
 
     def passThroughSender(self, sender):
         if self.retryBudget:

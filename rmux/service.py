@@ -309,6 +309,7 @@ class ListenerService(MultiService):
             allowFlush=listener.allowFlush, stats=self.stats,
             retire=lambda gone: self.retire(gone),
             retryBudget=_seconds(listener.clusterRetryTime),
+            readFrom=listener.readFrom,
         )
 
     def _backendChanged(self, check, previous, state):

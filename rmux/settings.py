@@ -251,10 +251,11 @@ def _backends():
                      "are, is read again (ms), besides after a MOVED, a failover or a "
                      "lost node."),
         Setting("readFrom", STRING, "master", group=group,
-                help="With --cluster, where read-only commands with one slot go: "
-                     "'master', 'preferReplica' (a replica of the slot's master when "
-                     "it has one, else the master) or 'replica' (a replica, never the "
-                     "master). A replica may be a moment behind its master."),
+                help="With --cluster or --sentinels, where read-only commands with "
+                     "their keys in one slot (one master) go: 'master', 'preferReplica' "
+                     "(a replica of that master when it has one, else the master) or "
+                     "'replica' (a replica, never the master). A replica may be a moment "
+                     "behind its master."),
         Setting("clusterRetryTime", MILLISECONDS, 8000, group=group, zero=ZERO_LITERAL,
                 zeroMeans="do not retry",
                 help="How long a command that meets a cluster or Sentinel failover (its "

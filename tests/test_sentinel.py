@@ -18,7 +18,7 @@ from rmux.hashing import RmuxRing
 from rmux.interfaces import IRequestSender
 from rmux.pool import BackendPool
 from rmux.replies import DeferredReply
-from rmux.sentinel import SentinelRouter, parseMasterAddress
+from rmux.sentinel import SentinelRouter, parseMasterAddress, parseReplicas
 from tests.redisserver import RedisSentinel, RedisServer, startRedis, startSentinels
 from tests.test_integration import ThreadedClients, WriteLoad, socketPath, startListener
 
@@ -57,6 +57,40 @@ class ConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 fromFlags(flags)
             self.assertIn(message, str(caught.exception))
+
+    def test_readFrom(self):
+        """
+        C{--readFrom} goes with sentinels as with a cluster; with servers of
+        its own it is refused, saying why.
+        """
+        listener = fromFlags({"sentinels": "127.0.0.1:26379", "sentinelMaster": "cache",
+                              "readFrom": "replica"}).listeners[0]
+        self.assertEqual(listener.readFrom, "replica")
+        with self.assertRaises(ConfigError) as caught:
+            fromFlags({"tcpConnections": "127.0.0.1:6379", "readFrom": "replica"})
+        self.assertIn("--readFrom: only with --cluster or --sentinels", str(caught.exception))
+
+    def test_replicas(self):
+        """
+        C{SENTINEL REPLICAS}: the replicas flagged only C{slave}, with their
+        link to the master up, in address order.
+        """
+        def replica(ip, port, flags, link=b"ok"):
+            fields = [b"name", b"%s:%d" % (ip, port), b"ip", ip, b"port", b"%d" % (port,),
+                      b"flags", flags, b"master-link-status", link]
+            return b"*%d\r\n" % (len(fields),) + b"".join(
+                b"$%d\r\n%b\r\n" % (len(f), f) for f in fields)
+
+        reply = b"*4\r\n" + b"".join([
+            replica(b"127.0.0.1", 7002, b"slave"),
+            replica(b"127.0.0.1", 7001, b"slave"),
+            replica(b"127.0.0.1", 7003, b"s_down,slave,disconnected"),
+            replica(b"127.0.0.1", 7004, b"slave", b"err"),
+        ])
+        self.assertEqual(parseReplicas(reply), [("127.0.0.1", 7001), ("127.0.0.1", 7002)])
+        self.assertEqual(parseReplicas(b"*0\r\n"), [])
+        for bad in [b"-ERR No such master with that name\r\n", b":1\r\n"]:
+            self.assertRaises(ValueError, parseReplicas, bad)
 
     def test_masterAddress(self):
         self.assertEqual(
@@ -190,6 +224,48 @@ class SentinelTests(TestCase):
                          ("sentinel", {"name": "mymaster",
                                        "master": "127.0.0.1:%d" % (group.master.port,)}))
         self.assertGreaterEqual(info["sentinel_rounds"], 1)
+
+    @inlineCallbacks
+    def test_readsFromReplicas(self):
+        """
+        With C{readFrom=replica}, GETs go to the replica the sentinels list
+        (its C{cmdstat_get}), SETs to the master; without a replica, a read
+        gets an error that says why, and C{preferReplica} reads the master.
+        """
+        from tests.test_cluster import _commandCalls
+
+        group = startSentinels(self)
+        rmux = startSentinelRmux(self, group, readFrom="replica")
+        client = _redisPy(rmux.path)
+        self.addCleanup(client.close)
+        threads = ThreadedClients(self, size=2)
+        [replica] = group.replicas
+        yield threads.run(client.set, "k", "v")
+        deadline = time.monotonic() + 5
+        while replica.command(b"GET k\r\n") != b"$1\r\nv\r\n" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        before = (_commandCalls(group.master, "get"), _commandCalls(replica, "get"))
+        values = yield threads.run(lambda: [client.get("k") for _ in range(20)])
+        after = (_commandCalls(group.master, "get"), _commandCalls(replica, "get"))
+        self.assertEqual(values, [b"v"] * 20)
+        self.assertEqual((after[0] - before[0], after[1] - before[1]), (0, 20))
+        self.assertEqual(group.master.command(b"GET k\r\n"), b"$1\r\nv\r\n")
+
+        lonely = startSentinels(self, name="lonely", replicas=0, sentinels=1)
+        for readFrom, expected in [("replica", "rmux: no replica serves lonely "
+                                               "(readFrom is replica)"),
+                                   ("preferReplica", None)]:
+            other = startSentinelRmux(self, lonely, readFrom=readFrom)
+            otherClient = _redisPy(other.path)
+            self.addCleanup(otherClient.close)
+
+            def read():
+                try:
+                    return otherClient.get("nothing")
+                except Exception as e:
+                    return str(e)
+
+            self.assertEqual((yield threads.run(read)), expected)
 
     def test_checkConfigAsksTheSentinels(self):
         """

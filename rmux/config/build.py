@@ -117,16 +117,17 @@ def buildListener(raw: Mapping[str, Any], place: Place) -> ListenerConfig:
             )
         kwargs["topology"] = "cluster"
         backends, labels = backendsFromRaw(raw, place, (("cluster", "tcp"),))
-        if "readFrom" in raw:
-            kwargs["readFrom"] = checkReadFrom(raw["readFrom"], place.label("readFrom"))
     elif raw.get("sentinels") or raw.get("sentinelMaster"):
         kwargs["topology"] = "sentinel"
         kwargs["sentinels"], backends, labels = _sentinelTopology(raw, place)
     else:
         backends, labels = backendsFromRaw(raw, place)
-    if raw.get("readFrom", "master") != "master" and not raw.get("cluster"):
-        raise place.error(f"{place.field('readFrom')}: only with {place.field('cluster')}: "
-                          "rmux reads from replicas a cluster names")
+    if raw.get("readFrom", "master") != "master" and "topology" not in kwargs:
+        raise place.error(f"{place.field('readFrom')}: only with {place.field('cluster')} "
+                          f"or {place.field('sentinels')}: rmux reads from the replicas "
+                          "they name")
+    if "readFrom" in raw:
+        kwargs["readFrom"] = checkReadFrom(raw["readFrom"], place.label("readFrom"))
     if not backends:
         message = (
             "at least one backend is required "
