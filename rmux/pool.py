@@ -861,6 +861,17 @@ class BackendPool:
         self.connecting += 1
         self._open().addCallbacks(self._connected, self._connectFailed)
 
+    def tlsSettings(self):
+        """
+        The L{rmux.tls.BackendTLS} this pool's C{rediss://} server is
+        reached with: the listener's, or the system's CAs.
+        """
+        if self.tls is None:
+            from rmux.tls import BackendTLS
+
+            self.tls = BackendTLS()
+        return self.tls
+
     def _open(self):
         """
         Open one connection with L{ClientCreator}, cancellable by L{stop}.
@@ -872,11 +883,7 @@ class BackendPool:
         creator = FastClientCreator(self.reactor, lambda: protocol)
         address = self.address
         if getattr(address, "tls", False):
-            if self.tls is None:
-                from rmux.tls import BackendTLS
-
-                self.tls = BackendTLS()
-            d = self.tls.connect(self.reactor, address, protocol)
+            d = self.tlsSettings().connect(self.reactor, address, protocol)
         elif address.kind == "unix":
             d = creator.connectUNIX(address.path, timeout=None)
         else:

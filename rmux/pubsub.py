@@ -166,8 +166,9 @@ def confirmation(verb, name, count, protocolVersion=2):
 
 def connectToBackend(reactor, pool, protocol, timeout=None):
     """
-    Connect C{protocol} to the server of C{pool}, directly: the default way
-    a L{SubscriptionHub} opens its subscriber connections.
+    Connect C{protocol} to the server of C{pool}, directly (over TLS for a
+    C{rediss://} server, as its pool connects): the default way a
+    L{SubscriptionHub} opens its subscriber connections.
 
     @param reactor: the reactor to connect with.
     @param pool: a pool whose C{address} is an
@@ -181,6 +182,8 @@ def connectToBackend(reactor, pool, protocol, timeout=None):
     address = pool.address
     if timeout is None:
         timeout = getattr(pool, "connectTimeout", None) or 30
+    if getattr(address, "tls", False):
+        return pool.tlsSettings().connect(reactor, address, protocol, timeout=timeout)
     if address.kind == "unix":
         endpoint = UNIXClientEndpoint(reactor, address.path, timeout=timeout)
     elif isIPv6Address(address.host):

@@ -117,17 +117,19 @@ class BackendTLS:
             clientCertificate=self.clientCertificate,
         )
 
-    def connect(self, reactor, address, protocol):
+    def connect(self, reactor, address, protocol, timeout=3600):
         """
         Open a TLS connection to C{address} for C{protocol}.
 
+        @param timeout: seconds before the TCP connect gives up (a pool
+            keeps its own deadline, so by default an hour).
         @return: a cancellable L{Deferred} firing with C{protocol} once the
             TCP connection is made (the handshake follows; what is written
             meanwhile waits for it).
         """
         endpoint = wrapClientTLS(
             self.connectionCreator(address.host),
-            HostnameEndpoint(reactor, address.host, address.port, timeout=3600),
+            HostnameEndpoint(reactor, address.host, address.port, timeout=timeout),
         )
         return connectQuietly(endpoint, protocol)
 

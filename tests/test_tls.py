@@ -117,6 +117,32 @@ class TLSBackendTests(TestCase):
         self.assertEqual(value, b"x" * 100000)
 
     @inlineCallbacks
+    def test_pubSub(self):
+        """
+        Subscriptions reach a TLS-only server over TLS too: a message
+        published through rmux arrives.
+        """
+        server = startTLSRedis(self, self.certificates)
+        rmux = self.rmuxFor(server, tlsCaCertFile=self.certificates.ca)
+        client = redisPy(rmux.path)
+        self.addCleanup(client.close)
+
+        def exchange():
+            pubsub = client.pubsub()
+            try:
+                pubsub.subscribe("tls:news")
+                confirmed = pubsub.get_message(timeout=5)
+                count = client.publish("tls:news", "hello")
+                return confirmed, count, pubsub.get_message(timeout=5)
+            finally:
+                pubsub.close()
+
+        confirmed, count, message = yield self.threads.run(exchange)
+        self.assertEqual(confirmed["type"], "subscribe")
+        self.assertEqual(count, 1)
+        self.assertEqual((message["channel"], message["data"]), (b"tls:news", b"hello"))
+
+    @inlineCallbacks
     def assertRefused(self, rmux, why):
         client = redisPy(rmux.path)
         self.addCleanup(client.close)
