@@ -23,13 +23,14 @@ from dataclasses import replace
 
 import hiredis
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ClientCreator, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from rmux.cluster import MIN_REFRESH_GAP, RETRY_DELAY, RedirectingSender
 from rmux.interfaces import IRouter
+from rmux.pubsub import connectToBackend
 from rmux.replies import DeferredReply
 from rmux.resp import encodeRequest, errorReply
 from rmux.hashing import hashTagged
@@ -453,8 +454,9 @@ class SentinelRouter(ReplicaReads, Router):
         if self._stopped:
             return
         subscriber = SwitchSubscriber(address, self.switched, self._subscriptionLost)
-        creator = ClientCreator(self.reactor, lambda: subscriber)
-        connecting = creator.connectTCP(address.host, address.port, timeout=5)
+        pool = self.sentinelPools[self.sentinels.index(address)]
+        # As the sentinel's pool connects (over TLS for rediss://).
+        connecting = connectToBackend(self.reactor, pool, subscriber, timeout=5)
 
         def connected(protocol):
             self._subscribers[address] = protocol

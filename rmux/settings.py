@@ -238,7 +238,8 @@ def _backends():
                      "and --unixConnections."),
         Setting("sentinels", BACKENDS, None, group=group, scope=INPUT,
                 help="Redis Sentinel addresses, host:port (or redis:// URLs, for a "
-                     "sentinel's password), separated by spaces: rmux asks them where "
+                     "sentinel's password; rediss:// for TLS), separated by spaces: rmux "
+                     "asks them where "
                      "each --sentinelMaster is and follows their failovers. Instead of "
                      "--tcpConnections and --unixConnections."),
         Setting("sentinelMaster", BACKENDS, None, group=group, scope=INPUT,

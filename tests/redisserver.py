@@ -225,7 +225,9 @@ class RedisSentinel(RedisServer):
                     "sentinel monitor %s 127.0.0.1 %d 1\n"
                     "sentinel down-after-milliseconds %s %d\n"
                     "sentinel failover-timeout %s %d\n"
-                    % (name, master.port, name, downAfter, name, failoverTimeout)
+                    # A TLS-only master (tests.test_tls) on its TLS port.
+                    % (name, getattr(master, "tlsPort", None) or master.port, name,
+                       downAfter, name, failoverTimeout)
                 )
         # A sentinel reads it first, and rewrites it.
         self.leading = (self.config, "--sentinel")

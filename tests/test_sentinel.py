@@ -7,9 +7,12 @@ under load.
 import time
 from dataclasses import replace
 
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from rmux.cluster import RETRY_DELAY, Redirectable
@@ -50,8 +53,8 @@ class ConfigTests(SynchronousTestCase):
             ({"sentinelMaster": "cache"}, "--sentinelMaster: needs --sentinels"),
             ({"sentinels": "127.0.0.1:26379", "sentinelMaster": "cache",
               "tcpConnections": "127.0.0.1:6379"}, "--sentinels: not with tcpConnections"),
-            ({"sentinels": "rediss://127.0.0.1:26379", "sentinelMaster": "cache"},
-             "TLS to the sentinels is not supported yet"),
+            ({"sentinels": "redis://127.0.0.1:26379/2", "sentinelMaster": "cache"},
+             "a sentinel has no db"),
         ]
         for flags, message in cases:
             with self.assertRaises(ConfigError) as caught:
@@ -266,6 +269,51 @@ class SentinelTests(TestCase):
                     return str(e)
 
             self.assertEqual((yield threads.run(read)), expected)
+
+    @inlineCallbacks
+    def test_tls(self):
+        """
+        Sentinels and a master that serve TLS only (C{rediss://} sentinels
+        and master name): rmux asks the sentinels, subscribes to their
+        announcements and serves the master over TLS.
+        """
+        from tests.test_tls import OPENSSL, Certificates, startTLSRedis
+
+        if OPENSSL is None:
+            raise SkipTest("openssl is not installed")
+        certificates = Certificates(self)
+        master = startTLSRedis(self, certificates)
+        certificate, key = certificates.issue("sentinel")
+        sentinel = RedisSentinel([("secure", master)])
+        sentinel.args = ["--port", "0", "--tls-port", str(sentinel.port),
+                         "--tls-cert-file", certificate, "--tls-key-file", key,
+                         "--tls-ca-cert-file", certificates.ca, "--tls-auth-clients", "no",
+                         "--tls-replication", "yes"]
+        sentinel.start()
+        self.addCleanup(sentinel.stop)
+        rmux = startListener(self, fromFlags({
+            "socket": socketPath(self),
+            "sentinels": "rediss://127.0.0.1:%d" % (sentinel.port,),
+            "sentinelMaster": "rediss://secure",
+            "tlsCaCertFile": certificates.ca,
+        }).listeners[0])
+        client = _redisPy(rmux.path)
+        self.addCleanup(client.close)
+        threads = ThreadedClients(self, size=1)
+
+        def exchange():
+            client.set("tls", "through sentinel")
+            return client.get("tls")
+
+        self.assertEqual((yield threads.run(exchange)), b"through sentinel")
+        self.assertEqual(rmux.router.nodes, [("127.0.0.1", master.tlsPort)])
+        deadline = time.monotonic() + 5
+        while not rmux.router._subscribers and time.monotonic() < deadline:
+            yield deferLater(reactor, 0.05, lambda: None)
+        [subscriber] = rmux.router._subscribers.values()
+        self.assertTrue(ISSLTransport.providedBy(subscriber.transport))
+        # The sentinel has it: a client subscribed to its three channels.
+        self.assertIn(b" sub=3 ", sentinel.command(b"CLIENT LIST\r\n"))
 
     def test_checkConfigAsksTheSentinels(self):
         """

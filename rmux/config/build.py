@@ -175,10 +175,9 @@ def _sentinelTopology(
             raise place.error(f"{place.field(other)}: needs {place.field(needed)}")
     sentinels, _ = backendsFromRaw(raw, place, (("sentinels", "tcp"),))
     for address in sentinels:
-        if address.tls or address.db is not None:
+        if address.db is not None:
             raise place.error(
-                f"{place.field('sentinels')}: {address}: a sentinel is reached over plain "
-                "TCP and has no db (TLS to the sentinels is not supported yet)"
+                f"{place.field('sentinels')}: {address}: a sentinel has no db"
             )
     masters, labels = backendsFromRaw(raw, place, (("sentinelMaster", "tcp"),))
     return tuple(sentinels), masters, labels
