@@ -490,19 +490,11 @@ class ClusterRouter(ReplicaReads, Router):
                 return False
             request.redirects += 1
             try:
-                kind, slot, where = reply[1:-2].split(b" ")
-                host, _, port = where.decode("utf-8").rpartition(":")
-                pool = self._poolFor((host, int(port)))
-                slot = int(slot)
+                kind, slot, pool = self._redirection(reply)
             except (ValueError, UnicodeDecodeError):
                 return False
             if kind == b"MOVED":
-                self.cluster.moved += 1
-                self.owners[slot] = pool
-                if self._lastRefresh is None or (
-                    self.reactor.seconds() - self._lastRefresh >= MIN_REFRESH_GAP
-                ):
-                    self.refresh()
+                self._moved(slot, pool)
             else:
                 self.cluster.ask += 1
                 request.sender.send(pool, _ASKING, IgnoredReply())
@@ -517,6 +509,37 @@ class ClusterRouter(ReplicaReads, Router):
         self.cluster.retries += 1
         self.refresh()
         self.reactor.callLater(RETRY_DELAY, self._retry, request)
+        return True
+
+    def _redirection(self, reply):
+        """
+        @return: C{(kind, slot, pool)} of a C{-MOVED} or C{-ASK} C{reply}.
+        @raise ValueError: it is not one.
+        """
+        kind, slot, where = reply[1:-2].split(b" ")
+        host, _, port = where.decode("utf-8").rpartition(":")
+        return kind, int(slot), self._poolFor((host, int(port)))
+
+    def _moved(self, slot, pool):
+        """
+        C{slot} is C{pool}'s now, a node said: use it at once, and read the
+        whole map again (at most every L{MIN_REFRESH_GAP}).
+        """
+        self.cluster.moved += 1
+        self.owners[slot] = pool
+        if self._lastRefresh is None or (
+            self.reactor.seconds() - self._lastRefresh >= MIN_REFRESH_GAP
+        ):
+            self.refresh()
+
+    def learnMoved(self, reply):
+        if not reply.startswith(b"-MOVED "):
+            return False
+        try:
+            _, slot, pool = self._redirection(reply)
+        except (ValueError, UnicodeDecodeError):
+            return False
+        self._moved(slot, pool)
         return True
 
     def _retry(self, request):

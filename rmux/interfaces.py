@@ -137,6 +137,15 @@ class IRouter(Interface):
         that lets the router send it again (a cluster's redirections).
         """
 
+    def learnMoved(reply):
+        """
+        A command on a dedicated connection (a blocking one) got the error
+        C{reply}: if it is a cluster's C{-MOVED}, take the slot's new owner
+        into the placement, so that the command can be placed again.
+
+        @return: whether it was such a redirection.
+        """
+
 
 class IBackendPool(Interface):
     """

@@ -281,6 +281,10 @@ class Router:
             return None
         return pool
 
+    def learnMoved(self, reply):
+        # Independent servers never redirect.
+        return False
+
     def passThroughSender(self, sender):
         return sender
 

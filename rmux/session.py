@@ -82,6 +82,10 @@ def blockingReadTimeout(args, name, margin):
     return seconds + margin
 
 
+#: How many times a blocking command follows a cluster's C{-MOVED}.
+MAX_BLOCKING_REDIRECTS = 5
+
+
 class ScriptCache:
     """
     Script bodies seen going through (SCRIPT LOAD, EVAL), by their SHA1 as
@@ -149,23 +153,35 @@ class _Blocked:
     Waiter for a blocking command on a dedicated connection.
     """
 
-    __slots__ = ("session", "client", "slot", "connection", "giveBack", "data")
+    __slots__ = ("session", "client", "slot", "connection", "giveBack", "data", "command",
+                 "redirects")
 
-    def __init__(self, session, slot, connection, giveBack):
+    def __init__(self, session, slot, connection, giveBack, command, redirects):
         self.session = session
         self.client = session.client
         self.slot = slot
         self.connection = connection
         self.giveBack = giveBack
         self.data = None
+        #: C{(args, spec)}, to place it again after a cluster's MOVED.
+        self.command = command
+        self.redirects = redirects
 
     def fill(self, reply):
         self.data = reply
-        self.session.blockedOn = None
+        session = self.session
+        session.blockedOn = None
         connection = self.connection
         connection.readTimeout = connection.pool.readTimeout
         if self.giveBack:
             connection.pool.checkin(connection)
+            # A node refuses a slot it no longer serves before blocking:
+            # the command goes again to the slot's owner.
+            if (reply[:7] == b"-MOVED " and self.redirects < MAX_BLOCKING_REDIRECTS
+                    and session.client is not None and session.router.learnMoved(reply)):
+                args, spec = self.command
+                session.blocking(args, spec, self.slot, self.redirects + 1)
+                return
         self.slot.fill(reply)
         self.client.release()
 
@@ -368,25 +384,34 @@ class Session:
 
     # Blocking commands
 
-    def blocking(self, args, spec):
+    def blocking(self, args, spec, slot=None, redirects=0):
         """
         Run a blocking command on a dedicated connection, with its own
         timeout instead of the remote read timeout; the client's later
         commands wait for it, as they would on Redis.
+
+        @param slot: the command's place in the reply queue, when it is
+            placed again after a cluster's C{MOVED} (C{redirects} times).
         """
         pin = self.pin
         try:
             pool = self._targetPool(args, spec)
         except PlacementError as e:
-            self.client.reply(e.reply)
+            if slot is None:
+                self.client.reply(e.reply)
+            else:
+                slot.fill(e.reply)
+                self.client.release()
             return
-        slot = self.client.newSlot()
+        if slot is None:
+            slot = self.client.newSlot()
 
         def run(connection):
             connection.readTimeout = blockingReadTimeout(args, spec.name, pool.readTimeout)
             self.blockedOn = connection
             connection.blocking = True
-            self.sendDedicated(connection, args, _Blocked(self, slot, connection, pin is None))
+            self.sendDedicated(connection, args, _Blocked(
+                self, slot, connection, pin is None, (args, spec), redirects))
 
         if pin is not None and pin.pool is pool:
             self.client.hold()

@@ -212,6 +212,36 @@ class ClusterTests(TestCase):
             + [("message", b"plain", b"to plain")]))
 
     @inlineCallbacks
+    def test_blockingFollowsMoved(self):
+        """
+        A blocking command sent where rmux's map says, after its slot moved
+        without rmux knowing, meets C{MOVED} and is sent again to the new
+        owner, where it blocks until a push through rmux wakes it.
+        """
+        key = b"queue"
+        slot = keySlot(key)
+        source = yield self.threads.run(self.ownerOf, slot)
+        target = next(s for s in self.cluster.servers if s is not source
+                      and s.port in {port for _, port in self.rmux.router.map.masters()})
+        targetId = _cli(target, "CLUSTER", "MYID")
+        _cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", _cli(source, "CLUSTER", "MYID"))
+        _cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", targetId)
+        for server in [target, source]:
+            _cli(server, "CLUSTER", "SETSLOT", str(slot), "NODE", targetId)
+        self.assertEqual(self.rmux.router.owners[slot].address.port, source.port)
+        moved = self.rmux.router.cluster.moved
+        blocked = self.threads.run(self.client.blpop, [key], 10)
+        deadline = reactor.seconds() + 5
+        while (b"cmd=blpop" not in target.command(b"CLIENT LIST\r\n")
+               and reactor.seconds() < deadline):
+            yield deferLater(reactor, 0.05, lambda: None)
+        other = _redisPy(self.rmux.path)
+        self.addCleanup(other.close)
+        yield self.threads.run(other.rpush, key, b"woken")
+        self.assertEqual((yield blocked), (key, b"woken"))
+        self.assertGreater(self.rmux.router.cluster.moved, moved)
+
+    @inlineCallbacks
     def test_shardsAndSlotsAgree(self):
         """
         rmux reads the map with C{CLUSTER SHARDS}; on a real cluster it is

@@ -47,6 +47,9 @@ class RecordingRouter:
     def passThroughPool(self, commands):
         return self.passThroughTo
 
+    def learnMoved(self, reply):
+        return False
+
     def passThroughSender(self, sender):
         return sender
 

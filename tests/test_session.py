@@ -195,6 +195,9 @@ class FakeRouter:
     def ready(self):
         return True
 
+    def learnMoved(self, reply):
+        return False
+
     def passThroughSender(self, sender):
         return sender
 
