@@ -345,7 +345,13 @@ class ClusterRouter(ReplicaReads, Router):
         for waiter in self._ready:
             waiter.callback(None)
         self._ready = []
-        return [pool.stop() for pool in list(self.byNode.values())]
+        return [pool.stop() for pool in self.ownPools()]
+
+    def ownPools(self):
+        """
+        Every pool this router made: masters, replicas, seeds.
+        """
+        return list(self.byNode.values())
 
     def adopt(self, other):
         """

@@ -264,9 +264,14 @@ class SentinelRouter(ReplicaReads, Router):
             if subscriber.transport is not None:
                 subscriber.transport.abortConnection()
         self._fireReady()
+        return [pool.stop() for pool in self.ownPools()]
+
+    def ownPools(self):
+        """
+        Every pool this router made: masters, replicas, sentinels.
+        """
         masters = [pool for pool in self.default.pools if pool is not None]
-        replicas = list(self._replicaByNode.values())
-        return [pool.stop() for pool in masters + replicas + self.sentinelPools]
+        return masters + list(self._replicaByNode.values()) + self.sentinelPools
 
     def adopt(self, other):
         """

@@ -284,7 +284,8 @@ class ListenerService(MultiService):
         listener = self.listener
         return ClusterRouter(
             self.reactor, listener.backends,
-            lambda address: _newPool(self.reactor, address, listener, pools.tls(address)),
+            # A node found later gets the settings of the day (a reload's).
+            lambda address: _newPool(self.reactor, address, self.listener, pools.tls(address)),
             interval=_seconds(listener.clusterRefreshInterval),
             allowFlush=listener.allowFlush, stats=self.stats,
             retire=lambda gone: self.retire(gone),
@@ -302,7 +303,7 @@ class ListenerService(MultiService):
         listener = self.listener
         return SentinelRouter(
             self.reactor, listener.sentinels, listener.backends,
-            lambda address: _newPool(self.reactor, address, listener, pools.tls(address)),
+            lambda address: _newPool(self.reactor, address, self.listener, pools.tls(address)),
             ring=placementRing(listener.backends, listener.distribution, listener.hash),
             hashTag=_tag(listener.hashTag),
             interval=_seconds(listener.clusterRefreshInterval),
@@ -355,14 +356,19 @@ class ListenerService(MultiService):
         @param listener: the new L{rmux.config.ListenerConfig}, for the
             same address.
         @return: a L{ListenerReload}.
-        @raise ValueError: if a placement cannot be built, or for a
-            cluster or Sentinel listener (whose placement is the cluster's or
-            the sentinels', and whose seeds a restart changes).
+        @raise ValueError: if a placement cannot be built, or a cluster or
+            Sentinel listener's topology changed (its seeds, sentinels,
+            masters, replica reads...: a restart changes those).
         """
         placedElsewhere = {listener.topology, self.listener.topology} - {"servers"}
         if placedElsewhere:
-            raise ValueError("a %s listener is not reloaded; restart rmux to change it"
-                             % (" or ".join(sorted(placedElsewhere)),))
+            changed = [name for name in TOPOLOGY_FIELDS
+                       if getattr(listener, name) != getattr(self.listener, name)]
+            if changed:
+                raise ValueError(
+                    "%s changed: a %s listener's topology is not reloaded; restart rmux "
+                    "to change it" % (", ".join(changed), " or ".join(sorted(placedElsewhere))))
+            return TopologyReload(self, listener)
         return ListenerReload(self, listener)
 
     def endpoint(self):
@@ -543,6 +549,42 @@ class ListenerReload:
         self.service.health.unwatch(self.added)
         for pool in self.added:
             pool.stop()
+
+
+#: What a cluster or Sentinel listener's router was built from: a reload
+#: that changes any of them is refused (see L{TopologyReload}).
+TOPOLOGY_FIELDS = ("topology", "backends", "sentinels", "readFrom", "distribution", "hash",
+                   "hashTag", "clusterRefreshInterval", "clusterRetryTime")
+
+
+class TopologyReload:
+    """
+    A cluster or Sentinel listener's part of a reload: its placement is the
+    cluster's or the sentinels' and stays as it runs; everything else is
+    taken (client-side settings, the timeouts and sizes of its pools, and
+    of the pools it makes later).
+    """
+
+    added = removed = ()
+
+    def __init__(self, service, listener):
+        self.service = service
+        self.listener = listener
+
+    def ready(self):
+        return succeed(None)
+
+    def apply(self):
+        service = self.service
+        settings = _poolSettings(self.listener)
+        for pool in service.router.ownPools():
+            pool.configure(**settings)
+        service.router.allowFlush = self.listener.allowFlush
+        service.listener = self.listener
+        service.factory.configure(self.listener)
+
+    def abandon(self):
+        pass
 
 
 def _mallocTrim():

@@ -242,6 +242,32 @@ class ClusterTests(TestCase):
         self.assertGreater(self.rmux.router.cluster.moved, moved)
 
     @inlineCallbacks
+    def test_reload(self):
+        """
+        A reload of a cluster listener takes its client-side and pool
+        settings while its map stays; a change to its seeds is refused,
+        naming it.
+        """
+        service = self.rmux
+        same = fromFlags({"socket": service.path, "cluster": self.cluster.addresses()[0],
+                          "remoteTimeout": "1500", "idleTimeout": "30000",
+                          "allowFlush": "true"}).listeners[0]
+        owners = list(service.router.owners)
+        reload = service.prepareReload(same)
+        yield reload.ready()
+        reload.apply()
+        self.assertEqual(service.factory.idleTimeout, 30.0)
+        self.assertTrue(service.router.allowFlush)
+        self.assertEqual({pool.readTimeout for pool in service.router.ownPools()}, {1.5})
+        self.assertEqual(service.router.owners, owners)
+        self.assertEqual((yield self.threads.run(self.client.set, "after", "reload")), True)
+        other = fromFlags({"socket": service.path,
+                           "cluster": self.cluster.addresses()[1]}).listeners[0]
+        error = self.assertRaises(ValueError, service.prepareReload, other)
+        self.assertEqual(str(error), "backends changed: a cluster listener's topology is "
+                                     "not reloaded; restart rmux to change it")
+
+    @inlineCallbacks
     def test_shardsAndSlotsAgree(self):
         """
         rmux reads the map with C{CLUSTER SHARDS}; on a real cluster it is
