@@ -538,8 +538,8 @@ class ClusterRouter(ReplicaReads, Router):
         ):
             self.refresh()
 
-    def learnMoved(self, reply):
-        if not reply.startswith(b"-MOVED "):
+    def learnMoved(self, reply, redirects):
+        if redirects >= MAX_REDIRECTS or not reply.startswith(b"-MOVED "):
             return False
         try:
             _, slot, pool = self._redirection(reply)

@@ -137,13 +137,15 @@ class IRouter(Interface):
         that lets the router send it again (a cluster's redirections).
         """
 
-    def learnMoved(reply):
+    def learnMoved(reply, redirects):
         """
-        A command on a dedicated connection (a blocking one) got the error
-        C{reply}: if it is a cluster's C{-MOVED}, take the slot's new owner
-        into the placement, so that the command can be placed again.
+        A command on a dedicated connection (a blocking one) got C{reply},
+        having followed C{redirects} redirections already: if it is a
+        cluster's C{-MOVED} the command may still follow, take the slot's
+        new owner into the placement, so that the command can be placed
+        again.
 
-        @return: whether it was such a redirection.
+        @return: whether it is to be placed again.
         """
 
 

@@ -281,7 +281,7 @@ class Router:
             return None
         return pool
 
-    def learnMoved(self, reply):
+    def learnMoved(self, reply, redirects):
         # Independent servers never redirect.
         return False
 

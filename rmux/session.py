@@ -82,10 +82,6 @@ def blockingReadTimeout(args, name, margin):
     return seconds + margin
 
 
-#: How many times a blocking command follows a cluster's C{-MOVED}.
-MAX_BLOCKING_REDIRECTS = 5
-
-
 class ScriptCache:
     """
     Script bodies seen going through (SCRIPT LOAD, EVAL), by their SHA1 as
@@ -177,8 +173,7 @@ class _Blocked:
             connection.pool.checkin(connection)
             # A node refuses a slot it no longer serves before blocking:
             # the command goes again to the slot's owner.
-            if (reply[:7] == b"-MOVED " and self.redirects < MAX_BLOCKING_REDIRECTS
-                    and session.client is not None and session.router.learnMoved(reply)):
+            if session.client is not None and session.router.learnMoved(reply, self.redirects):
                 args, spec = self.command
                 session.blocking(args, spec, self.slot, self.redirects + 1)
                 return

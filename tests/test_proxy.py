@@ -47,7 +47,7 @@ class RecordingRouter:
     def passThroughPool(self, commands):
         return self.passThroughTo
 
-    def learnMoved(self, reply):
+    def learnMoved(self, reply, redirects):
         return False
 
     def passThroughSender(self, sender):

@@ -195,7 +195,7 @@ class FakeRouter:
     def ready(self):
         return True
 
-    def learnMoved(self, reply):
+    def learnMoved(self, reply, redirects):
         return False
 
     def passThroughSender(self, sender):
