@@ -13,17 +13,46 @@ import socket
 import subprocess
 import tempfile
 import time
+from random import Random
 
 REDIS_SERVER = shutil.which("redis-server")
 
 
+def _ephemeralStart():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: Ports handed out by this process: a port is only bound when its server
+#: starts, and a cluster picks a dozen before starting any.
+_handedOut = set()
+
+
 def freePort():
     """
-    A TCP port on 127.0.0.1 that nobody listens on right now.
+    A TCP port on 127.0.0.1 that nobody listens on right now, not handed out
+    before by this process, and below the kernel's range for outgoing
+    connections: a port taken from that range (bind to port 0) may be taken
+    again by any client connecting before the server binds it.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    top = _ephemeralStart()
+    bottom = max(1024, top - 20000)
+    random = Random()
+    for _ in range(1000):
+        port = random.randrange(bottom, top)
+        if port in _handedOut:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handedOut.add(port)
+        return port
+    raise RuntimeError("no free port in %d-%d" % (bottom, top))
 
 
 class RedisServer:
