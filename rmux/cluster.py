@@ -30,10 +30,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from rmux import commands as C
-from rmux.interfaces import IReplyWaiter, IRequestSender, IRouter
+from rmux.interfaces import IRouter
 from rmux.replies import DeferredReply, IgnoredReply
 from rmux.resp import encodeRequest, errorReply
-from rmux.router import PlacementError, ReplicaReads, Router
+from rmux.router import (
+    RETRY_DELAY, PlacementError, RedirectingSender, ReplicaReads, Router)
 
 SLOTS = 16384
 
@@ -52,10 +53,6 @@ _CLUSTER_SHARDS = encodeRequest([b"CLUSTER", b"SHARDS"])
 #: The least time between two refreshes asked for by redirections: a
 #: resharding answers many commands with MOVED at once.
 MIN_REFRESH_GAP = 0.1
-
-#: How long a command waits before it is sent again after C{-TRYAGAIN},
-#: C{-CLUSTERDOWN} or a lost connection (a failover in progress).
-RETRY_DELAY = 0.25
 
 
 def keySlot(key):
@@ -183,84 +180,22 @@ def _nodeAddress(endpoint, port, answeredBy):
     return (host, int(port))
 
 
+def parseRedirection(reply):
+    """
+    @return: C{(kind, slot, (host, port))} of a C{-MOVED} or C{-ASK}
+        C{reply}.
+    @raise ValueError: it is not one.
+    """
+    kind, slot, where = reply[1:-2].split(b" ")
+    host, _, port = where.decode("utf-8").rpartition(":")
+    return kind, int(slot), (host, int(port))
+
+
 _MOVED = (b"-MOVED ", b"-ASK ")
 _RETRIED = (
     b"-TRYAGAIN", b"-CLUSTERDOWN", b"-ERR rmux: lost connection to backend ",
     b"-ERR rmux: cannot connect to backend ", b"-ERR rmux: backend ",
 )
-
-
-@implementer(IReplyWaiter)
-class Redirectable:
-    """
-    The waiter of a request its router may send again: the client's waiter
-    gets the reply, unless the router's C{redirect(request, reply)} takes
-    it to ask elsewhere or again (L{ClusterRouter.redirect},
-    L{rmux.sentinel.SentinelRouter.redirect}).
-
-    @ivar pool: where the request went last.
-    @ivar deadline: when retries after a failure stop (set at the first).
-    """
-
-    __slots__ = ("router", "sender", "payload", "waiter", "pool", "redirects", "deadline",
-                 "data")
-
-    def __init__(self, router, sender, payload, waiter, pool):
-        self.router = router
-        self.sender = sender
-        self.payload = payload
-        self.waiter = waiter
-        self.pool = pool
-        self.redirects = 0
-        self.deadline = None
-        self.data = None
-
-    def fill(self, reply):
-        if reply[:1] == b"-" and self.router.redirect(self, reply):
-            return
-        self.data = reply
-        self.waiter.fill(reply)
-
-    def sendTo(self, pool):
-        self.pool = pool
-        self.sender.send(pool, self.payload, self)
-
-    def mayRetry(self, now, budget):
-        """
-        Whether a retry L{RETRY_DELAY} from C{now} is within C{budget}
-        seconds of the first failure (which this call notes).
-        """
-        if self.deadline is None:
-            self.deadline = now + budget
-            return True
-        return now + RETRY_DELAY <= self.deadline
-
-
-@implementer(IRequestSender)
-class RedirectingSender:
-    """
-    A client's sender whose requests its router may send again (a cluster's
-    redirections, a Sentinel failover).
-    """
-
-    __slots__ = ("router", "sender")
-
-    def __init__(self, router, sender):
-        self.router = router
-        self.sender = sender
-
-    @property
-    def db(self):
-        return self.sender.db
-
-    @property
-    def protocolVersion(self):
-        return self.sender.protocolVersion
-
-    def send(self, pool, payload, waiter, count=1):
-        self.sender.send(
-            pool, payload, Redirectable(self.router, self.sender, payload, waiter, pool), count
-        )
 
 
 class ClusterStats:
@@ -340,12 +275,20 @@ class ClusterRouter(ReplicaReads, Router):
         self._loop.start(self._interval, now=True)
 
     def stop(self):
+        self.stopRefreshing()
+        return [pool.stop() for pool in self.ownPools()]
+
+    def stopRefreshing(self):
+        """
+        Read the map no more, and let commands waiting for a first map go
+        on (a reload dropped this cluster's route: they are placed again,
+        the new way).
+        """
         if self._loop.running:
             self._loop.stop()
         for waiter in self._ready:
             waiter.callback(None)
         self._ready = []
-        return [pool.stop() for pool in self.ownPools()]
 
     def ownPools(self):
         """
@@ -522,9 +465,8 @@ class ClusterRouter(ReplicaReads, Router):
         @return: C{(kind, slot, pool)} of a C{-MOVED} or C{-ASK} C{reply}.
         @raise ValueError: it is not one.
         """
-        kind, slot, where = reply[1:-2].split(b" ")
-        host, _, port = where.decode("utf-8").rpartition(":")
-        return kind, int(slot), self._poolFor((host, int(port)))
+        kind, slot, node = parseRedirection(reply)
+        return kind, slot, self._poolFor(node)
 
     def _moved(self, slot, pool):
         """
@@ -537,6 +479,23 @@ class ClusterRouter(ReplicaReads, Router):
             self.reactor.seconds() - self._lastRefresh >= MIN_REFRESH_GAP
         ):
             self.refresh()
+
+    def owns(self, pool):
+        """
+        Whether C{pool} is one of this cluster's nodes.
+        """
+        address = pool.address
+        return self.byNode.get((address.host, address.port)) is pool
+
+    def knowsTarget(self, reply):
+        """
+        Whether the node a C{-MOVED} or C{-ASK} C{reply} names is one of
+        this cluster's, as far as its map says.
+        """
+        try:
+            return parseRedirection(reply)[2] in self.byNode
+        except (ValueError, UnicodeDecodeError):
+            return False
 
     def learnMoved(self, reply, redirects):
         if redirects >= MAX_REDIRECTS or not reply.startswith(b"-MOVED "):

@@ -377,9 +377,12 @@ class HealthMonitor:
     def isUp(self, pool):
         """
         Whether C{pool}'s server may take requests; a server that has no
-        verdict yet counts as up once the startup wait is over.
+        verdict yet counts as up once the startup wait is over, and so does
+        one this monitor does not watch (a cluster route's node: its
+        router judges it).
         """
-        return self.checks[pool].state != DOWN
+        check = self.checks.get(pool)
+        return check is None or check.state != DOWN
 
     def states(self):
         return {pool: check.state for pool, check in self.checks.items()}

@@ -12,11 +12,12 @@ the command table says.
 
 import random
 
+from twisted.internet.defer import gatherResults
 from zope.interface import implementer
 
 from rmux import commands as C
 from rmux.hashing import PrefixRoutes, hashTagged
-from rmux.interfaces import IReplyWaiter, IRouter
+from rmux.interfaces import IReplyWaiter, IRequestSender, IRouter
 from rmux.resp import ReplyFramer, encodeRequest, errorReply
 
 #: Commands whose first argument is a channel, placed like a key so that
@@ -26,6 +27,10 @@ _CHANNEL_COMMANDS = frozenset(["publish", "spublish"])
 CROSSSLOT = (
     b"-CROSSSLOT Keys in request don't hash to the same server behind rmux\r\n"
 )
+
+#: How long a command waits before it is sent again after C{-TRYAGAIN},
+#: C{-CLUSTERDOWN} or a lost connection (a failover in progress).
+RETRY_DELAY = 0.25
 
 
 class PlacementError(Exception):
@@ -59,6 +64,10 @@ class PoolGroup:
         L{rmux.hashing.KetamaRing}), or L{None} with a single backend.
     """
 
+    #: The L{rmux.cluster.ClusterRouter} placing this route's keys, or
+    #: L{None}: the servers above do.
+    cluster = None
+
     def __init__(self, pools, ring=None, hashTag=None, failover=False):
         self.pools = pools
         self.ring = ring if len(pools) > 1 else None
@@ -66,8 +75,207 @@ class PoolGroup:
         self.failover = failover
 
 
+class ClusterGroup(PoolGroup):
+    """
+    A route whose keys a Redis Cluster places: its router's map says which
+    node serves each key, the nodes it names are its pools.
+    """
+
+    def __init__(self, cluster):
+        PoolGroup.__init__(self, [])
+        self.cluster = cluster
+
+
+class MapPending(PlacementError):
+    """
+    A key of a cluster route whose map is not read yet: the command waits
+    for it, as a cluster listener's commands do.
+
+    @ivar cluster: the L{rmux.cluster.ClusterRouter} being waited for.
+    """
+
+    def __init__(self, cluster):
+        PlacementError.__init__(self, errorReply("rmux: the cluster's slot map is not known yet"))
+        self.cluster = cluster
+
+
+@implementer(IReplyWaiter)
+class Redirectable:
+    """
+    The waiter of a request its router may send again: the client's waiter
+    gets the reply, unless the router's C{redirect(request, reply)} takes
+    it to ask elsewhere or again (L{ClusterRouter.redirect},
+    L{rmux.sentinel.SentinelRouter.redirect}).
+
+    @ivar pool: where the request went last.
+    @ivar deadline: when retries after a failure stop (set at the first).
+    """
+
+    __slots__ = ("router", "sender", "payload", "waiter", "pool", "redirects", "deadline",
+                 "data")
+
+    def __init__(self, router, sender, payload, waiter, pool):
+        self.router = router
+        self.sender = sender
+        self.payload = payload
+        self.waiter = waiter
+        self.pool = pool
+        self.redirects = 0
+        self.deadline = None
+        self.data = None
+
+    def fill(self, reply):
+        if reply[:1] == b"-" and self.router.redirect(self, reply):
+            return
+        self.data = reply
+        self.waiter.fill(reply)
+
+    def sendTo(self, pool):
+        self.pool = pool
+        self.sender.send(pool, self.payload, self)
+
+    def mayRetry(self, now, budget):
+        """
+        Whether a retry L{RETRY_DELAY} from C{now} is within C{budget}
+        seconds of the first failure (which this call notes).
+        """
+        if self.deadline is None:
+            self.deadline = now + budget
+            return True
+        return now + RETRY_DELAY <= self.deadline
+
+
+@implementer(IRequestSender)
+class RedirectingSender:
+    """
+    A client's sender whose requests its router may send again (a cluster's
+    redirections, a Sentinel failover).
+    """
+
+    __slots__ = ("router", "sender")
+
+    def __init__(self, router, sender):
+        self.router = router
+        self.sender = sender
+
+    @property
+    def db(self):
+        return self.sender.db
+
+    @property
+    def protocolVersion(self):
+        return self.sender.protocolVersion
+
+    def send(self, pool, payload, waiter, count=1):
+        self.sender.send(
+            pool, payload, Redirectable(self.router, self.sender, payload, waiter, pool), count
+        )
+
+
+class ClusterRoutes:
+    """
+    The part of a L{Router} that serves its cluster routes (routes whose
+    keys a Redis Cluster places, L{ClusterGroup}): their routers' maps are
+    read while it runs, their masters count among its pools, and their
+    nodes' redirections are followed by the cluster they come from.
+
+    @ivar clusters: the cluster routes' L{rmux.cluster.ClusterRouter}s.
+    @ivar servers: the configured servers' pools, which the health monitor
+        judges.
+    @ivar onChange: called when a cluster route's map changes where keys
+        go.
+    """
+
+    clusters = ()
+
+    def start(self):
+        """
+        Start reading the cluster routes' maps; the rest of the placement
+        is the configuration's.
+        """
+        self._watchClusters()
+        for cluster in self.clusters:
+            cluster.start()
+
+    def stop(self):
+        """
+        @return: the L{Deferred}s of what stops: the cluster routes' pools
+            (the servers' pools are the listener's).
+        """
+        return [stopped for cluster in self.clusters for stopped in cluster.stop()]
+
+    def refresh(self):
+        """
+        Read the cluster routes' maps again.
+
+        @return: a L{Deferred} that fires when every read is over.
+        """
+        return gatherResults([cluster.refresh() for cluster in self.clusters])
+
+    def _watchClusters(self):
+        for cluster in self.clusters:
+            if self._clusterChanged not in cluster.onChange:
+                cluster.onChange.append(self._clusterChanged)
+
+    def _clusterChanged(self):
+        self._countPools()
+        for callback in self.onChange:
+            callback()
+
+    def _countPools(self):
+        """
+        The pools this listener serves from: its servers', then the cluster
+        routes' masters, as their maps say now.
+        """
+        pools = list(self.servers)
+        for cluster in self.clusters:
+            pools.extend(pool for pool in cluster.pools if pool not in pools)
+        self.pools = pools
+
+    def redirect(self, request, reply):
+        """
+        A cluster route's redirection or retry, by the cluster whose node
+        C{request} went to (see L{Redirectable}); a server's errors are the
+        client's.
+        """
+        for cluster in self.clusters:
+            if cluster.owns(request.pool):
+                return cluster.redirect(request, reply)
+        return False
+
+    def _clusterPool(self, cluster, key):
+        if cluster.map is None:
+            raise MapPending(cluster)
+        return cluster.poolForKey(key)
+
+    def learnMoved(self, reply, redirects):
+        """
+        A cluster route's node moved a blocking command's slot: its cluster
+        learns it (independent servers never redirect).
+        """
+        for cluster in self.clusters:
+            if cluster.knowsTarget(reply):
+                return cluster.learnMoved(reply, redirects)
+        return False
+
+    def _countMasters(self):
+        """
+        Take the cluster routes' masters into L{pools} as their maps say
+        now (a command waiting for a first map runs before its change is
+        told).
+
+        @raise MapPending: a cluster route's masters are not known yet (a
+            command for every server would miss them).
+        """
+        for cluster in self.clusters:
+            if cluster.map is None:
+                raise MapPending(cluster)
+        if self.clusters:
+            self._countPools()
+
+
 @implementer(IRouter)
-class Router:
+class Router(ClusterRoutes):
     """
     Routes one listener's commands.
 
@@ -97,20 +305,14 @@ class Router:
             for pool in group.pools:
                 if pool not in seen:
                     seen.append(pool)
+        #: The configured servers' pools, which the health monitor judges.
+        self.servers = seen
+        #: The cluster routes' routers, whose maps name their pools.
+        self.clusters = [group.cluster for group in groups if group.cluster is not None]
         self.pools = seen
-        self.single = default.pools[0] if len(seen) == 1 else None
-
-    def start(self):
-        """
-        Nothing to start: the placement is the configuration's.
-        """
-
-    def stop(self):
-        """
-        @return: the L{Deferred}s of what stops (none: the pools are the
-            listener's).
-        """
-        return []
+        self.single = default.pools[0] if len(seen) == 1 and not self.clusters else None
+        #: Called when a cluster route's map changes where keys go.
+        self.onChange = []
 
     def adopt(self, other):
         """
@@ -121,9 +323,14 @@ class Router:
         the new placement; requests already sent stay where they went.
 
         Every attribute is copied, so that one added to L{Router} later
-        cannot be forgotten here.
+        cannot be forgotten here, but for who is told of changes.  The
+        cluster routes C{other} brings are started by the reload.
         """
+        onChange = self.onChange
         vars(self).update(vars(other))
+        self.onChange = onChange
+        self._watchClusters()
+        self._countPools()
 
     def route(self, args, spec, waiter, sender, payload=None):
         """
@@ -145,7 +352,11 @@ class Router:
                 )
                 return
         try:
-            self._place(args, spec, waiter, sender, payload)
+            self._place(args, spec, waiter,
+                        RedirectingSender(self, sender) if self.clusters else sender, payload)
+        except MapPending as e:
+            e.cluster.whenReady().addCallback(
+                lambda _: self.route(args, spec, waiter, sender, payload))
         except PlacementError as e:
             waiter.fill(e.reply)
 
@@ -195,6 +406,8 @@ class Router:
             group = self.routes.match(key)
             if group is None:
                 raise PlacementError.because("rmux: no route for this key")
+            if group.cluster is not None:
+                return self._clusterPool(group.cluster, key)
         ring = group.ring
         if ring is None:
             return group.pools[0]
@@ -247,11 +460,13 @@ class Router:
         the health checks, or with failover at least one (no health
         monitor: always).
         """
+        if not all(cluster.ready() for cluster in self.clusters):
+            return False
         if self.health is None:
             return True
         states = self.health.states()
-        up = sum(1 for pool in self.pools if states.get(pool) == "up")
-        return up > 0 and (self.default.failover or up == len(self.pools))
+        up = sum(1 for pool in self.servers if states.get(pool) == "up")
+        return up > 0 and (self.default.failover or up == len(self.servers))
 
     def topologySnapshot(self):
         """
@@ -259,7 +474,15 @@ class Router:
         its counters (none for configured servers), and the nodes it
         learned, each with a short text.
         """
-        return {"kind": "servers", "counters": {}, "nodes": {}}
+        if not self.clusters:
+            return {"kind": "servers", "counters": {}, "nodes": {}}
+        counters, nodes = {}, {}
+        for cluster in self.clusters:
+            snapshot = cluster.topologySnapshot()
+            for name, count in snapshot["counters"].items():
+                counters[name] = counters.get(name, 0) + count
+            nodes.update(snapshot["nodes"])
+        return {"kind": "cluster", "counters": counters, "nodes": nodes}
 
     def passThroughPool(self, commands):
         """
@@ -279,13 +502,15 @@ class Router:
                     return None
         except PlacementError:
             return None
+        if len(commands) > 1 and self.clusters and any(
+                cluster.owns(pool) for cluster in self.clusters):
+            # A batch could meet a redirection part way (see ClusterRouter).
+            return None
         return pool
 
-    def learnMoved(self, reply, redirects):
-        # Independent servers never redirect.
-        return False
-
     def passThroughSender(self, sender):
+        if self.clusters:
+            return RedirectingSender(self, sender)
         return sender
 
     def anyPool(self):
@@ -339,6 +564,10 @@ class Router:
         @return: C{(unit, pool)}.
         """
         pool = self.poolForKey(key)
+        for cluster in self.clusters:
+            if cluster.owns(pool):
+                # A node refuses keys of several slots in one command.
+                return (pool, cluster.shardOfKey(key)), pool
         return pool, pool
 
     def _all(self, args, spec, waiter, sender):
@@ -360,6 +589,7 @@ class Router:
         @raise PlacementError: a server is down and failover is off (the
             answer would silently miss its data), or every server is down.
         """
+        self._countMasters()
         health = self.health
         if health is None:
             return self.pools
@@ -388,6 +618,7 @@ class Router:
         cursor = _cursor(args[1])
         if cursor is None:
             raise PlacementError(b"-ERR invalid cursor\r\n")
+        self._countMasters()
         index, position = cursor >> self.cursorBits, cursor & ((1 << self.cursorBits) - 1)
         pools = self.pools
         health = self.health

@@ -28,13 +28,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rmux.cluster import MIN_REFRESH_GAP, RETRY_DELAY, RedirectingSender
+from rmux.cluster import MIN_REFRESH_GAP
 from rmux.interfaces import IRouter
 from rmux.pubsub import connectToBackend
 from rmux.replies import DeferredReply
 from rmux.resp import encodeRequest, errorReply
 from rmux.hashing import hashTagged
-from rmux.router import PlacementError, PoolGroup, ReplicaReads, Router
+from rmux.router import (
+    RETRY_DELAY, PlacementError, PoolGroup, RedirectingSender, ReplicaReads, Router)
 
 #: The channels a sentinel announces a failover on: the replica it tells
 #: to become master, the same once it has seen it done (up to a second
@@ -519,7 +520,7 @@ class SentinelRouter(ReplicaReads, Router):
 
     def redirect(self, request, reply):
         """
-        Send C{request} (a L{rmux.cluster.Redirectable}) again to its
+        Send C{request} (a L{rmux.router.Redirectable}) again to its
         shard's master if C{reply} says it did not run because the master
         changed, within the retry budget.
 

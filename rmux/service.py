@@ -24,6 +24,7 @@ from twisted.internet.defer import (
     Deferred,
     DeferredList,
     DeferredLock,
+    gatherResults,
     inlineCallbacks,
     maybeDeferred,
     succeed,
@@ -47,7 +48,7 @@ from rmux.reload import (
     nextConfig,
     serverKey,
 )
-from rmux.router import PoolGroup, Router
+from rmux.router import ClusterGroup, PoolGroup, Router
 from rmux.startup import ListeningService, notify
 from rmux.stats import ListenerStats
 from rmux.transport import TCPServerEndpoint, UNIXServerEndpoint
@@ -72,20 +73,30 @@ class _PoolSet:
     @ivar pools: the distinct pools, in configuration order.
     @ivar byServer: the same, by L{serverKey}.
     @ivar created: the pools made here rather than reused.
+    @ivar clusters: the routers of the cluster routes, by their seeds.
+    @ivar createdClusters: those made here rather than reused.
     """
 
-    def __init__(self, reactor, listener, running=None):
+    def __init__(self, reactor, listener, running=None, newCluster=None, runningClusters=None):
         """
         @param listener: the L{rmux.config.ListenerConfig} new pools are
             configured from.
         @param running: the running pools by L{serverKey}, to reuse.
+        @param newCluster: C{newCluster(seeds, poolSet)} makes the
+            L{rmux.cluster.ClusterRouter} of a cluster route.
+        @param runningClusters: the running cluster routes' routers by
+            their seeds, to reuse (with their maps and connections).
         """
         self.reactor = reactor
         self.listener = listener
         self.running = running or {}
+        self.newCluster = newCluster
+        self.runningClusters = runningClusters or {}
         self.pools = []
         self.byServer = {}
         self.created = []
+        self.clusters = {}
+        self.createdClusters = []
         self._tls = None
 
     def pool(self, address):
@@ -124,6 +135,18 @@ class _PoolSet:
         return PoolGroup(pools, placementRing(backends, distribution, hashName),
                          _tag(hashTag), failover)
 
+    def clusterGroup(self, seeds):
+        """
+        A cluster route's group: the running router of the same seeds, or
+        a new one.
+        """
+        cluster = self.clusters.get(seeds) or self.runningClusters.get(seeds)
+        if cluster is None:
+            cluster = self.newCluster(seeds, self)
+            self.createdClusters.append(cluster)
+        self.clusters[seeds] = cluster
+        return ClusterGroup(cluster)
+
     def placement(self):
         """
         The listener's catch-all group and its routes, built from this set.
@@ -138,7 +161,7 @@ class _PoolSet:
         routes = [
             (
                 route.prefix,
-                self.group(
+                self.clusterGroup(route.backends) if route.cluster else self.group(
                     route.backends, route.distribution, route.hash,
                     route.hashTag, route.failover,
                 ),
@@ -222,7 +245,7 @@ class ListenerService(MultiService):
         self.listener = listener
         self.reactor = reactor
         self.retiring = set()
-        pools = _PoolSet(reactor, listener)
+        pools = _PoolSet(reactor, listener, newCluster=self._routeCluster)
         self.stats = ListenerStats()
         if listener.topology == "cluster":
             self.router = self._clusterRouter(pools)
@@ -245,10 +268,10 @@ class ListenerService(MultiService):
             lambda pool, protocol: connectAuthenticated(reactor, pool, protocol),
         )
         self.health.onChange.append(lambda *_: self.hub.placementChanged())
-        if listener.topology != "servers":
-            self.router.onChange.append(self.hub.placementChanged)
-            self.hub.whenPlaced = self._whenMapRead
-            self.hub.refreshPlacement = self.router.refresh
+        # A cluster's map (the listener's, or a route's) moves channels too.
+        self.router.onChange.append(self.hub.placementChanged)
+        self.hub.whenPlaced = self._whenMapRead
+        self.hub.refreshPlacement = self.router.refresh
         self.health.onChange.append(self._backendChanged)
         table = table or CommandTable.default()
         if listener.commands:
@@ -274,24 +297,28 @@ class ListenerService(MultiService):
             )
             tlsService.setServiceParent(self)
 
-    def _clusterRouter(self, pools):
+    def _clusterRouter(self, pools, seeds=None, readFrom=None):
         """
-        The router of a cluster listener: its pools are the nodes', made
+        The router of a cluster listener, or of a cluster route (its
+        C{seeds}; reads from its masters): its pools are the nodes', made
         as the cluster's map names them, with the listener's settings.
         """
         from rmux.cluster import ClusterRouter
 
         listener = self.listener
         return ClusterRouter(
-            self.reactor, listener.backends,
+            self.reactor, seeds or listener.backends,
             # A node found later gets the settings of the day (a reload's).
             lambda address: _newPool(self.reactor, address, self.listener, pools.tls(address)),
             interval=_seconds(listener.clusterRefreshInterval),
             allowFlush=listener.allowFlush, stats=self.stats,
             retire=lambda gone: self.retire(gone),
             retryBudget=_seconds(listener.clusterRetryTime),
-            readFrom=listener.readFrom,
+            readFrom=readFrom or listener.readFrom,
         )
+
+    def _routeCluster(self, seeds, pools):
+        return self._clusterRouter(pools, seeds, readFrom="master")
 
     def _sentinelRouter(self, pools):
         """
@@ -408,7 +435,10 @@ class ListenerService(MultiService):
         """
         if self.listener.topology != "servers":
             return self.router.refresh()
-        return self.health.whenStarted() or succeed(None)
+        started = self.health.whenStarted() or succeed(None)
+        if not self.router.clusters:
+            return started
+        return gatherResults([started, self.router.refresh()])
 
     def describeState(self):
         """
@@ -424,6 +454,8 @@ class ListenerService(MultiService):
         else:
             up = sum(1 for pool in self.pools if self.health.isUp(pool))
             what = "%d of %d backends up" % (up, len(self.pools))
+            for cluster in self.router.clusters:
+                what += ", a cluster route: %d masters" % (len(cluster.pools),)
         return "%s (%s)" % (self.listener.name, what)
 
     def startService(self):
@@ -478,12 +510,16 @@ class ListenerReload:
     def __init__(self, service, listener):
         self.service = service
         self.listener = listener
-        pools = _PoolSet(service.reactor, listener, service._poolsByServer)
+        running = {tuple(cluster.seeds): cluster for cluster in service.router.clusters}
+        pools = _PoolSet(service.reactor, listener, service._poolsByServer,
+                         service._routeCluster, running)
         try:
             default, routes = pools.placement()
         except BaseException:
             for pool in pools.created:
                 pool.stop()
+            for cluster in pools.createdClusters:
+                cluster.stop()
             raise
         self.pools = pools
         self.router = Router(
@@ -495,6 +531,11 @@ class ListenerReload:
         self.backendTLS = pools.tls(self.tlsPools[0].address) if self.tlsPools else None
         staying = set(pools.pools)
         self.removed = [pool for pool in service.pools if pool not in staying]
+        #: Cluster routes' routers: made for the new configuration, and
+        #: running ones it no longer has.
+        self.addedClusters = pools.createdClusters
+        kept = list(pools.clusters.values())
+        self.removedClusters = [c for c in service.router.clusters if c not in kept]
 
     def ready(self):
         """
@@ -502,9 +543,14 @@ class ListenerReload:
         whether they are up before it sends them anything.
 
         @return: a L{Deferred} that fires when each new server has its
-            first verdict, or after the listener's C{startupWait}.
+            first verdict, or after the listener's C{startupWait}, and each
+            new cluster route's first map reading is over.
         """
-        return self.service.health.watch(self.added)
+        reads = []
+        for cluster in self.addedClusters:
+            cluster.start()
+            reads.append(cluster.refresh())
+        return gatherResults([self.service.health.watch(self.added)] + reads)
 
     def apply(self):
         """
@@ -531,6 +577,10 @@ class ListenerReload:
         service.factory.configure(listener)
         service.health.unwatch(self.removed)
         service.retire(self.removed)
+        for cluster in self.removedClusters:
+            # Its nodes' pools deliver what they owe, as a removed server's.
+            cluster.stopRefreshing()
+            service.retire(cluster.ownPools())
         hub = service.hub
         hub.placementChanged()
         for pool in self.removed:
@@ -549,6 +599,8 @@ class ListenerReload:
         self.service.health.unwatch(self.added)
         for pool in self.added:
             pool.stop()
+        for cluster in self.addedClusters:
+            cluster.stop()
 
 
 #: What a cluster or Sentinel listener's router was built from: a reload

@@ -232,8 +232,9 @@ class Options(usage.Options):
                         f"{DEFAULT_TCP_CONNECTIONS.replace(' ', ', ')})")
             print(f"rmux: configuration OK: {describeConfig(self.config)}{note}")
             for listener in self.config.listeners:
-                if listener.topology != "servers":
-                    print("\n".join(probeTopology(listener)))
+                lines = probeTopology(listener)
+                if lines:
+                    print("\n".join(lines))
             raise SystemExit(0)
 
 
@@ -273,43 +274,58 @@ def _ask(address, commands, timeout=1.0):
 
 def probeTopology(listener) -> list[str]:
     """
-    For C{--checkConfig}: ask a cluster listener's seeds for the cluster's
-    state, or a Sentinel listener's sentinels where each master is.  The
-    configuration is valid either way (the seeds may be out of this host's
-    reach); a last line warns when none answered.
+    For C{--checkConfig}: ask a cluster's seeds (the listener's, or a
+    cluster route's) for the cluster's state, or a Sentinel listener's
+    sentinels where each master is.  The configuration is valid either way
+    (they may be out of this host's reach); a last line warns when none of
+    a group answered.
 
-    @return: one line per seed or sentinel, and the warning if any.
+    @return: one line per seed or sentinel, and the warnings if any.
     """
+    if listener.topology == "sentinel":
+        names = [master.host for master in listener.backends]
+        return _probe(listener.name, "sentinel", listener.sentinels,
+                      lambda address: _mastersFound(address, names))
+    groups = [(f"{listener.name}'s route {route.prefix.decode('utf-8', 'replace')!r}",
+               route.backends) for route in listener.routes if route.cluster]
+    if listener.topology == "cluster":
+        groups.insert(0, (listener.name, listener.backends))
+    return [line for owner, seeds in groups
+            for line in _probe(owner, "cluster seed", seeds, _clusterState)]
+
+
+def _probe(owner, kind, addresses, ask):
     lines = []
     answered = False
-    cluster = listener.topology == "cluster"
-    kind = "cluster seed" if cluster else "sentinel"
-    for address in listener.backends if cluster else listener.sentinels:
+    for address in addresses:
         if address.tls:
             lines.append(f"rmux: {kind} {address}: reached over TLS, not checked here")
             answered = True
             continue
         try:
-            if cluster:
-                (info,) = _ask(address, [[b"CLUSTER", b"INFO"]])
-                state = [line for line in info.decode().splitlines()
-                         if line.startswith("cluster_state:")]
-                found = state[0] if state else "no cluster_state"
-            else:
-                names = [master.host for master in listener.backends]
-                replies = _ask(address, [[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME",
-                                          name.encode()] for name in names])
-                found = ", ".join(
-                    f"{name} at {reply[0].decode()}:{reply[1].decode()}" if reply
-                    else f"{name} unknown" for name, reply in zip(names, replies))
+            found = ask(address)
         except (OSError, ValueError) as e:
             lines.append(f"rmux: {kind} {address}: no answer: {e}")
             continue
         answered = True
         lines.append(f"rmux: {kind} {address}: {found}")
     if not answered:
-        lines.append(f"rmux: warning: no {kind} of {listener.name} answered")
+        lines.append(f"rmux: warning: no {kind} of {owner} answered")
     return lines
+
+
+def _clusterState(address):
+    (info,) = _ask(address, [[b"CLUSTER", b"INFO"]])
+    state = [line for line in info.decode().splitlines() if line.startswith("cluster_state:")]
+    return state[0] if state else "no cluster_state"
+
+
+def _mastersFound(address, names):
+    replies = _ask(address, [[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", name.encode()]
+                             for name in names])
+    return ", ".join(
+        f"{name} at {reply[0].decode()}:{reply[1].decode()}" if reply
+        else f"{name} unknown" for name, reply in zip(names, replies))
 
 
 class TwistdOptions(Options):

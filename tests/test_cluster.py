@@ -3,6 +3,7 @@ rmux in front of a real Redis Cluster (L{rmux.cluster}), started by the
 tests; and the cluster's placement, checked against Redis's own vectors.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -16,11 +17,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from rmux import cluster
 from rmux.cluster import SLOTS, SlotMap, keySlot
-from rmux.config import ConfigError, fromFlags
+from rmux.config import BackendAddress, ConfigError, fromFlags, fromJSON
+from rmux.replies import DeferredReply
 from rmux.pubsub import SHARD_CHANNELS
 from rmux.resp import encodeRequest
-from tests.redisserver import REDIS_CLI, startCluster
-from tests.test_integration import ThreadedClients, WriteLoad, startRmux
+from tests.redisserver import REDIS_CLI, startCluster, startRedis
+from tests.test_integration import (
+    ThreadedClients, WriteLoad, socketPath, startListener, startRmux)
 
 
 class KeySlotTests(SynchronousTestCase):
@@ -115,6 +118,81 @@ class KeySlotTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             fromFlags({"cluster": "127.0.0.1:7001", "tcpConnections": "127.0.0.1:6379"})
         self.assertIn("--cluster: not with tcpConnections", str(caught.exception))
+
+
+class ClusterRouteRouterTests(SynchronousTestCase):
+    """
+    A listener's router with a cluster route, on a clock: what waits for
+    the route's map, and where its redirections go.
+    """
+
+    def setUp(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from rmux.commands import CommandTable
+        from rmux.pool import BackendPool
+        from rmux.router import ClusterGroup, PoolGroup, Router
+        from tests.test_sentinel import RecordingSender
+
+        self.clock = MemoryReactorClock()
+        self.server = BackendPool(self.clock, BackendAddress.fromString("server:6379"))
+        seed = BackendAddress.fromString("node-a:7000")
+        self.cluster = cluster.ClusterRouter(
+            self.clock, [seed], lambda address: BackendPool(self.clock, address))
+        self.router = Router(PoolGroup([self.server]),
+                             [(b"c:", ClusterGroup(self.cluster))])
+        self.changes = []
+        self.router.onChange.append(lambda: self.changes.append(True))
+        self.router._watchClusters()
+        self.sender = RecordingSender()
+        self.table = CommandTable.default()
+
+    def route(self, *args):
+        args = list(args)
+        waiter = DeferredReply()
+        self.router.route(args, self.table.lookup(args), waiter, self.sender)
+        return waiter
+
+    def test_waitsForTheMapOnlyForItsKeys(self):
+        """
+        A command for the route's keys waits for its first map, and goes to
+        the slot's master then; other commands do not wait; a command for
+        every server waits too, and then includes the masters.
+        """
+        self.route(b"get", b"c:x")
+        self.route(b"get", b"p:x")
+        self.route(b"dbsize")
+        self.assertEqual([pool for pool, _ in self.sender.sent], [self.server])
+        self.cluster._install(SlotMap([("node-a", 7000)] * SLOTS))
+        self.assertEqual(self.changes, [True])
+        node = self.cluster.owners[0]
+        self.assertEqual([pool for pool, _ in self.sender.sent],
+                         [self.server, node, self.server, node])
+        self.assertEqual(self.router.pools, [self.server, node])
+
+    def test_redirection(self):
+        """
+        A route's node answering C{MOVED} sends the command to the node it
+        names, and the cluster's map learns it; a server's error is the
+        client's.
+        """
+        self.cluster._install(SlotMap([("node-a", 7000)] * SLOTS))
+        moved = self.route(b"get", b"c:x")
+        plain = self.route(b"get", b"p:x")
+        (_, toNode), (_, toServer) = self.sender.sent
+        slot = keySlot(b"c:x")
+        toNode.fill(b"-MOVED %d node-b:7001\r\n" % (slot,))
+        toServer.fill(b"-MOVED %d node-b:7001\r\n" % (slot,))
+        self.assertEqual(self.successResultOf(plain.deferred),
+                         b"-MOVED %d node-b:7001\r\n" % (slot,))
+        self.assertNoResult(moved.deferred)
+        pool, again = self.sender.sent[-1]
+        self.assertEqual((pool.address.host, pool.address.port), ("node-b", 7001))
+        self.assertIs(self.cluster.owners[slot], pool)
+        again.fill(b"$1\r\nv\r\n")
+        self.assertEqual(self.successResultOf(moved.deferred), b"$1\r\nv\r\n")
+        self.assertTrue(self.router.learnMoved(b"-MOVED 1 node-b:7001\r\n", 0))
+        self.assertFalse(self.router.learnMoved(b"-MOVED 1 elsewhere:1\r\n", 0))
 
 
 def _redisPy(path):
@@ -223,11 +301,7 @@ class ClusterTests(TestCase):
         source = yield self.threads.run(self.ownerOf, slot)
         target = next(s for s in self.cluster.servers if s is not source
                       and s.port in {port for _, port in self.rmux.router.map.masters()})
-        targetId = _cli(target, "CLUSTER", "MYID")
-        _cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", _cli(source, "CLUSTER", "MYID"))
-        _cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", targetId)
-        for server in [target, source]:
-            _cli(server, "CLUSTER", "SETSLOT", str(slot), "NODE", targetId)
+        moveSlotSilently(self.cluster, slot, source, target)
         self.assertEqual(self.rmux.router.owners[slot].address.port, source.port)
         moved = self.rmux.router.cluster.moved
         blocked = self.threads.run(self.client.blpop, [key], 10)
@@ -464,20 +538,7 @@ class ClusterTests(TestCase):
         self.assertEqual(self.rmux.router.cluster.ask, asks + 1)
 
     def ownerOf(self, slot):
-        """
-        The master that serves C{slot}, as the cluster says.
-        """
-        import redis
-
-        direct = redis.Redis(host="127.0.0.1", port=self.cluster.servers[0].port)
-        try:
-            ranges = direct.execute_command("CLUSTER SLOTS")
-        finally:
-            direct.close()
-        for start, end, master, *replicas in ranges:
-            if start <= slot <= end:
-                return next(s for s in self.cluster.servers if s.port == master[1])
-        raise AssertionError("nobody serves slot %d" % (slot,))
+        return ownerOf(self.cluster, slot)
 
     @inlineCallbacks
     def test_reshardUnderLoad(self):
@@ -532,6 +593,35 @@ class ClusterTests(TestCase):
         self.assertGreater(self.rmux.router.cluster.moved, 0)
 
 
+def ownerOf(cluster, slot):
+    """
+    The master of C{cluster} that serves C{slot}, as the cluster says.
+    """
+    import redis
+
+    direct = redis.Redis(host="127.0.0.1", port=cluster.servers[0].port)
+    try:
+        ranges = direct.execute_command("CLUSTER SLOTS")
+    finally:
+        direct.close()
+    for start, end, master, *replicas in ranges:
+        if start <= slot <= end:
+            return next(s for s in cluster.servers if s.port == master[1])
+    raise AssertionError("nobody serves slot %d" % (slot,))
+
+
+def moveSlotSilently(cluster, slot, source, target):
+    """
+    Give C{slot} from C{source} to C{target} without migrating anything,
+    as a resharding's last step does, so that a proxy's map is out of date.
+    """
+    targetId = _cli(target, "CLUSTER", "MYID")
+    _cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", _cli(source, "CLUSTER", "MYID"))
+    _cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", targetId)
+    for server in [target, source]:
+        _cli(server, "CLUSTER", "SETSLOT", str(slot), "NODE", targetId)
+
+
 def _cli(server, *arguments):
     return subprocess.run(
         [REDIS_CLI, "-p", str(server.port)] + list(arguments),
@@ -548,6 +638,164 @@ def _commandCalls(server, name):
         if line.startswith("cmdstat_%s:calls=" % (name,)):
             return int(line.split("=", 1)[1].split(",", 1)[0])
     return 0
+
+
+class ClusterRouteTests(TestCase):
+    """
+    A prefix route whose keys a cluster places, beside a listener's own
+    redis-server: one socket serves both, as one server.
+    """
+
+    timeout = 60
+
+    if REDIS_CLI is None:
+        skip = "redis-cli is not installed"
+
+    def setUp(self):
+        self.cluster = startCluster(self)
+        self.server = startRedis(self)
+        seeds = self.cluster.addresses()[:1]
+        listener = fromJSON(json.dumps([{
+            "socket": socketPath(self), "unixConnections": [self.server.path],
+            "routes": [{"prefix": "c:", "cluster": seeds}],
+        }])).listeners[0]
+        self.rmux = startListener(self, listener)
+        self.route = self.rmux.router.clusters[0]
+        self.threads = ThreadedClients(self, size=2)
+        self.client = _redisPy(self.rmux.path)
+        self.addCleanup(self.client.close)
+
+    @inlineCallbacks
+    def test_keysWhereTheyBelong(self):
+        """
+        Keys of the route are on their slots' owners, where a cluster-aware
+        client reads them; the others on the listener's server.  Multi-key
+        and keyspace-wide commands answer as one server over both.
+        """
+        client = self.client
+        clustered = ["c:%d" % (i,) for i in range(300)]
+        plain = ["p:%d" % (i,) for i in range(100)]
+
+        def exchange():
+            # The first command waits for the route's map.
+            client.mset({key: key.upper() for key in clustered + plain})
+            aware = self.clusterClient()
+            return (
+                [aware.get(key) for key in clustered],
+                client.mget(plain[:5] + clustered[:50] + ["c:missing"]),
+                sorted(client.scan_iter(count=50)),
+                client.dbsize(),
+                client.delete(*(clustered[:20] + plain[:10])),
+                client.dbsize(),
+            )
+
+        direct, values, scanned, size, deleted, after = yield self.threads.run(exchange)
+        self.assertEqual(direct, [key.upper().encode() for key in clustered])
+        self.assertEqual(values, [key.upper().encode() for key in plain[:5] + clustered[:50]]
+                         + [None])
+        self.assertEqual(scanned, sorted(key.encode() for key in clustered + plain))
+        self.assertEqual((size, deleted, after), (400, 30, 370))
+        self.assertEqual(self.server.command(b"DBSIZE\r\n"), b":90\r\n")
+        nodes = [int(s.command(b"DBSIZE\r\n")[1:-2]) for s in self.cluster.servers]
+        self.assertTrue(all(size > 50 for size in nodes), nodes)
+
+    @inlineCallbacks
+    def test_movedFollowed(self):
+        """
+        A key of the route whose slot moved without rmux knowing is sent
+        again where the cluster says, and the map learns it; pub/sub on a
+        shard channel of the route works.
+        """
+        key = b"c:moving"
+        yield self.threads.run(self.client.set, key, b"1")
+        slot = keySlot(key)
+        source = yield self.threads.run(ownerOf, self.cluster, slot)
+        target = next(s for s in self.cluster.servers if s is not source)
+        moveSlotSilently(self.cluster, slot, source, target)
+        moved = self.route.cluster.moved
+        # The value stayed on the source: the target answers as a new owner.
+        self.assertEqual((yield self.threads.run(self.client.get, key)), None)
+        self.assertEqual((yield self.threads.run(self.client.set, key, b"2")), True)
+        self.assertEqual(target.command(b"GET c:moving\r\n"), b"$1\r\n2\r\n")
+        self.assertEqual(self.route.cluster.moved, moved + 1)
+        self.assertEqual(self.route.owners[slot].address.port, target.port)
+
+        def shardChannel():
+            pubsub = self.client.pubsub()
+            try:
+                pubsub.ssubscribe("c:news")
+                confirmed = pubsub.get_message(timeout=5)["type"]
+                count = self.client.spublish("c:news", "hello")
+                message = pubsub.get_message(timeout=5)
+                return confirmed, count, message["data"]
+            finally:
+                pubsub.close()
+
+        self.assertEqual((yield self.threads.run(shardChannel)), ("ssubscribe", 1, b"hello"))
+        info = yield self.threads.run(self.client.info, "topology")
+        self.assertEqual((info["topology"], info["cluster_moved"]), ("cluster", moved + 1))
+
+    @inlineCallbacks
+    def test_reload(self):
+        """
+        A reload that keeps a cluster route keeps its router, map and
+        connections; one that adds a route starts its router before
+        switching; one that drops it stops it, and its keys go where the
+        new placement says.
+        """
+        service = self.rmux
+        seeds = self.cluster.addresses()
+
+        def reloadTo(routes):
+            return fromJSON(json.dumps([{
+                "socket": service.path, "unixConnections": [self.server.path],
+                "routes": routes}])).listeners[0]
+
+        yield self.threads.run(self.client.set, "c:kept", "1")
+        reload = service.prepareReload(reloadTo([
+            {"prefix": "c:", "cluster": seeds[:1]},
+            {"prefix": "d:", "cluster": seeds[1:2]}]))
+        yield reload.ready()
+        reload.apply()
+        kept, added = service.router.clusters
+        self.assertIs(kept, self.route)
+        self.assertIsNot(added, kept)
+        self.assertIsNotNone(added.map)
+        yield self.threads.run(self.client.set, "d:new", "2")
+        self.assertEqual((yield self.threads.run(self.clusterClient().get, "d:new")), b"2")
+
+        reload = service.prepareReload(reloadTo([]))
+        yield reload.ready()
+        reload.apply()
+        self.assertEqual(service.router.clusters, [])
+        self.assertFalse(kept._loop.running or added._loop.running)
+        yield self.threads.run(self.client.set, "c:kept", "on the server")
+        self.assertEqual(self.server.command(b"GET c:kept\r\n"),
+                         b"$13\r\non the server\r\n")
+
+    def test_checkConfigAsksTheSeeds(self):
+        """
+        C{--checkConfig} asks a cluster route's seeds too.
+        """
+        from rmux.tap import probeTopology
+
+        lines = probeTopology(fromJSON(json.dumps([{
+            "port": 1, "tcpConnections": ["127.0.0.1:2"],
+            "routes": [{"prefix": "c:", "cluster": ["127.0.0.1:1"]},
+                       {"prefix": "d:", "cluster": self.cluster.addresses()[:1]}],
+        }])).listeners[0])
+        self.assertEqual(len(lines), 3, lines)
+        self.assertTrue(lines[0].startswith("rmux: cluster seed 127.0.0.1:1: no answer: "))
+        self.assertEqual(lines[1], "rmux: warning: no cluster seed of localhost:1's route 'c:' answered")
+        self.assertEqual(lines[2], "rmux: cluster seed %s: cluster_state:ok"
+                         % (self.cluster.addresses()[0],))
+
+    def clusterClient(self):
+        from redis.cluster import RedisCluster
+
+        client = RedisCluster(host="127.0.0.1", port=self.cluster.servers[0].port)
+        self.addCleanup(client.close)
+        return client
 
 
 class ReplicaReadTests(TestCase):

@@ -797,6 +797,21 @@ class RouteConfigTests(ErrorAssertions, SynchronousTestCase):
         self.assertRaises(dataclasses.FrozenInstanceError, setattr, route, "prefix", b"b")
         self.assertRaises(TypeError, RouteConfig, "a:", ["r"])
 
+    def test_clusterRouteInCode(self):
+        """
+        Built in code, a cluster route's seeds are TCP nodes and it has no
+        placement of its own.
+        """
+        self.assertConfigError(
+            "backends[0]: a cluster node is reached over TCP",
+            RouteConfig, prefix=b"s:", backends=["/tmp/node.sock"], cluster=True,
+        )
+        self.assertConfigError(
+            "hashTag: not with cluster: a cluster places keys itself (by hash slot, "
+            "with {hash tags})",
+            RouteConfig, prefix=b"s:", backends=["c1:7000"], hashTag=b"{}", cluster=True,
+        )
+
 
 class RmuxConfigTests(ErrorAssertions, SynchronousTestCase):
     """
@@ -2198,6 +2213,38 @@ class RoutesFromJSONTests(ErrorAssertions, SynchronousTestCase):
     def test_utf8Prefix(self):
         route = self.listener([{"prefix": "caf\u00e9:", "tcpConnections": ["s"]}]).routes[0]
         self.assertEqual(route.prefix, b"caf\xc3\xa9:")
+
+    def test_clusterRoute(self):
+        """
+        A route's keys may be a Redis Cluster's, given by its seeds; it
+        takes none of the listener's placement.
+        """
+        listener = self.listener(
+            [{"prefix": "s:", "cluster": ["10.0.0.1:7000", "rediss://10.0.0.2:7001"]}],
+            hashTag="{}", distribution="ketama",
+        )
+        route = listener.routes[0]
+        self.assertTrue(route.cluster)
+        self.assertEqual([(seed.host, seed.port, seed.tls) for seed in route.backends],
+                         [("10.0.0.1", 7000, False), ("10.0.0.2", 7001, True)])
+        self.assertEqual((route.hashTag, route.failover, route.distribution),
+                         (None, False, "rmux"))
+        self.assertFalse(self.listener([{"prefix": "a:", "tcpConnections": ["s"]}])
+                         .routes[0].cluster)
+
+    def test_clusterRouteRefusesPlacement(self):
+        for extra in [{"tcpConnections": ["s"]}, {"hashTag": "{}"}, {"failover": True}]:
+            field = next(iter(extra))
+            self.assertConfigError(
+                "listener 1: routes[0]: %s: not with cluster: a cluster places keys "
+                "itself (by hash slot, with {hash tags})" % (field,),
+                self.listener, [dict({"prefix": "s:", "cluster": ["c1:7000"]}, **extra)],
+            )
+        self.assertConfigError(
+            'listener 1: routes[0]: cluster: at least one seed node, as in '
+            '"cluster": ["10.0.0.1:6379"]',
+            self.listener, [{"prefix": "s:", "cluster": []}],
+        )
 
     def test_ownBackendInRoute(self):
         self.assertConfigError(

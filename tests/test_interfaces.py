@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from rmux.cluster import ClusterRouter, Redirectable, RedirectingSender
+from rmux.cluster import ClusterRouter
 from rmux.commands import CommandTable
 from rmux.config import BackendAddress, fromFlags
 from rmux.health import HealthMonitor
@@ -21,7 +21,7 @@ from rmux.interfaces import (
 from rmux.pool import BackendPool, BackendProtocol
 from rmux.proxy import ProxyFactory
 from rmux.replies import IgnoredReply, PipelineWaiter, ReplyQueue
-from rmux.router import FanOut, PoolGroup, Router
+from rmux.router import FanOut, PoolGroup, Redirectable, RedirectingSender, Router
 from rmux.sentinel import SentinelRouter
 from rmux.stats import ListenerStats
 

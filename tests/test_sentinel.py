@@ -15,12 +15,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from rmux.cluster import RETRY_DELAY, Redirectable
 from rmux.config import BackendAddress, ConfigError, fromFlags
 from rmux.hashing import RmuxRing
 from rmux.interfaces import IRequestSender
 from rmux.pool import BackendPool
 from rmux.replies import DeferredReply
+from rmux.router import RETRY_DELAY, Redirectable
 from rmux.sentinel import SentinelRouter, parseMasterAddress, parseReplicas
 from tests.redisserver import RedisSentinel, RedisServer, startRedis, startSentinels
 from tests.test_integration import ThreadedClients, WriteLoad, socketPath, startListener

@@ -379,6 +379,8 @@ def routeFromJSON(
     )
     if "prefix" not in raw:
         raise routePlace.error('prefix: required, as in "prefix": "session:"')
+    if "cluster" in raw:
+        return _clusterRoute(raw, routePlace)
     kwargs: dict[str, Any] = dict(listener)
     for name in ("distribution", "hash", "hashTag", "failover"):
         if name in raw:
@@ -396,6 +398,27 @@ def routeFromJSON(
     except ConfigError as e:
         raise placeError(str(e), raw, routePlace, labels) from None
     return route, labels, distribution == "ketama" and "hash" not in raw
+
+
+def _clusterRoute(raw: Mapping[str, Any], place: Place) -> tuple[RouteConfig, list[str], bool]:
+    """
+    A route whose keys a Redis Cluster places: its C{cluster} seeds, and
+    none of the listener's placement (which it does not inherit).
+    """
+    others = [name for name in raw if name not in ("prefix", "cluster")]
+    if others:
+        raise place.error(
+            f"{', '.join(others)}: not with cluster: a cluster places keys itself "
+            "(by hash slot, with {hash tags})"
+        )
+    seeds, labels = backendsFromRaw(raw, place, (("cluster", "tcp"),))
+    if not seeds:
+        raise place.error('cluster: at least one seed node, as in "cluster": ["10.0.0.1:6379"]')
+    try:
+        route = RouteConfig(prefix=raw["prefix"], backends=seeds, cluster=True)
+    except ConfigError as e:
+        raise placeError(str(e), raw, place, labels) from None
+    return route, labels, False
 
 
 
@@ -479,6 +502,7 @@ _BACKEND_FIELDS: dict[str, Callable[[object, str], Any]] = {}
 _ROUTE_FIELDS.update(
     {
         "prefix": jsonString,
+        "cluster": jsonBackendList,
         "tcpConnections": jsonBackendList,
         "unixConnections": jsonBackendList,
         "distribution": jsonString,

@@ -196,6 +196,9 @@ class RouteConfig:
         L{ListenerConfig}.
     @ivar failover: Whether a key whose backend is down goes to another
         backend of this route.
+    @ivar cluster: Whether L{backends} are the seed nodes of a Redis
+        Cluster, which then places the route's keys by hash slot (its own
+        C{{hash tags}}); such a route takes no placement fields.
     """
 
     prefix: bytes
@@ -204,6 +207,7 @@ class RouteConfig:
     hash: str = _default("hash")
     hashTag: bytes | None = None
     failover: bool = False
+    cluster: bool = False
 
     def __post_init__(self) -> None:
         prefix = self.prefix
@@ -219,6 +223,28 @@ class RouteConfig:
             )
         _placementFields(self)
         checkBool(self.failover, "failover")
+        checkBool(self.cluster, "cluster")
+        if self.cluster:
+            _checkClusterRoute(self)
+
+
+def _checkClusterRoute(route: RouteConfig) -> None:
+    """
+    A cluster route's seeds are TCP nodes, and the cluster alone places
+    its keys.
+    """
+    for index, seed in enumerate(route.backends):
+        if seed.kind != "tcp":
+            raise ConfigError(f"backends[{index}]: a cluster node is reached over TCP")
+    placed = [name for name, value in (
+        ("hashTag", route.hashTag), ("failover", route.failover),
+        ("distribution", route.distribution != _default("distribution")),
+    ) if value]
+    if placed:
+        raise ConfigError(
+            f"{', '.join(placed)}: not with cluster: a cluster places keys itself "
+            "(by hash slot, with {hash tags})"
+        )
 
 
 def _placementFields(config: ListenerConfig | RouteConfig) -> None:
