@@ -611,6 +611,12 @@ class ClusterRouter(ReplicaReads, Router):
             raise PlacementError.because("rmux: the cluster's slot map is not known yet")
         return self.pools[0]
 
+    def patternPools(self):
+        return self.pools[:1]
+
+    def patternPoolOf(self, pool):
+        return self.pools[0] if self.pools else pool
+
     def livePools(self):
         if not self.pools:
             raise PlacementError.because("rmux: the cluster's slot map is not known yet")

@@ -117,6 +117,19 @@ class IRouter(Interface):
         with failover), a cluster's map known, every Sentinel master found.
         """
 
+    def patternPools():
+        """
+        Where a pattern subscription must be to see every PUBLISH once: each
+        independent server, and one node of a cluster (which propagates a
+        PUBLISH to all its nodes).
+        """
+
+    def patternPoolOf(pool):
+        """
+        The pool of L{patternPools} whose pattern subscriptions see what
+        is published on C{pool}.
+        """
+
     def topologySnapshot():
         """
         What the placement is made of, for INFO and /metrics: a dict with

@@ -842,7 +842,8 @@ class SubscriptionHub(object):
             the server a channel (or shard channel) lives on, or raises
             L{rmux.router.PlacementError} if it cannot be placed right now.
         @param allPools: C{allPools()} returns the pools of every server,
-            on each of which patterns are subscribed.
+            on each of which the invalidations channel is subscribed, and
+            patterns unless L{patternPools} says otherwise.
         @param openConnection: C{openConnection(pool, protocol)} connects
             the given protocol instance to the pool's server and returns a
             L{Deferred} that fires once it is ready for C{SUBSCRIBE} (after
@@ -852,6 +853,14 @@ class SubscriptionHub(object):
         self.reactor = reactor
         self.placeChannel = placeChannel
         self.allPools = allPools
+        #: C{patternPools()} returns where patterns are subscribed: one
+        #: server of each group that PUBLISH reaches as one (a cluster
+        #: propagates it to every node: a pattern on each would get each
+        #: message once per node).
+        self.patternPools = allPools
+        #: C{patternPoolOf(pool)} returns the pool of L{patternPools} that
+        #: sees what is published on C{pool}: itself, or a cluster's node.
+        self.patternPoolOf = lambda pool: pool
         #: L{None} when channels can be placed now, else a L{Deferred}
         #: that fires when they may be (see L{rmux.service.ListenerService}).
         self.whenPlaced = lambda: None
@@ -1036,7 +1045,7 @@ class SubscriptionHub(object):
                     # A pattern follows the set of servers (a reload may
                     # add or remove some).
                     if everywhere is None:
-                        everywhere = tuple(self.backendFor(pool) for pool in self.allPools())
+                        everywhere = tuple(self.backendFor(pool) for pool in self.patternPools())
                     if not everywhere or set(backends) == set(everywhere):
                         continue
                     state.keys[key] = everywhere
@@ -1149,7 +1158,7 @@ class SubscriptionHub(object):
             # read: subscribe once that is over, as other commands wait.
             return waiting.addCallback(lambda _: self._subscribe(client, state, key, True))
         if kind.everywhere or name == INVALIDATIONS:
-            pools = self.allPools()
+            pools = self.patternPools() if kind.everywhere else self.allPools()
             if not pools:
                 return errorReply("rmux: no backend to subscribe on")
         else:
@@ -1316,21 +1325,23 @@ def _classMatch(pattern, p, c):
     return p, matched != negate
 
 
-def _receivers(backend, kind, channel):
+def _receivers(backend, kind, channel, patterns):
     """
-    On one backend subscriber: how many of its own subscriptions receive
-    C{channel} (what the server counts for rmux), and how many rmux
-    clients' subscriptions do (what it would count without rmux).
+    For a message on C{channel} published on C{backend}'s server: how many
+    of rmux's own subscriptions there receive it (what the server counts
+    for rmux), and how many rmux clients' subscriptions receive it, those
+    of the C{patterns} backend included (what one server would count).
     """
     mine = theirs = 0
     key = (kind, channel)
-    if key in backend.active:
-        mine += 1
-    theirs += len(backend.wanted.get(key, ()))
-    if kind is CHANNELS:
-        for (other, pattern), clients in backend.wanted.items():
+    if backend is not None:
+        mine += key in backend.active
+        theirs += len(backend.wanted.get(key, ()))
+    if kind is CHANNELS and patterns is not None:
+        for (other, pattern), clients in patterns.wanted.items():
             if other is PATTERNS and stringMatch(pattern, channel):
-                mine += (other, pattern) in backend.active
+                if patterns is backend:
+                    mine += (other, pattern) in backend.active
                 theirs += len(clients)
     return mine, theirs
 
@@ -1365,10 +1376,10 @@ class _Recount(object):
         if self.name in ("publish", "spublish"):
             if reply[:1] != b":":
                 return reply
-            backend = hub.backends.get(hub.placeChannel(self.args[1]))
-            if backend is None:
-                return reply
-            mine, theirs = _receivers(backend, kind, self.args[1])
+            pool = hub.placeChannel(self.args[1])
+            backends = hub.backends
+            mine, theirs = _receivers(backends.get(pool), kind, self.args[1],
+                                      backends.get(hub.patternPoolOf(pool)))
             return b":%d\r\n" % (int(reply[1:-2]) - mine + theirs,)
         if reply[:1] not in (b"*", b"%"):
             return reply

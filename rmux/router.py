@@ -248,6 +248,21 @@ class ClusterRoutes:
             raise MapPending(cluster)
         return cluster.poolForKey(key)
 
+    def patternPools(self):
+        """
+        The servers, and one master of each cluster route (see
+        L{rmux.interfaces.IRouter.patternPools}).
+        """
+        return [pool for pool in self.pools
+                if not any(cluster.owns(pool) for cluster in self.clusters)] + [
+            cluster.pools[0] for cluster in self.clusters if cluster.pools]
+
+    def patternPoolOf(self, pool):
+        for cluster in self.clusters:
+            if cluster.owns(pool):
+                return cluster.patternPoolOf(pool)
+        return pool
+
     def learnMoved(self, reply, redirects):
         """
         A cluster route's node moved a blocking command's slot: its cluster

@@ -270,6 +270,8 @@ class ListenerService(MultiService):
         self.health.onChange.append(lambda *_: self.hub.placementChanged())
         # A cluster's map (the listener's, or a route's) moves channels too.
         self.router.onChange.append(self.hub.placementChanged)
+        self.hub.patternPools = self.router.patternPools
+        self.hub.patternPoolOf = self.router.patternPoolOf
         self.hub.whenPlaced = self._whenMapRead
         self.hub.refreshPlacement = self.router.refresh
         self.health.onChange.append(self._backendChanged)

@@ -290,6 +290,16 @@ class ClusterTests(TestCase):
             + [("message", b"plain", b"to plain")]))
 
     @inlineCallbacks
+    def test_patternSeesEachMessageOnce(self):
+        """
+        The cluster propagates a PUBLISH to every node: a pattern is
+        subscribed on one of them, so its subscriber gets each message
+        once, and PUBLISH counts it, whichever node the channel is on.
+        """
+        yield self.threads.run(patternSeesEachMessageOnce, self, self.client,
+                               ["news", "sport", "weather", "{x}1"])
+
+    @inlineCallbacks
     def test_blockingFollowsMoved(self):
         """
         A blocking command sent where rmux's map says, after its slot moved
@@ -593,6 +603,28 @@ class ClusterTests(TestCase):
         self.assertGreater(self.rmux.router.cluster.moved, 0)
 
 
+def patternSeesEachMessageOnce(testCase, client, channels):
+    """
+    Subscribe a pattern matching C{channels} and one of them, publish to
+    each: every message arrives once, and PUBLISH counts its receivers.
+    """
+    pubsub = client.pubsub()
+    try:
+        pubsub.psubscribe("*")
+        pubsub.subscribe(channels[0])
+        testCase.assertEqual([pubsub.get_message(timeout=5)["type"] for _ in range(2)],
+                             ["psubscribe", "subscribe"])
+        counts = [client.publish(channel, "to " + channel) for channel in channels]
+        received = []
+        while (message := pubsub.get_message(timeout=0.5)) is not None:
+            received.append((message["type"], message["channel"].decode()))
+    finally:
+        pubsub.close()
+    testCase.assertEqual(counts, [2] + [1] * (len(channels) - 1))
+    testCase.assertEqual(sorted(received), sorted(
+        [("message", channels[0])] + [("pmessage", channel) for channel in channels]))
+
+
 def ownerOf(cluster, slot):
     """
     The master of C{cluster} that serves C{slot}, as the cluster says.
@@ -732,6 +764,8 @@ class ClusterRouteTests(TestCase):
                 pubsub.close()
 
         self.assertEqual((yield self.threads.run(shardChannel)), ("ssubscribe", 1, b"hello"))
+        yield self.threads.run(patternSeesEachMessageOnce, self, self.client,
+                               ["c:news", "c:sport", "c:weather", "plain"])
         info = yield self.threads.run(self.client.info, "topology")
         self.assertEqual((info["topology"], info["cluster_moved"]), ("cluster", moved + 1))
 

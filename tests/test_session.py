@@ -189,6 +189,12 @@ class FakeRouter:
     def passThroughPool(self, commands):
         return None
 
+    def patternPools(self):
+        return self.pools
+
+    def patternPoolOf(self, pool):
+        return pool
+
     def topologySnapshot(self):
         return {"kind": "servers", "counters": {}, "nodes": {}}
 
