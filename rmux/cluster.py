@@ -497,15 +497,18 @@ class ClusterRouter(ReplicaReads, Router):
         except (ValueError, UnicodeDecodeError):
             return False
 
-    def learnMoved(self, reply, redirects):
-        if redirects >= MAX_REDIRECTS or not reply.startswith(b"-MOVED "):
-            return False
+    def blockingRedirect(self, reply, redirects):
+        if redirects >= MAX_REDIRECTS or not reply.startswith(_MOVED):
+            return None
         try:
-            _, slot, pool = self._redirection(reply)
+            kind, slot, pool = self._redirection(reply)
         except (ValueError, UnicodeDecodeError):
-            return False
-        self._moved(slot, pool)
-        return True
+            return None
+        if kind == b"MOVED":
+            self._moved(slot, pool)
+            return pool, False
+        self.cluster.ask += 1
+        return pool, True
 
     def _retry(self, request):
         """

@@ -150,15 +150,16 @@ class IRouter(Interface):
         that lets the router send it again (a cluster's redirections).
         """
 
-    def learnMoved(reply, redirects):
+    def blockingRedirect(reply, redirects):
         """
         A command on a dedicated connection (a blocking one) got C{reply},
         having followed C{redirects} redirections already: if it is a
-        cluster's C{-MOVED} the command may still follow, take the slot's
-        new owner into the placement, so that the command can be placed
-        again.
+        cluster's C{-MOVED} or C{-ASK} the command may still follow, say
+        where it goes (a C{MOVED} also takes the slot's new owner into the
+        placement).
 
-        @return: whether it is to be placed again.
+        @return: L{None}, or C{(pool, asking)}: send it on a dedicated
+            connection to C{pool}, after C{ASKING} if C{asking}.
         """
 
 

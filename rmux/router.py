@@ -263,15 +263,15 @@ class ClusterRoutes:
                 return cluster.patternPoolOf(pool)
         return pool
 
-    def learnMoved(self, reply, redirects):
+    def blockingRedirect(self, reply, redirects):
         """
-        A cluster route's node moved a blocking command's slot: its cluster
-        learns it (independent servers never redirect).
+        A cluster route's node redirected a blocking command: its cluster
+        says where (independent servers never redirect).
         """
         for cluster in self.clusters:
             if cluster.knowsTarget(reply):
-                return cluster.learnMoved(reply, redirects)
-        return False
+                return cluster.blockingRedirect(reply, redirects)
+        return None
 
     def _countMasters(self):
         """

@@ -46,6 +46,9 @@ __all__ = ["Session", "ScriptCache", "SESSION_COMMANDS", "blockingReadTimeout"]
 SCRIPT_SOURCES = frozenset(["script|load", "eval", "eval_ro"])
 SHA_COMMANDS = frozenset(["evalsha", "evalsha_ro"])
 
+#: Sent before a command a cluster's C{-ASK} sent to another node.
+_ASKING = [b"ASKING"]
+
 #: Where each blocking command keeps its timeout: (argument index, unit in
 #: seconds); an index of -1 is the last argument.
 _BLOCKING_TIMEOUTS = {
@@ -171,11 +174,14 @@ class _Blocked:
         connection.readTimeout = connection.pool.readTimeout
         if self.giveBack:
             connection.pool.checkin(connection)
-            # A node refuses a slot it no longer serves before blocking:
-            # the command goes again to the slot's owner.
-            if session.client is not None and session.router.learnMoved(reply, self.redirects):
+            # A node refuses a slot it no longer serves (or a key it has
+            # migrated) before blocking: the command goes where it says.
+            redirect = None
+            if session.client is not None:
+                redirect = session.router.blockingRedirect(reply, self.redirects)
+            if redirect is not None:
                 args, spec = self.command
-                session.blocking(args, spec, self.slot, self.redirects + 1)
+                session.blocking(args, spec, self.slot, self.redirects + 1, redirect)
                 return
         self.slot.fill(reply)
         self.client.release()
@@ -379,18 +385,23 @@ class Session:
 
     # Blocking commands
 
-    def blocking(self, args, spec, slot=None, redirects=0):
+    def blocking(self, args, spec, slot=None, redirects=0, redirect=None):
         """
         Run a blocking command on a dedicated connection, with its own
         timeout instead of the remote read timeout; the client's later
         commands wait for it, as they would on Redis.
 
         @param slot: the command's place in the reply queue, when it is
-            placed again after a cluster's C{MOVED} (C{redirects} times).
+            sent again after a cluster's redirection (C{redirects} times).
+        @param redirect: C{(pool, asking)}, where that redirection said.
         """
         pin = self.pin
+        asking = False
         try:
-            pool = self._targetPool(args, spec)
+            if redirect is None:
+                pool = self._targetPool(args, spec)
+            else:
+                pool, asking = redirect
         except PlacementError as e:
             if slot is None:
                 self.client.reply(e.reply)
@@ -405,6 +416,8 @@ class Session:
             connection.readTimeout = blockingReadTimeout(args, spec.name, pool.readTimeout)
             self.blockedOn = connection
             connection.blocking = True
+            if asking:
+                self.sendDedicated(connection, _ASKING, IgnoredReply())
             self.sendDedicated(connection, args, _Blocked(
                 self, slot, connection, pin is None, (args, spec), redirects))
 

@@ -191,8 +191,9 @@ class ClusterRouteRouterTests(SynchronousTestCase):
         self.assertIs(self.cluster.owners[slot], pool)
         again.fill(b"$1\r\nv\r\n")
         self.assertEqual(self.successResultOf(moved.deferred), b"$1\r\nv\r\n")
-        self.assertTrue(self.router.learnMoved(b"-MOVED 1 node-b:7001\r\n", 0))
-        self.assertFalse(self.router.learnMoved(b"-MOVED 1 elsewhere:1\r\n", 0))
+        self.assertEqual(self.router.blockingRedirect(b"-ASK 1 node-b:7001\r\n", 0),
+                         (pool, True))
+        self.assertIsNone(self.router.blockingRedirect(b"-MOVED 1 elsewhere:1\r\n", 0))
 
 
 def _redisPy(path):
@@ -546,6 +547,33 @@ class ClusterTests(TestCase):
         stays = yield self.threads.run(client.get, "{m}:stays")
         self.assertEqual((moved, stays), (b"here", b"there"))
         self.assertEqual(self.rmux.router.cluster.ask, asks + 1)
+
+    @inlineCallbacks
+    def test_blockingFollowsAsk(self):
+        """
+        A blocking command on a key of a slot being migrated, and not on
+        the old node, meets C{ASK}: it is sent with C{ASKING} to the new
+        node, where it blocks until a push (through rmux, following the
+        same C{ASK}) wakes it.
+        """
+        key = b"{q}:queue"
+        slot = keySlot(key)
+        source = yield self.threads.run(self.ownerOf, slot)
+        target = next(s for s in self.cluster.servers if s is not source)
+        _cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", _cli(source, "CLUSTER", "MYID"))
+        _cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", _cli(target, "CLUSTER", "MYID"))
+        asks = self.rmux.router.cluster.ask
+        blocked = self.threads.run(self.client.blpop, [key], 10)
+        deadline = reactor.seconds() + 5
+        while (b"cmd=blpop" not in target.command(b"CLIENT LIST\r\n")
+               and reactor.seconds() < deadline):
+            yield deferLater(reactor, 0.05, lambda: None)
+        other = _redisPy(self.rmux.path)
+        self.addCleanup(other.close)
+        yield self.threads.run(other.rpush, key, b"woken")
+        self.assertEqual((yield blocked), (key, b"woken"))
+        self.assertEqual(self.rmux.router.cluster.ask, asks + 2)
+        self.assertEqual(self.rmux.router.owners[slot].address.port, source.port)
 
     def ownerOf(self, slot):
         return ownerOf(self.cluster, slot)

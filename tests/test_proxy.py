@@ -47,8 +47,8 @@ class RecordingRouter:
     def passThroughPool(self, commands):
         return self.passThroughTo
 
-    def learnMoved(self, reply, redirects):
-        return False
+    def blockingRedirect(self, reply, redirects):
+        return None
 
     def passThroughSender(self, sender):
         return sender

@@ -201,8 +201,8 @@ class FakeRouter:
     def ready(self):
         return True
 
-    def learnMoved(self, reply, redirects):
-        return False
+    def blockingRedirect(self, reply, redirects):
+        return None
 
     def passThroughSender(self, sender):
         return sender
