@@ -232,16 +232,23 @@ class ClusterRoutes:
             pools.extend(pool for pool in cluster.pools if pool not in pools)
         self.pools = pools
 
+    def clusterOf(self, pool):
+        """
+        The cluster route whose node C{pool} is, or L{None}: a server's.
+        """
+        for cluster in self.clusters:
+            if cluster.owns(pool):
+                return cluster
+        return None
+
     def redirect(self, request, reply):
         """
         A cluster route's redirection or retry, by the cluster whose node
         C{request} went to (see L{Redirectable}); a server's errors are the
         client's.
         """
-        for cluster in self.clusters:
-            if cluster.owns(request.pool):
-                return cluster.redirect(request, reply)
-        return False
+        cluster = self.clusterOf(request.pool)
+        return cluster is not None and cluster.redirect(request, reply)
 
     def _clusterPool(self, cluster, key):
         if cluster.map is None:
@@ -253,15 +260,12 @@ class ClusterRoutes:
         The servers, and one master of each cluster route (see
         L{rmux.interfaces.IRouter.patternPools}).
         """
-        return [pool for pool in self.pools
-                if not any(cluster.owns(pool) for cluster in self.clusters)] + [
+        return [pool for pool in self.pools if self.clusterOf(pool) is None] + [
             cluster.pools[0] for cluster in self.clusters if cluster.pools]
 
     def patternPoolOf(self, pool):
-        for cluster in self.clusters:
-            if cluster.owns(pool):
-                return cluster.patternPoolOf(pool)
-        return pool
+        cluster = self.clusterOf(pool)
+        return pool if cluster is None else cluster.patternPoolOf(pool)
 
     def blockingRedirect(self, reply, redirects):
         """
@@ -367,8 +371,7 @@ class Router(ClusterRoutes):
                 )
                 return
         try:
-            self._place(args, spec, waiter,
-                        RedirectingSender(self, sender) if self.clusters else sender, payload)
+            self._place(args, spec, waiter, self.passThroughSender(sender), payload)
         except MapPending as e:
             e.cluster.whenReady().addCallback(
                 lambda _: self.route(args, spec, waiter, sender, payload))
@@ -517,8 +520,7 @@ class Router(ClusterRoutes):
                     return None
         except PlacementError:
             return None
-        if len(commands) > 1 and self.clusters and any(
-                cluster.owns(pool) for cluster in self.clusters):
+        if len(commands) > 1 and self.clusterOf(pool) is not None:
             # A batch could meet a redirection part way (see ClusterRouter).
             return None
         return pool
@@ -579,10 +581,10 @@ class Router(ClusterRoutes):
         @return: C{(unit, pool)}.
         """
         pool = self.poolForKey(key)
-        for cluster in self.clusters:
-            if cluster.owns(pool):
-                # A node refuses keys of several slots in one command.
-                return (pool, cluster.shardOfKey(key)), pool
+        cluster = self.clusterOf(pool)
+        if cluster is not None:
+            # A node refuses keys of several slots in one command.
+            return (pool, cluster.shardOfKey(key)), pool
         return pool, pool
 
     def _all(self, args, spec, waiter, sender):
