@@ -34,7 +34,7 @@ from rmux.interfaces import IRouter
 from rmux.replies import DeferredReply, IgnoredReply
 from rmux.resp import encodeRequest, errorReply
 from rmux.router import (
-    RETRY_DELAY, PlacementError, RedirectingSender, ReplicaReads, Router)
+    RETRY_DELAY, SLOT_CROSSSLOT, PlacementError, RedirectingSender, ReplicaReads, Router)
 
 SLOTS = 16384
 
@@ -42,9 +42,6 @@ SLOTS = 16384
 #: C{-CLUSTERDOWN} before the client gets the error (redis-py's cluster
 #: client follows 16; a map refreshed on the first MOVED needs one).
 MAX_REDIRECTS = 5
-
-#: Redis Cluster's error for keys in several slots, byte for byte.
-CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 
 _ASKING = encodeRequest([b"ASKING"])
 _CLUSTER_SLOTS = encodeRequest([b"CLUSTER", b"SLOTS"])
@@ -579,7 +576,7 @@ class ClusterRouter(ReplicaReads, Router):
         slot = keySlot(keys[0])
         for key in keys[1:]:
             if keySlot(key) != slot:
-                raise PlacementError(CROSSSLOT)
+                raise PlacementError(SLOT_CROSSSLOT)
         return self.poolForKey(keys[0])
 
     def ready(self):

@@ -27,6 +27,9 @@ _CHANNEL_COMMANDS = frozenset(["publish", "spublish"])
 CROSSSLOT = (
     b"-CROSSSLOT Keys in request don't hash to the same server behind rmux\r\n"
 )
+#: Redis Cluster's error for keys in several slots, byte for byte, for keys
+#: a cluster places (a listener's or a route's).
+SLOT_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 
 #: How long a command waits before it is sent again after C{-TRYAGAIN},
 #: C{-CLUSTERDOWN} or a lost connection (a failover in progress).
@@ -467,6 +470,11 @@ class Router(ClusterRoutes):
         if not keys:
             return None
         pool = self.poolForKey(keys[0])
+        cluster = self.clusterOf(pool)
+        if cluster is not None:
+            slot = cluster.shardOfKey(keys[0])
+            if any(cluster.shardOfKey(key) != slot for key in keys[1:]):
+                raise PlacementError(SLOT_CROSSSLOT)
         for key in keys[1:]:
             if self.poolForKey(key) is not pool:
                 raise PlacementError(CROSSSLOT)

@@ -760,6 +760,43 @@ class ClusterRouteTests(TestCase):
         self.assertTrue(all(size > 50 for size in nodes), nodes)
 
     @inlineCallbacks
+    def test_singleNodeCommands(self):
+        """
+        Transactions, scripts and blocking commands on the route's keys run
+        on their slot's node; keys of several slots get Redis's CROSSSLOT.
+        """
+        import redis
+
+        client = self.client
+
+        def exchange():
+            pipe = client.pipeline(transaction=True)
+            pipe.set("c:{u}:a", "1").incr("c:{u}:b").get("c:{u}:a")
+            transaction = pipe.execute()
+            script = client.eval("return redis.call('incrby', KEYS[1], ARGV[1])",
+                                 1, "c:{u}:b", 5)
+            with self.assertRaises(redis.ResponseError) as caught:
+                client.rename("c:{u}:a", "c:{v}:a")
+            return transaction, script, str(caught.exception)
+
+        transaction, script, crossSlot = yield self.threads.run(exchange)
+        self.assertEqual(transaction, [True, 1, b"1"])
+        self.assertEqual(script, 6)
+        self.assertEqual(crossSlot, "Keys in request don't hash to the same slot")
+        owner = yield self.threads.run(ownerOf, self.cluster, keySlot(b"c:{u}:b"))
+        self.assertEqual(owner.command(b"GET c:{u}:b\r\n"), b"$1\r\n6\r\n")
+
+        blocked = self.threads.run(client.blpop, ["c:queue"], 10)
+        other = _redisPy(self.rmux.path)
+        self.addCleanup(other.close)
+        deadline = reactor.seconds() + 5
+        while not any(b"cmd=blpop" in s.command(b"CLIENT LIST\r\n")
+                      for s in self.cluster.servers) and reactor.seconds() < deadline:
+            yield deferLater(reactor, 0.05, lambda: None)
+        yield self.threads.run(other.rpush, "c:queue", "job")
+        self.assertEqual((yield blocked), (b"c:queue", b"job"))
+
+    @inlineCallbacks
     def test_movedFollowed(self):
         """
         A key of the route whose slot moved without rmux knowing is sent
