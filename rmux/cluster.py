@@ -34,7 +34,7 @@ from rmux.interfaces import IRouter
 from rmux.replies import DeferredReply, IgnoredReply
 from rmux.resp import encodeRequest, errorReply
 from rmux.router import (
-    RETRY_DELAY, SLOT_CROSSSLOT, PlacementError, RedirectingSender, ReplicaReads, Router)
+    MAP_UNKNOWN, RETRY_DELAY, SLOT_CROSSSLOT, PlacementError, RedirectingSender, ReplicaReads, Router)
 
 SLOTS = 16384
 
@@ -376,6 +376,11 @@ class ClusterRouter(ReplicaReads, Router):
         self.cluster.refreshes += 1
         done, self._refreshing = self._refreshing, None
         done.callback(None)
+        # Commands waiting for a first map go on, to the map read, or to
+        # an error if none could be: no command waits longer than a read.
+        ready, self._ready = self._ready, []
+        for waiter in ready:
+            waiter.callback(None)
 
     def _install(self, slotMap):
         masters = slotMap.masters()
@@ -398,9 +403,6 @@ class ClusterRouter(ReplicaReads, Router):
             del self.byNode[(pool.address.host, pool.address.port)]
         if gone:
             self.retire(gone)
-        ready, self._ready = self._ready, []
-        for waiter in ready:
-            waiter.callback(None)
         if current != previous:
             self.log.info(
                 "rmux: cluster map: {masters} masters ({nodes})",
@@ -413,7 +415,8 @@ class ClusterRouter(ReplicaReads, Router):
 
     def whenReady(self):
         """
-        A L{Deferred} that fires once a map is known (or the router stops).
+        A L{Deferred} that fires when the map read in progress (or started
+        now) is over, whether it found a map or not, or the router stops.
         """
         waiter = Deferred()
         self._ready.append(waiter)
@@ -532,7 +535,7 @@ class ClusterRouter(ReplicaReads, Router):
 
     def _routeKnown(self, args, spec, waiter, sender, payload):
         if self.map is None:
-            waiter.fill(errorReply("rmux: the cluster's slot map is not known"))
+            waiter.fill(errorReply(MAP_UNKNOWN))
             return
         try:
             self._place(args, spec, waiter, RedirectingSender(self, sender), payload)
@@ -556,7 +559,7 @@ class ClusterRouter(ReplicaReads, Router):
         pool = self.owners[keySlot(key)]
         if pool is None:
             if self.map is None:
-                raise PlacementError.because("rmux: the cluster's slot map is not known yet")
+                raise PlacementError.because(MAP_UNKNOWN)
             raise PlacementError(b"-CLUSTERDOWN Hash slot not served\r\n")
         return pool
 
@@ -608,7 +611,7 @@ class ClusterRouter(ReplicaReads, Router):
 
     def anyPool(self):
         if not self.pools:
-            raise PlacementError.because("rmux: the cluster's slot map is not known yet")
+            raise PlacementError.because(MAP_UNKNOWN)
         return self.pools[0]
 
     def patternPools(self):
@@ -619,7 +622,7 @@ class ClusterRouter(ReplicaReads, Router):
 
     def livePools(self):
         if not self.pools:
-            raise PlacementError.because("rmux: the cluster's slot map is not known yet")
+            raise PlacementError.because(MAP_UNKNOWN)
         return self.pools
 
     def splitUnit(self, key):

@@ -89,6 +89,10 @@ class ClusterGroup(PoolGroup):
         self.cluster = cluster
 
 
+#: What a command gets when a cluster's map is needed and none is known.
+MAP_UNKNOWN = "rmux: the cluster's slot map is not known yet"
+
+
 class MapPending(PlacementError):
     """
     A key of a cluster route whose map is not read yet: the command waits
@@ -98,7 +102,7 @@ class MapPending(PlacementError):
     """
 
     def __init__(self, cluster):
-        PlacementError.__init__(self, errorReply("rmux: the cluster's slot map is not known yet"))
+        PlacementError.__init__(self, errorReply(MAP_UNKNOWN))
         self.cluster = cluster
 
 
@@ -377,7 +381,17 @@ class Router(ClusterRoutes):
             self._place(args, spec, waiter, self.passThroughSender(sender), payload)
         except MapPending as e:
             e.cluster.whenReady().addCallback(
-                lambda _: self.route(args, spec, waiter, sender, payload))
+                lambda _: self._routeOnce(args, spec, waiter, sender, payload))
+        except PlacementError as e:
+            waiter.fill(e.reply)
+
+    def _routeOnce(self, args, spec, waiter, sender, payload):
+        """
+        Place a command that waited for a cluster route's map: with the
+        map read, or with the error that it could not be.
+        """
+        try:
+            self._place(args, spec, waiter, self.passThroughSender(sender), payload)
         except PlacementError as e:
             waiter.fill(e.reply)
 

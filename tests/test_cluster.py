@@ -163,12 +163,36 @@ class ClusterRouteRouterTests(SynchronousTestCase):
         self.route(b"get", b"p:x")
         self.route(b"dbsize")
         self.assertEqual([pool for pool, _ in self.sender.sent], [self.server])
-        self.cluster._install(SlotMap([("node-a", 7000)] * SLOTS))
+        # The seed answers the read the first command started.
+        seed = self.cluster._poolFor(("node-a", 7000))
+        self.cluster._answer(
+            b"*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$6\r\nnode-a\r\n:7000\r\n$2\r\nid\r\n",
+            seed, [], [], False)
         self.assertEqual(self.changes, [True])
         node = self.cluster.owners[0]
         self.assertEqual([pool for pool, _ in self.sender.sent],
                          [self.server, node, self.server, node])
         self.assertEqual(self.router.pools, [self.server, node])
+
+    def test_noMapIsAnError(self):
+        """
+        A command that waited for the route's first map gets an error when
+        that read finds none (no seed answers), rather than waiting on.
+        """
+        waiting = self.route(b"get", b"c:x")
+        args = [b"get", b"x"]
+        direct = DeferredReply()
+        self.cluster.route(args, self.table.lookup(args), direct, self.sender)
+        self.assertNoResult(waiting.deferred)
+        self.assertNoResult(direct.deferred)
+        for _ in range(4):
+            self.clock.advance(5)
+        self.assertEqual(self.successResultOf(waiting.deferred),
+                         b"-ERR rmux: the cluster's slot map is not known yet\r\n")
+        # As on a cluster listener.
+        self.assertEqual(self.successResultOf(direct.deferred),
+                         b"-ERR rmux: the cluster's slot map is not known yet\r\n")
+        self.assertEqual(self.cluster.cluster.refreshFailures, 1)
 
     def test_redirection(self):
         """
