@@ -438,14 +438,11 @@ class ClusterRouter(ReplicaReads, Router):
             if request.redirects >= MAX_REDIRECTS:
                 return False
             request.redirects += 1
-            try:
-                kind, slot, pool = self._redirection(reply)
-            except (ValueError, UnicodeDecodeError):
+            target = self._follow(reply)
+            if target is None:
                 return False
-            if kind == b"MOVED":
-                self._moved(slot, pool)
-            else:
-                self.cluster.ask += 1
+            pool, asking = target
+            if asking:
                 request.sender.send(pool, _ASKING, IgnoredReply())
             request.sendTo(pool)
             return True
@@ -500,6 +497,15 @@ class ClusterRouter(ReplicaReads, Router):
     def blockingRedirect(self, reply, redirects):
         if redirects >= MAX_REDIRECTS or not reply.startswith(_MOVED):
             return None
+        return self._follow(reply)
+
+    def _follow(self, reply):
+        """
+        Where a C{-MOVED} or C{-ASK} C{reply} sends its command, counted
+        (and a C{MOVED} taken into the map).
+
+        @return: C{(pool, asking)}, or L{None} if C{reply} is not one.
+        """
         try:
             kind, slot, pool = self._redirection(reply)
         except (ValueError, UnicodeDecodeError):
@@ -616,6 +622,9 @@ class ClusterRouter(ReplicaReads, Router):
 
     def patternPools(self):
         return self.pools[:1]
+
+    def whenPlaced(self):
+        return self.whenReady() if self.map is None else None
 
     def patternPoolOf(self, pool):
         return self.pools[0] if self.pools else pool

@@ -117,6 +117,13 @@ class IRouter(Interface):
         with failover), a cluster's map known, every Sentinel master found.
         """
 
+    def whenPlaced():
+        """
+        L{None} when every map the placement needs is known (a cluster's
+        slot map, a Sentinel group's masters), else a L{Deferred} that
+        fires when the reading in progress is over, whatever it found.
+        """
+
     def patternPools():
         """
         Where a pattern subscription must be to see every PUBLISH once: each

@@ -75,6 +75,7 @@ class ClientProtocol(FlowControl, Protocol):
     libVersion = None
     disconnected = False
     lastCommand = b"NULL"
+    waitedForPlacement = False
     _timer = None
     _writeTimer = None
 
@@ -287,9 +288,12 @@ class ClientProtocol(FlowControl, Protocol):
             # An earlier command must finish first: Redis would not read on.
             self.held.append(args)
             return
+        spec = self.table.lookup(args)
+        if (spec is not None and (spec.policy != C.FORWARD or self.session.multi is not None)
+                and self._awaitPlacement(args)):
+            return
         stats = self.factory.stats
         stats.commands += 1
-        spec = self.table.lookup(args)
         reply = C.rejection(self.table, args, spec, self.authenticated, self.denied)
         if reply is not None:
             stats.requestsByClass["invalid"] += 1
@@ -360,6 +364,22 @@ class ClientProtocol(FlowControl, Protocol):
         # RESET, or the client has gone.
         if self.usedPubSub and self.factory.hub is not None:
             self.factory.hub.clientGone(self)
+
+    def _awaitPlacement(self, args):
+        """
+        Hold this client, C{args} first, while its router reads a first map
+        (a cluster's, a Sentinel group's): unlike a forwarded command, which
+        waits in the router, these must know their server at once.  A
+        client waits once; after that read its commands get the router's
+        answer, map or error.
+        """
+        pending = None if self.waitedForPlacement else self.router.whenPlaced()
+        if pending is None:
+            return False
+        self.waitedForPlacement = True
+        self.held = deque([args])
+        pending.addCallback(lambda _: self.release())
+        return True
 
     # Holding later commands while one must finish first
 

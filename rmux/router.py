@@ -262,6 +262,12 @@ class ClusterRoutes:
             raise MapPending(cluster)
         return cluster.poolForKey(key)
 
+    def whenPlaced(self):
+        for cluster in self.clusters:
+            if cluster.map is None:
+                return cluster.whenReady()
+        return None
+
     def patternPools(self):
         """
         The servers, and one master of each cluster route (see

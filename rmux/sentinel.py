@@ -558,6 +558,9 @@ class SentinelRouter(ReplicaReads, Router):
     def ready(self):
         return None not in self.default.pools
 
+    def whenPlaced(self):
+        return self.whenReady() if None in self.default.pools else None
+
     def topologySnapshot(self):
         nodes = {}
         for index, name in enumerate(self.names):

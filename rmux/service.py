@@ -21,7 +21,6 @@ import socket
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import (
-    Deferred,
     DeferredList,
     DeferredLock,
     gatherResults,
@@ -272,7 +271,7 @@ class ListenerService(MultiService):
         self.router.onChange.append(self.hub.placementChanged)
         self.hub.patternPools = self.router.patternPools
         self.hub.patternPoolOf = self.router.patternPoolOf
-        self.hub.whenPlaced = self._whenMapRead
+        self.hub.whenPlaced = self.router.whenPlaced
         self.hub.refreshPlacement = self.router.refresh
         self.health.onChange.append(self._backendChanged)
         table = table or CommandTable.default()
@@ -416,18 +415,6 @@ class ListenerService(MultiService):
         return TCPServerEndpoint(
             self.reactor, listener.port, backlog=LISTEN_BACKLOG, interface=listener.host
         )
-
-    def _whenMapRead(self):
-        """
-        L{None} once a cluster's or Sentinel group's map is known, else a
-        L{Deferred} of its own that fires when the reading in progress is
-        over (whatever it found).
-        """
-        if self.router.ready():
-            return None
-        waiter = Deferred()
-        self.router.refresh().addBoth(lambda result: waiter.callback(None) or result)
-        return waiter
 
     def whenReady(self):
         """

@@ -339,15 +339,7 @@ class ClusterTests(TestCase):
         moveSlotSilently(self.cluster, slot, source, target)
         self.assertEqual(self.rmux.router.owners[slot].address.port, source.port)
         moved = self.rmux.router.cluster.moved
-        blocked = self.threads.run(self.client.blpop, [key], 10)
-        deadline = reactor.seconds() + 5
-        while (b"cmd=blpop" not in target.command(b"CLIENT LIST\r\n")
-               and reactor.seconds() < deadline):
-            yield deferLater(reactor, 0.05, lambda: None)
-        other = _redisPy(self.rmux.path)
-        self.addCleanup(other.close)
-        yield self.threads.run(other.rpush, key, b"woken")
-        self.assertEqual((yield blocked), (key, b"woken"))
+        self.assertEqual((yield poppedAfterPush(self, key, [target])), (key, b"woken"))
         self.assertGreater(self.rmux.router.cluster.moved, moved)
 
     @inlineCallbacks
@@ -587,15 +579,7 @@ class ClusterTests(TestCase):
         _cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", _cli(source, "CLUSTER", "MYID"))
         _cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", _cli(target, "CLUSTER", "MYID"))
         asks = self.rmux.router.cluster.ask
-        blocked = self.threads.run(self.client.blpop, [key], 10)
-        deadline = reactor.seconds() + 5
-        while (b"cmd=blpop" not in target.command(b"CLIENT LIST\r\n")
-               and reactor.seconds() < deadline):
-            yield deferLater(reactor, 0.05, lambda: None)
-        other = _redisPy(self.rmux.path)
-        self.addCleanup(other.close)
-        yield self.threads.run(other.rpush, key, b"woken")
-        self.assertEqual((yield blocked), (key, b"woken"))
+        self.assertEqual((yield poppedAfterPush(self, key, [target])), (key, b"woken"))
         self.assertEqual(self.rmux.router.cluster.ask, asks + 2)
         self.assertEqual(self.rmux.router.owners[slot].address.port, source.port)
 
@@ -675,6 +659,25 @@ def patternSeesEachMessageOnce(testCase, client, channels):
     testCase.assertEqual(counts, [2] + [1] * (len(channels) - 1))
     testCase.assertEqual(sorted(received), sorted(
         [("message", channels[0])] + [("pmessage", channel) for channel in channels]))
+
+
+@inlineCallbacks
+def poppedAfterPush(testCase, key, nodes):
+    """
+    BLPOP C{key} through rmux, wait until one of C{nodes} has it blocked,
+    then RPUSH through rmux on another connection.
+
+    @return: a L{Deferred} firing with what the BLPOP returned.
+    """
+    blocked = testCase.threads.run(testCase.client.blpop, [key], 10)
+    deadline = reactor.seconds() + 5
+    while not any(b"cmd=blpop" in node.command(b"CLIENT LIST\r\n") for node in nodes) \
+            and reactor.seconds() < deadline:
+        yield deferLater(reactor, 0.05, lambda: None)
+    other = _redisPy(testCase.rmux.path)
+    testCase.addCleanup(other.close)
+    yield testCase.threads.run(other.rpush, key, b"woken")
+    return (yield blocked)
 
 
 def ownerOf(cluster, slot):
@@ -810,15 +813,8 @@ class ClusterRouteTests(TestCase):
         owner = yield self.threads.run(ownerOf, self.cluster, keySlot(b"c:{u}:b"))
         self.assertEqual(owner.command(b"GET c:{u}:b\r\n"), b"$1\r\n6\r\n")
 
-        blocked = self.threads.run(client.blpop, ["c:queue"], 10)
-        other = _redisPy(self.rmux.path)
-        self.addCleanup(other.close)
-        deadline = reactor.seconds() + 5
-        while not any(b"cmd=blpop" in s.command(b"CLIENT LIST\r\n")
-                      for s in self.cluster.servers) and reactor.seconds() < deadline:
-            yield deferLater(reactor, 0.05, lambda: None)
-        yield self.threads.run(other.rpush, "c:queue", "job")
-        self.assertEqual((yield blocked), (b"c:queue", b"job"))
+        popped = yield poppedAfterPush(self, b"c:queue", self.cluster.servers)
+        self.assertEqual(popped, (b"c:queue", b"woken"))
 
     @inlineCallbacks
     def test_movedFollowed(self):

@@ -10,6 +10,7 @@ import weakref
 
 from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -52,6 +53,12 @@ class RecordingRouter:
 
     def passThroughSender(self, sender):
         return sender
+
+    #: What whenPlaced returns: None, or a Deferred the test fires.
+    placed = None
+
+    def whenPlaced(self):
+        return self.placed
 
     def topologySnapshot(self):
         return {"kind": "servers", "counters": {}, "nodes": {}}
@@ -187,6 +194,27 @@ class OrderingTests(SynchronousTestCase):
         self.assertEqual(
             transport.value(), b"$1\r\na\r\n+PONG\r\n$1\r\nb\r\n$1\r\nx\r\n"
         )
+
+    def test_waitsOnceForAFirstMap(self):
+        """
+        While the router reads a first map, a command that needs to know
+        its server at once (here a local one; MULTI, WATCH and blocking
+        ones alike) waits for the read, with the commands behind it in
+        order; forwarded ones wait in the router.  A client waits for one
+        read only.
+        """
+        client, transport, router, clock = makeClient()
+        router.placed = Deferred()
+        client.dataReceived(b"CLIENT SETNAME n\r\nGET a\r\nPING\r\n")
+        self.assertEqual((transport.value(), router.routed), (b"", []))
+        read, router.placed = router.placed, Deferred()
+        read.callback(None)
+        self.assertEqual(transport.value(), b"+OK\r\n")
+        router.routed[0][1].fill(b"$-1\r\n")
+        self.assertEqual(transport.value(), b"+OK\r\n$-1\r\n+PONG\r\n")
+        self.assertEqual((client.name, client.factory.stats.commands), (b"n", 3))
+        client.dataReceived(b"PING\r\n")
+        self.assertTrue(transport.value().endswith(b"+PONG\r\n+PONG\r\n"), transport.value())
 
     def test_localReplyWithNothingPendingIsImmediate(self):
         client, transport, router, clock = makeClient()

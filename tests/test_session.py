@@ -195,6 +195,9 @@ class FakeRouter:
     def patternPoolOf(self, pool):
         return pool
 
+    def whenPlaced(self):
+        return None
+
     def topologySnapshot(self):
         return {"kind": "servers", "counters": {}, "nodes": {}}
 
