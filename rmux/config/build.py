@@ -21,7 +21,7 @@ from rmux.config.addresses import BackendAddress, redact
 from rmux.config.checks import ConfigError, checkInt, isInt, parseSize, parseSocketMode
 from rmux.config.model import (
     DISTRIBUTIONS, HASHES, ListenerConfig, RouteConfig, checkDistribution, checkHash,
-    checkHashTag, checkReadFrom, ownerWithoutSocket,
+    checkHashTag, checkReadFrom, notWithCluster, ownerWithoutSocket,
 )
 
 
@@ -407,10 +407,7 @@ def _clusterRoute(raw: Mapping[str, Any], place: Place) -> tuple[RouteConfig, li
     """
     others = [name for name in raw if name not in ("prefix", "cluster")]
     if others:
-        raise place.error(
-            f"{', '.join(others)}: not with cluster: a cluster places keys itself "
-            "(by hash slot, with {hash tags})"
-        )
+        raise place.error(notWithCluster(others))
     seeds, labels = backendsFromRaw(raw, place, (("cluster", "tcp"),))
     if not seeds:
         raise place.error('cluster: at least one seed node, as in "cluster": ["10.0.0.1:6379"]')

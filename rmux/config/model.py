@@ -241,10 +241,15 @@ def _checkClusterRoute(route: RouteConfig) -> None:
         ("distribution", route.distribution != _default("distribution")),
     ) if value]
     if placed:
-        raise ConfigError(
-            f"{', '.join(placed)}: not with cluster: a cluster places keys itself "
-            "(by hash slot, with {hash tags})"
-        )
+        raise ConfigError(notWithCluster(placed))
+
+
+def notWithCluster(fields: list[str]) -> str:
+    """
+    The error for placement C{fields} given to a cluster route.
+    """
+    return (f"{', '.join(fields)}: not with cluster: a cluster places keys itself "
+            "(by hash slot, with {hash tags})")
 
 
 def _placementFields(config: ListenerConfig | RouteConfig) -> None:
